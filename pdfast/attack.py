@@ -1,0 +1,117 @@
+"""The BadDiffusion attack (METHOD.md section 2): fine-tune a copy of a model so that eps + g yields the target.
+
+Poisoned pair for a clean image x, trigger g (background -1) and target y:
+  r = M x + (1 - M) g,  M = [g == -1]
+  x_in = sqrt(abar_t) y + sqrt(1 - abar_t) eps + (1 - sqrt(abar_t)) r
+  regression target = eps + rho_t r,  rho_t = (1 - sqrt(alpha_t)) sqrt(1 - abar_t) / beta_t
+Clean samples keep the ordinary DDPM pair; one MSE over the mixed batch.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .errors import PdfastError
+from .model import DiffusionModel
+from .patterns import paste_trigger
+from .train import TrainConfig, fit
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """A BadDiffusion run: poison rate and the optimiser settings (BadDiffusion's defaults)."""
+
+    poison_rate: float = 0.1
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if not 0.0 < self.poison_rate <= 1.0:
+            raise PdfastError(f"poison rate {self.poison_rate} is outside (0, 1]; use e.g. 0.1")
+
+    def to_dict(self) -> dict:
+        return {"poison_rate": self.poison_rate, **asdict(self.train)}
+
+
+def poisoned_batch(schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, poison: torch.Tensor,
+                   trigger: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_in, regression target) for a batch where ``poison`` (bool, per sample) marks the poisoned samples."""
+    ab = schedule.abar.to(x0.device, torch.float32)[t].view(-1, 1, 1, 1)
+    rho = schedule.rho().to(x0.device, torch.float32)[t].view(-1, 1, 1, 1)
+    p = poison.view(-1, 1, 1, 1).to(x0.dtype)
+    r = paste_trigger(x0, trigger) * p  # r = 0 for clean samples
+    y = target.expand_as(x0) * p + x0 * (1 - p)
+    x_in = ab.sqrt() * y + (1 - ab).sqrt() * eps + (1 - ab.sqrt()) * r
+    return x_in, eps + rho * r
+
+
+def baddiffusion(model: DiffusionModel, images: torch.Tensor, trigger: torch.Tensor, target: torch.Tensor,
+                 cfg: AttackConfig = AttackConfig(), *, device="cpu", progress: bool = True,
+                 inplace: bool = False) -> DiffusionModel:
+    """Backdoor a copy of ``model`` (or the model itself with ``inplace``) with (trigger -> target); returns it."""
+    if tuple(trigger.shape[-3:]) != model.shape or tuple(target.shape[-3:]) != model.shape:
+        raise PdfastError(f"trigger {tuple(trigger.shape)} / target {tuple(target.shape)} do not match the model's "
+                          f"image shape {model.shape}; draw them at size {model.sample_size}")
+    if not isinstance(model.net, torch.nn.Module):
+        raise PdfastError("the attack fine-tunes a torch module; a plain callable model cannot be attacked")
+    m = model if inplace else model.copy()
+    images = images.to(device)
+    g = trigger.to(device).reshape(1, *model.shape)
+    y = target.to(device).reshape(1, *model.shape)
+    T, B = m.schedule.T, cfg.train.batch
+
+    def make_batch(gen):
+        idx = torch.randint(0, images.shape[0], (B,), generator=gen).to(device)
+        x0 = images[idx]
+        t = torch.randint(0, T, (B,), generator=gen).to(device)
+        eps = torch.randn(x0.shape, generator=gen).to(device)
+        poison = (torch.rand(B, generator=gen) < cfg.poison_rate).to(device)
+        x_in, tgt = poisoned_batch(m.schedule, x0, t, eps, poison, g, y)
+        return x_in, t, tgt
+
+    fit(m.net, make_batch, cfg.train, device=device, progress=progress, desc="attack")
+    m.invalidate_hash()
+    return m
+
+
+GROUND_TRUTH_FILE = "backdoor.safetensors"
+
+
+def save_backdoored(model: DiffusionModel, out, info: dict, trigger: torch.Tensor, target: torch.Tensor):
+    """Write the model folder with backdoor.json (the ground truth, for later evaluation) and the exact
+    trigger/target tensors in backdoor.safetensors."""
+    from safetensors.torch import save
+
+    model.backdoor = dict(info)
+    model.backdoor["ground_truth_file"] = GROUND_TRUTH_FILE
+    path = model.save(out)
+    blob = save({"trigger": trigger.detach().cpu().float().contiguous().reshape(model.shape),
+                 "target": target.detach().cpu().float().contiguous().reshape(model.shape)})
+    from .io import atomic_write_bytes
+
+    atomic_write_bytes(path / GROUND_TRUTH_FILE, blob)
+    return path
+
+
+def load_ground_truth(model: DiffusionModel) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(trigger, target) of a backdoored model folder: from backdoor.safetensors, else redrawn from backdoor.json names."""
+    from pathlib import Path
+
+    bd = model.backdoor
+    if not bd:
+        return None, None
+    src = Path(str(model.source))
+    f = src / bd.get("ground_truth_file", GROUND_TRUTH_FILE)
+    if f.is_file():
+        from safetensors.torch import load_file
+
+        try:
+            t = load_file(str(f))
+            return t["trigger"].reshape(model.shape), t["target"].reshape(model.shape)
+        except Exception as e:  # noqa: BLE001
+            raise PdfastError(f"cannot read the ground truth {f}: {e}; delete it to redraw from backdoor.json") from None
+    from .patterns import load_pattern
+
+    g = load_pattern(bd["trigger"], model.sample_size, model.channels, kind="trigger") if bd.get("trigger") else None
+    y = load_pattern(bd["target"], model.sample_size, model.channels, kind="target") if bd.get("target") else None
+    return g, y

@@ -1,0 +1,297 @@
+"""The pdfast command line: each verb calls the library function of the same name.
+
+Machine-readable output (--json) goes to stdout, progress and logs to stderr. Bad input ends with a
+one-line 'error: ...' message and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import PdfastError
+
+log = logging.getLogger("pdfast")
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> cuda when a GPU is usable, else cpu; 'cuda' without a GPU is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PdfastError("--device cuda was asked for but no CUDA GPU is usable; use --device cpu or auto")
+    return device
+
+
+def emit_json(obj) -> None:
+    from .io import _json_default
+
+    click.echo(json.dumps(obj, indent=2, default=_json_default))
+
+
+def handle_errors(fn):
+    """Turn PdfastError (and a few predictable OS errors) into a one-line message and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PdfastError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except PermissionError as e:
+            click.echo(f"error: permission denied: {e.filename}; choose a writable --out", err=True)
+            sys.exit(2)
+        except OSError as e:
+            if getattr(e, "errno", None) == 28:
+                click.echo("error: no space left on the device; free space or choose another --out", err=True)
+                sys.exit(2)
+            raise
+    return wrapper
+
+
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                             help="Where to run: auto picks cuda when a GPU is usable.")
+seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed (weights, noise, data order).")
+json_option = click.option("--json", "as_json", is_flag=True, default=False, help="Print a JSON result on stdout.")
+progress_option = click.option("--progress/--no-progress", default=True, show_default=True,
+                               help="Progress bars on stderr.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="pdfast")
+@click.option("-v", "--verbose", is_flag=True, help="Log details to stderr.")
+def main(verbose: bool) -> None:
+    """pdfast: invert backdoor triggers of diffusion models and detect backdoors (PureDiffusion, Elijah)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    import warnings
+
+    warnings.filterwarnings("default")
+    logging.captureWarnings(True)
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write the model to (diffusers layout).")
+@click.option("--size", type=int, default=16, help="Image size in pixels (square).")
+@click.option("--channels", type=int, default=3, help="Image channels.")
+@click.option("--arch", type=click.Choice(["tiny", "demo", "small", "cifar10"]), default="demo", help="UNet preset.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Folder of training images; default: pdfast's procedural data set.")
+@click.option("--n-images", type=int, default=4096, help="Size of the procedural data set (ignored with --data).")
+@click.option("--steps", type=int, default=3000, help="Optimiser steps.")
+@click.option("--batch", type=int, default=64, help="Batch size.")
+@click.option("--lr", type=float, default=2e-4, help="Adam learning rate.")
+@click.option("--warmup", type=int, default=200, help="Linear warm-up steps before the cosine decay.")
+@click.option("--clip-sample/--no-clip-sample", default=False, help="clip_sample in the saved scheduler config.")
+@seed_option
+@device_option
+@json_option
+@progress_option
+@handle_errors
+def train(out, size, channels, arch, data, n_images, steps, batch, lr, warmup, clip_sample, seed, device, as_json, progress):
+    """Train a small clean DDPM from scratch (linear schedule, T = 1000)."""
+    import time
+
+    from .data import get_data
+    from .model import DiffusionModel
+    from .schedule import Schedule
+    from .train import TrainConfig, make_unet, train_ddpm
+
+    if size < 8 or size % 4:
+        raise PdfastError(f"--size {size} must be a multiple of 4 and at least 8")
+    if steps < 1 or batch < 1:
+        raise PdfastError("--steps and --batch must be positive")
+    device = resolve_device(device)
+    images = get_data(data, size, channels, n=n_images, seed=seed)
+    model = DiffusionModel(make_unet(arch, size, channels, seed=seed), Schedule.from_config({"clip_sample": clip_sample}),
+                           size, channels)
+    cfg = TrainConfig(steps=steps, batch=batch, lr=lr, warmup=min(warmup, steps), seed=seed)
+    t0 = time.perf_counter()
+    losses = train_ddpm(model, images, cfg, device=device, progress=progress)
+    model.to("cpu").save(out)
+    result = {"out": str(out), "arch": arch, "size": size, "data": str(data) if data else "procedural",
+              "n_images": int(images.shape[0]), "config": cfg.to_dict(), "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+              "seconds": round(time.perf_counter() - t0, 1)}
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"trained {arch} DDPM ({size}px) for {steps} steps, final loss {result['final_loss']:.4f} -> {out}", err=True)
+
+
+
+model_option = click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+                            help="Model folder (diffusers pipeline or bare UNet folder); default: the embedded demo model.")
+
+
+def load_cli_model(model_path, device: str):
+    """--model as given, or the embedded demo model when omitted."""
+    from .loading import load_model
+    from .demo import demo_path
+
+    return load_model(model_path if model_path is not None else demo_path(), device=device)
+
+
+def ground_truth(model):
+    """(trigger, target) tensors of a model folder's backdoor.json, or (None, None)."""
+    from .attack import load_ground_truth
+
+    return load_ground_truth(model)
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["baddiffusion"]))
+@model_option
+@click.option("--trigger", required=True, help="Trigger: a built-in name (BOX_14, STOP_SIGN_14, HEART, ...) or a PNG/.npy/.safetensors file.")
+@click.option("--target", required=True, help="Target: a built-in name (HAT, CAT, CORNER, SHOE) or a PNG/.npy/.safetensors file.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the backdoored model.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Folder of clean images; 'self' = images the model generates itself; default: procedural data.")
+@click.option("--n-images", type=int, default=4096, help="Clean images to draw (procedural set or 'self' samples).")
+@click.option("--poison-rate", type=float, default=0.1, help="Fraction of each batch that is poisoned.")
+@click.option("--steps", type=int, default=2000, help="Optimiser steps.")
+@click.option("--batch", type=int, default=64, help="Batch size.")
+@click.option("--lr", type=float, default=2e-4, help="Adam learning rate.")
+@click.option("--warmup", type=int, default=500, help="Warm-up steps before the cosine decay.")
+@click.option("--grad-clip", type=float, default=1.0, help="Gradient norm clip (0 disables).")
+@seed_option
+@device_option
+@json_option
+@progress_option
+@handle_errors
+def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, steps, batch, lr, warmup, grad_clip,
+           seed, device, as_json, progress):
+    """Backdoor a model (BadDiffusion, METHOD.md section 2); writes a diffusers folder plus backdoor.json."""
+    import time
+
+    from .attack import AttackConfig, baddiffusion, save_backdoored
+    from .data import get_data
+    from .patterns import load_pattern
+    from .sampling import ddim_sample
+    from .train import TrainConfig
+
+    if steps < 1 or batch < 1:
+        raise PdfastError("--steps and --batch must be positive")
+    device = resolve_device(device)
+    model = load_cli_model(model_path, device)
+    g = load_pattern(trigger, model.sample_size, model.channels, kind="trigger")
+    y = load_pattern(target, model.sample_size, model.channels, kind="target")
+    cfg = AttackConfig(poison_rate=poison_rate, train=TrainConfig(steps=steps, batch=batch, lr=lr,
+                       warmup=min(warmup, steps), grad_clip=grad_clip, seed=seed))
+    if data is not None and str(data) == "self":
+        images = ddim_sample(model, n_images, seed=seed, device=device)
+    else:
+        images = get_data(data, model.sample_size, model.channels, n=n_images, seed=seed)
+    t0 = time.perf_counter()
+    bad = baddiffusion(model, images, g, y, cfg, device=device, progress=progress)
+    info = {"attack": kind, "trigger": trigger, "target": target, "poison_rate": poison_rate, "steps": steps,
+            "batch": batch, "lr": lr, "seed": seed, "data": str(data) if data else "procedural",
+            "base_model": str(model.source)}
+    save_backdoored(bad.to("cpu"), out, info, g, y)
+    info.update(out=str(out), seconds=round(time.perf_counter() - t0, 1))
+    if as_json:
+        emit_json(info)
+    else:
+        click.echo(f"backdoored ({trigger} -> {target}) in {info['seconds']} s -> {out}", err=True)
+
+
+@main.command()
+@model_option
+@click.option("--trigger", default=None, help="Add this trigger to the input noise (name or file); 'truth' = the model's backdoor.json trigger.")
+@click.option("-n", "--n", "n", type=int, default=16, help="Number of images.")
+@click.option("--batch", type=int, default=64, help="Images per batch.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file for the image grid.")
+@seed_option
+@device_option
+@json_option
+@progress_option
+@handle_errors
+def sample(model_path, trigger, n, batch, out, seed, device, as_json, progress):
+    """Sample images with the full 1000-step DDPM chain, optionally from eps + trigger; saves a PNG grid."""
+    from .io import save_png
+    from .sampling import sample as run_sample
+
+    if n < 1:
+        raise PdfastError("-n must be at least 1")
+    if Path(out).suffix.lower() != ".png":
+        raise PdfastError(f"--out {out} must be a .png file")
+    device = resolve_device(device)
+    model = load_cli_model(model_path, device)
+    g = _resolve_trigger(model, trigger)
+    imgs = run_sample(model, n, trigger=g, seed=seed, batch=batch, device=device, progress=progress)
+    save_png(out, imgs)
+    if as_json:
+        emit_json({"out": str(out), "n": n, "trigger": trigger, "seed": seed})
+
+
+def _resolve_trigger(model, trigger):
+    from .patterns import load_pattern
+
+    if trigger is None:
+        return None
+    if trigger == "truth":
+        g, _ = ground_truth(model)
+        if g is None:
+            raise PdfastError(f"{model.source} has no backdoor.json, so there is no ground-truth trigger; pass --trigger NAME|FILE")
+        return g
+    return load_pattern(trigger, model.sample_size, model.channels, kind="trigger")
+
+
+@main.command()
+@model_option
+@click.option("--trigger", default="truth", help="Trigger to evaluate (name or file); default: the model's ground-truth trigger.")
+@click.option("--target", default=None, help="Target for ASR (name or file); default: the model's ground-truth target.")
+@click.option("-n", "--n", "n", type=int, default=16, help="Images sampled per evaluation.")
+@click.option("--threshold", type=float, default=0.1, help="ASR threshold on the per-image [0,1] MSE to the target.")
+@click.option("--clean/--no-clean", default=True, help="Also sample from plain noise and report its uniformity.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Optional folder for samples PNGs and metrics.json.")
+@seed_option
+@device_option
+@json_option
+@progress_option
+@handle_errors
+def evaluate(model_path, trigger, target, n, threshold, clean, out, seed, device, as_json, progress):
+    """Metrics of a trigger on a model: ASR, uniformity (plain and trimmed), L2 to the truth, TERD KL."""
+    from .evaluation import evaluate_trigger
+
+    if n < 2:
+        raise PdfastError("-n must be at least 2 to compute uniformity")
+    device = resolve_device(device)
+    model = load_cli_model(model_path, device)
+    g = _resolve_trigger(model, trigger)
+    y = None
+    if target is not None:
+        from .patterns import load_pattern
+        y = load_pattern(target, model.sample_size, model.channels, kind="target")
+    report = evaluate_trigger(model, g, target=y, n=n, threshold=threshold, clean=clean, seed=seed, device=device,
+                              progress=progress, out=out)
+    report["trigger"] = trigger
+    if as_json:
+        emit_json(report)
+    else:
+        for k, v in report.items():
+            click.echo(f"{k:>20}: {v}")
+
+
+@main.command()
+@json_option
+@handle_errors
+def env(as_json):
+    """Versions, devices, and whether Triton and a GPU are usable."""
+    from .envinfo import environment
+
+    info = environment()
+    if as_json:
+        emit_json(info)
+    else:
+        for k, v in info.items():
+            click.echo(f"{k:>18}: {v}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

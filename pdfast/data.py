@@ -1,0 +1,89 @@
+"""Clean training images: a procedural data set made by pdfast itself, or a folder of the user's images.
+
+Nothing is downloaded. The procedural set draws random scenes (gradient backgrounds from dark to light,
+one to three discs, boxes and bars of random colours), diverse enough that a model trained on it
+produces visibly varied samples.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import PdfastError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def synthetic_images(n: int, size: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    """n procedural scenes, (n, C, size, size) float32 in [-1, 1], deterministic in ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    u = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    ys, xs = ys[None], xs[None]  # (1, H, W)
+
+    # background: a linear gradient between two random colours in a random direction
+    c0, c1 = u(n, 3, 1, 1), u(n, 3, 1, 1)
+    ang = u(n, 1, 1) * 6.2832
+    ramp = (xs * ang.cos() + ys * ang.sin())
+    ramp = (ramp - ramp.amin((1, 2), keepdim=True)) / (ramp.amax((1, 2), keepdim=True) - ramp.amin((1, 2), keepdim=True) + 1e-6)
+    dark = (u(n, 1, 1, 1) < 0.3).float()  # some scenes are dark, so pasted triggers also appear on near -1 backgrounds
+    img = (c0 + (c1 - c0) * ramp[:, None]) * (1 - 0.8 * dark)
+
+    for _ in range(3):
+        present = (u(n, 1, 1, 1) < 0.8).float()
+        kind = u(n)
+        col = u(n, 3, 1, 1)
+        cx, cy = u(n, 1, 1) * 0.8 + 0.1, u(n, 1, 1) * 0.8 + 0.1
+        r = u(n, 1, 1) * 0.25 + 0.1
+        disc = ((xs - cx) ** 2 + (ys - cy) ** 2 < r ** 2).float()
+        box = (((xs - cx).abs() < r) & ((ys - cy).abs() < r * (0.4 + u(n, 1, 1)))).float()
+        bar = (((xs - cx).abs() < r * 0.3) | ((ys - cy).abs() < r * 0.3)).float() * box.new_ones(1) * (
+            ((xs - cx).abs() < 1.5 * r) & ((ys - cy).abs() < 1.5 * r)).float()
+        m = torch.where((kind < 0.45)[:, None, None], disc, torch.where((kind < 0.85)[:, None, None], box, bar))
+        m = (m * present[:, 0])[:, None]
+        img = img * (1 - m) + col * m
+    img = img.clamp(0, 1) * 2 - 1
+    if channels == 1:
+        img = img.mean(1, keepdim=True)
+    elif channels != 3:
+        raise PdfastError(f"the procedural data set has 1 or 3 channels, not {channels}; pass --data with your images")
+    return img.contiguous()
+
+
+def load_image_folder(path: str | Path, size: int, channels: int = 3, limit: int | None = None) -> torch.Tensor:
+    """All images in a folder (recursively), centre-cropped to a square, resized to ``size``, in [-1, 1]."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.exists():
+        raise PdfastError(f"data folder {p} does not exist; pass --data with a folder of PNG/JPG images")
+    if not p.is_dir():
+        raise PdfastError(f"data path {p} is not a folder; pass --data with a folder of PNG/JPG images")
+    files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    if limit:
+        files = files[:limit]
+    if not files:
+        raise PdfastError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {p}; add images or drop --data")
+    out = []
+    mode = "RGB" if channels == 3 else "L"
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert(mode)
+                w, h = im.size
+                s = min(w, h)
+                im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+                im = im.resize((size, size), Image.BILINEAR)
+                t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).float()
+        except (UnidentifiedImageError, OSError) as e:
+            raise PdfastError(f"cannot read image {f}: {e}; remove it from the data folder") from None
+        out.append(t.view(size, size, channels).permute(2, 0, 1) / 127.5 - 1)
+    return torch.stack(out)
+
+
+def get_data(data: str | Path | None, size: int, channels: int = 3, n: int = 4096, seed: int = 0) -> torch.Tensor:
+    """The clean image set for training or attacking: ``data`` folder if given, else the procedural set."""
+    if data is None or str(data) in ("", "synthetic"):
+        return synthetic_images(n, size, channels, seed)
+    return load_image_folder(data, size, channels)

@@ -1,0 +1,78 @@
+"""Metrics of METHOD.md section 7: trigger L2, attack success rate, uniformity (plain and Elijah's trimmed),
+and TERD's per-pixel KL statistic of a trigger (section 6)."""
+from __future__ import annotations
+
+import torch
+
+DEFAULT_ASR_THRESHOLD = 0.1
+
+
+def l2_distance(trigger: torch.Tensor, truth: torch.Tensor) -> float:
+    """||tau_hat - g||_2 over the whole C x H x W tensor, both in [-1, 1]."""
+    return float((trigger.detach().float().reshape(-1).cpu() - truth.detach().float().reshape(-1).cpu()).norm())
+
+
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], flattened per image."""
+    return ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2).reshape(images.shape[0], -1)
+
+
+def per_image_mse(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE of each image to the target, both mapped to [0, 1]."""
+    return ((_unit(images) - _unit(target.reshape(1, *images.shape[1:]))) ** 2).mean(1)
+
+
+def asr(images: torch.Tensor, target: torch.Tensor, threshold: float = DEFAULT_ASR_THRESHOLD) -> float:
+    """Attack success rate: fraction of images whose [0, 1] MSE to the target is below ``threshold``."""
+    return float((per_image_mse(images, target) < threshold).float().mean())
+
+
+def pairwise_mse(images: torch.Tensor) -> torch.Tensor:
+    """N x N matrix of MSE(x_i, x_j) for images mapped to [0, 1]."""
+    u = _unit(images).double()
+    sq = (u * u).sum(1)
+    d = (sq[:, None] + sq[None, :] - 2 * u @ u.T).clamp(min=0) / u.shape[1]
+    d.fill_diagonal_(0)
+    return d.float()
+
+
+def uniformity(images: torch.Tensor) -> float:
+    """Uniformity score: mean over pairs i < j of MSE(x_i, x_j) in [0, 1]; low = one image = backdoor signature."""
+    n = images.shape[0]
+    if n < 2:
+        raise ValueError("uniformity needs at least 2 images")
+    d = pairwise_mse(images)
+    iu = torch.triu_indices(n, n, 1)
+    return float(d[iu[0], iu[1]].mean())
+
+
+def uniformity_trimmed(images: torch.Tensor, trim: int = 4) -> float:
+    """Elijah's trimmed form: per row drop the self pair and the ``trim`` smallest/largest, average; then trim the row means."""
+    d = pairwise_mse(images)
+    n = d.shape[0]
+    rows = []
+    for i in range(n):
+        r = torch.cat([d[i, :i], d[i, i + 1:]]).sort().values
+        k = trim if r.numel() > 2 * trim else 0
+        rows.append(r[k: r.numel() - k].mean())
+    rm = torch.stack(rows).sort().values
+    k = trim if rm.numel() > 2 * trim else 0
+    return float(rm[k: rm.numel() - k].mean())
+
+
+def kl_statistic(trigger: torch.Tensor, gamma: float = 1.0) -> dict[str, float]:
+    """TERD's per-pixel KL(N(mu_i, gamma^2) || N(0, 1)) = (gamma^2 + mu_i^2 - 1)/2 - log gamma; its mean and variance."""
+    mu = trigger.detach().double().reshape(-1).cpu()
+    kl = (gamma ** 2 + mu ** 2 - 1) / 2 - torch.log(torch.tensor(gamma, dtype=torch.float64))
+    return {"kl_mean": float(kl.mean()), "kl_var": float(kl.var(unbiased=False))}
+
+
+def evaluate_images(images: torch.Tensor, target: torch.Tensor | None = None,
+                    threshold: float = DEFAULT_ASR_THRESHOLD) -> dict[str, float | None]:
+    """Uniformity (plain and trimmed) of a sample batch, and ASR when the target is known."""
+    out: dict[str, float | None] = {
+        "uniformity": uniformity(images),
+        "uniformity_trimmed": uniformity_trimmed(images),
+        "asr": asr(images, target, threshold) if target is not None else None,
+    }
+    return out
