@@ -13,6 +13,12 @@ _LAZY = {
     "Schedule": ("pdfast.schedule", "Schedule"),
     "DiffusionModel": ("pdfast.model", "DiffusionModel"),
     "load_model": ("pdfast.loading", "load_model"),
+    "invert": ("pdfast.inversion", "invert"),
+    "InversionConfig": ("pdfast.inversion", "InversionConfig"),
+    "InversionResult": ("pdfast.inversion", "InversionResult"),
+    "detect": ("pdfast.detection", "detect"),
+    "DetectionResult": ("pdfast.detection", "DetectionResult"),
+    "demo_path": ("pdfast.demo", "demo_path"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -293,5 +293,124 @@ def env(as_json):
             click.echo(f"{k:>18}: {v}")
 
 
+
+def inversion_options(fn):
+    """Options shared by invert and detect (they mirror pdfast.inversion.InversionConfig)."""
+    opts = [
+        click.option("--method", type=click.Choice(["puredif", "elijah"]), default="puredif",
+                     help="puredif: PureDiffusion multi-timestep inversion; elijah: the baseline (t = T only, lambda 0.5)."),
+        click.option("--steps", "-K", type=int, default=10, help="K: denoising steps the trigger is learned over."),
+        click.option("--scales", default="surrogate",
+                     help="lambda_t source: surrogate (calibrated on a surrogate-backdoored copy), analytic, or a JSON table file."),
+        click.option("--sampler-family", type=click.Choice(["sde", "ode"]), default="sde",
+                     help="Backdoor family for analytic scales: sde (BadDiffusion) or ode (x2, VillanDiffusion ODE samplers)."),
+        click.option("--epochs", type=int, default=None, help="Adam steps (default: 30 puredif, 100 elijah)."),
+        click.option("--batch", type=int, default=None, help="Noise batch (default: 40 puredif, 100 elijah)."),
+        click.option("--lr", type=float, default=0.1, help="Adam learning rate on the trigger."),
+        click.option("--norm", type=click.Choice(["l1", "l2"]), default=None, help="Loss norm (default: l1)."),
+        click.option("--noise", type=click.Choice(["fresh", "fixed"]), default=None,
+                     help="Fresh noise batch each iteration or one fixed batch (default: fresh puredif, fixed elijah)."),
+        click.option("--init", type=click.Choice(["uniform", "zeros"]), default="uniform", help="Trigger init: -U(0,1) or zeros."),
+        click.option("--loss-steps", type=click.Choice(["sampled", "all"]), default="sampled",
+                     help="sampled: one step drawn from the first K per iteration (the paper); all: mean over all K."),
+        click.option("--engine", type=click.Choice(["reference", "fast"]), default="reference",
+                     help="reference: eager fp32 autograd; fast: checkpointed/compiled/bf16 engine."),
+        click.option("--surrogate-steps", type=int, default=None, help="Fine-tune steps of the surrogate backdoor (default 300)."),
+        click.option("--data", type=click.Path(path_type=Path), default=None,
+                     help="Clean images for the surrogate backdoor; default: images the model generates itself."),
+        click.option("--threshold", type=float, default=None,
+                     help="Uniformity threshold for the verdict; default: the shipped clean-model calibration."),
+        click.option("--out", type=click.Path(path_type=Path), default=Path("pdfast-out"),
+                     help="Output folder: trigger.safetensors, trigger.png, samples.png, report.json."),
+        model_option, seed_option, device_option, json_option, progress_option,
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def _inversion_kwargs(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, init, loss_steps, engine,
+                      surrogate_steps, seed):
+    from dataclasses import replace
+
+    from .scales import SurrogateConfig
+
+    if scales not in ("surrogate", "analytic") and not Path(scales).is_file():
+        raise PdfastError(f"--scales {scales}: not surrogate, analytic or an existing JSON table file")
+    kw = dict(method=method, steps=steps, scales=scales, sampler_family=sampler_family, epochs=epochs, batch=batch,
+              lr=lr, norm=norm, noise=noise, init=init, loss_steps=loss_steps, engine=engine, seed=seed)
+    if surrogate_steps is not None:
+        if surrogate_steps < 1:
+            raise PdfastError("--surrogate-steps must be positive")
+        kw["surrogate"] = replace(SurrogateConfig(), steps=surrogate_steps)
+    return kw
+
+
+def _finish(result, out, as_json, what: str):
+    result.save(out)
+    rep = result.to_dict()
+    if as_json:
+        emit_json(rep)
+    m = rep.get("metrics") or {}
+    parts = [f"{what} -> {out}"]
+    for k in ("uniformity", "asr", "l2", "kl_mean"):
+        if m.get(k) is not None:
+            parts.append(f"{k} {m[k]:.4g}")
+    if m.get("detection"):
+        parts.append(f"verdict {m['detection']['verdict']} (uniformity threshold {m['detection']['threshold']:.4g})")
+    if rep.get("interrupted"):
+        parts.append("INTERRUPTED: partial result")
+    click.echo("; ".join(parts), err=True)
+    return rep
+
+
+@main.command()
+@inversion_options
+@handle_errors
+def invert(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, init, loss_steps, engine,
+           surrogate_steps, data, threshold, out, model_path, seed, device, as_json, progress):
+    """Invert the backdoor trigger of a model (default: the embedded demo model) and judge it."""
+    from .inversion import invert as run_invert
+
+    kw = _inversion_kwargs(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, init, loss_steps,
+                           engine, surrogate_steps, seed)
+    device = resolve_device(device)
+    model = load_cli_model(model_path, device)
+    res = run_invert(model, device=device, threshold=threshold, data=data, progress=progress, **kw)
+    _finish(res, out, as_json, f"inverted trigger ({method}, K={res.config.steps})")
+    if res.interrupted:
+        sys.exit(130)
+
+
+@main.command()
+@inversion_options
+@click.option("--trigger", "trigger_spec", default=None,
+              help="Judge this trigger (name, PNG, .npy or .safetensors) instead of inverting one.")
+@click.option("--fail-on-backdoor", is_flag=True, default=False, help="Exit with code 1 when a backdoor is found.")
+@handle_errors
+def detect(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, init, loss_steps, engine,
+           surrogate_steps, data, threshold, out, model_path, seed, device, as_json, progress, trigger_spec,
+           fail_on_backdoor):
+    """Decide whether a model is backdoored: invert (or take --trigger), sample, compare with the clean threshold."""
+    from .detection import detect as run_detect
+
+    kw = _inversion_kwargs(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, init, loss_steps,
+                           engine, surrogate_steps, seed)
+    device = resolve_device(device)
+    model = load_cli_model(model_path, device)
+    trig = None
+    if trigger_spec is not None:
+        from .patterns import load_pattern
+
+        trig = load_pattern(trigger_spec, model.sample_size, model.channels, kind="trigger")
+    res = run_detect(model, trigger=trig, threshold=threshold, device=device, data=data, progress=progress,
+                     **({"engine": engine} if trig is not None else kw))
+    _finish(res, out, as_json, "detection")
+    if res.inversion.interrupted:
+        sys.exit(130)
+    if fail_on_backdoor and res.backdoored:
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -15,8 +15,13 @@ import torch
 
 @contextlib.contextmanager
 def atomic_dir(out: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``out``, on error it is removed."""
+    """Yield a temporary sibling folder; on success its entries move into ``out`` (created if needed, other
+    files there are kept), on error it is removed and ``out`` is untouched."""
+    from .errors import PdfastError
+
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PdfastError(f"--out {out} is a file; give a folder path")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -24,13 +29,15 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
+    if not out.exists():
         tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
+        return
+    for entry in tmp.iterdir():
+        dest = out / entry.name
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        entry.replace(dest)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

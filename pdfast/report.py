@@ -1,0 +1,65 @@
+"""report.json (versioned schema) and the files of an inversion: trigger.safetensors, trigger.png, samples.png."""
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+import torch
+
+SCHEMA = "pdfast.report/1"
+
+
+def inversion_report(res) -> dict:
+    """The JSON-ready report of an InversionResult: config, lambda table, metrics, timings, device, versions."""
+    from .envinfo import environment
+
+    given = bool(getattr(res, "extra_given_trigger", False))
+    return {
+        "schema": SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "kind": "given-trigger" if given else "inversion",
+        "interrupted": res.interrupted,
+        "model": {"source": res.model_source, "content_hash": res.model_hash},
+        "config": None if given else res.config.to_dict(),
+        "engine": res.engine,
+        "scales": res.scales.to_dict() if res.scales is not None else None,
+        "metrics": res.metrics,
+        "loss": {"first": res.losses[0] if res.losses else None, "last": res.losses[-1] if res.losses else None,
+                 "history": [round(v, 6) for v in res.losses], "drawn_steps": res.drawn_steps},
+        "timings": res.timings,
+        "environment": environment(),
+    }
+
+
+def trigger_metadata(res) -> dict[str, str]:
+    """safetensors metadata (strings): method, K, scale source, seed, model hash, versions."""
+    import diffusers
+
+    from . import __version__
+
+    c = res.config
+    return {"schema": SCHEMA, "method": c.method, "steps": str(c.steps),
+            "scales": res.scales.source if res.scales is not None else "none", "seed": str(c.seed),
+            "model_hash": res.model_hash, "model_source": res.model_source, "pdfast": __version__,
+            "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "interrupted": str(res.interrupted).lower()}
+
+
+def save_result(res, out) -> Path:
+    """Write the outputs into ``out`` atomically: on any error nothing is left half-written."""
+    from safetensors.torch import save
+
+    from .io import atomic_dir, atomic_write_json, save_png
+
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        (tmp / "trigger.safetensors").write_bytes(
+            save({"trigger": res.trigger.detach().float().contiguous().cpu()}, metadata=trigger_metadata(res)))
+        if res.ground_truth is not None:
+            save_png(tmp / "trigger.png", torch.stack([res.trigger.cpu().clamp(-1, 1), res.ground_truth.cpu()]), nrow=2)
+        else:
+            save_png(tmp / "trigger.png", res.trigger.cpu().clamp(-1, 1)[None])
+        if res.samples is not None:
+            save_png(tmp / "samples.png", res.samples, nrow=4)
+        atomic_write_json(tmp / "report.json", inversion_report(res))
+    return out

@@ -1,0 +1,186 @@
+"""Trigger-shift scales lambda_t for the first K chain steps (METHOD.md sections 3 and 5).
+
+Three sources:
+- ``surrogate`` (the paper's method): backdoor a COPY of the suspect model with a surrogate trigger delta_s,
+  run its chain from eps + delta_s and solve min_l ||m_t - l delta_s||^2 per step (eq. 14-15):
+  lambda_t = <m_t, delta_s> / <delta_s, delta_s>,  m_t = mean_b eps_theta(x_t, t).
+- ``analytic``: lambda_t = rho_t = (1 - sqrt(alpha_t)) sqrt(1 - abar_t) / beta_t (x2 for ODE-sampler backdoors).
+- a JSON file holding a saved table.
+Calibrated tables are cached per model content hash, K and calibration settings.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import PdfastError
+from .model import DiffusionModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SurrogateConfig:
+    """How the surrogate backdoor is planted in the copy (the defender's choice of trigger and target)."""
+
+    trigger: str = "GLASSES"
+    target: str = "CORNER"
+    steps: int = 300
+    batch: int = 32
+    lr: float = 5e-4
+    poison_rate: float = 0.5
+    n_images: int = 256
+    pool_steps: int = 50
+    calib_batch: int = 64
+    seed: int = 1234
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+
+@dataclass
+class ScaleTable:
+    """lambda for chain steps k = 0..K-1 (t = T-1-k), where it came from, and the analytic table beside it."""
+
+    values: torch.Tensor
+    source: str
+    timesteps: list[int]
+    analytic: torch.Tensor
+    cached: bool = False
+    info: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "cached": self.cached,
+            "timesteps": self.timesteps,
+            "lambda": [round(float(v), 6) for v in self.values],
+            "analytic": [round(float(v), 6) for v in self.analytic],
+            **({"calibration": self.info} if self.info else {}),
+        }
+
+
+def cache_dir() -> Path:
+    """$PDFAST_CACHE_DIR, else $XDG_CACHE_HOME/pdfast, else ~/.cache/pdfast."""
+    if os.environ.get("PDFAST_CACHE_DIR"):
+        return Path(os.environ["PDFAST_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pdfast"
+
+
+@torch.no_grad()
+def estimate_scales(model: DiffusionModel, delta: torch.Tensor, k: int, *, batch: int = 64, seed: int = 0,
+                    device=None) -> torch.Tensor:
+    """Least-squares shift scale per step along the chain from eps + delta (eq. 15), using model as is."""
+    from .kernels import lstsq_scale
+
+    device = device or model.device
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((batch, *model.shape), generator=gen).to(device) + delta.to(device).reshape(1, *model.shape)
+    d = delta.to(device).reshape(model.shape)
+    out = []
+    for i, t in enumerate(model.schedule.timesteps(k)):
+        eps = model.eps(x, torch.tensor(t, device=device)).float()
+        out.append(float(lstsq_scale(eps, d)))
+        if i + 1 < k:
+            z = torch.randn(x.shape, generator=gen).to(device)
+            x = model.schedule.step(x, eps, t, z)
+    return torch.tensor(out, dtype=torch.float32)
+
+
+def surrogate_scales(model: DiffusionModel, k: int, cfg: SurrogateConfig = SurrogateConfig(), *, data=None,
+                     device=None, progress: bool = False) -> tuple[torch.Tensor, dict]:
+    """Plant (cfg.trigger -> cfg.target) in a copy of ``model`` (BadDiffusion, on images the model generates itself
+    unless ``data`` is a folder) and estimate lambda along its chain; ``model`` itself is never modified."""
+    from .attack import AttackConfig, baddiffusion
+    from .data import get_data
+    from .patterns import load_pattern
+    from .sampling import ddim_sample
+    from .train import TrainConfig
+
+    if not isinstance(model.net, torch.nn.Module):
+        raise PdfastError("surrogate calibration fine-tunes a copy of the network, which needs a torch module; "
+                          "use --scales analytic or a saved table for a plain callable")
+    device = device or model.device
+    t0 = time.perf_counter()
+    g = load_pattern(cfg.trigger, model.sample_size, model.channels, kind="trigger")
+    y = load_pattern(cfg.target, model.sample_size, model.channels, kind="target")
+    if data is not None:
+        images = get_data(data, model.sample_size, model.channels)
+        data_desc = str(data)
+    else:
+        images = ddim_sample(model, cfg.n_images, steps=cfg.pool_steps, seed=cfg.seed, device=device)
+        data_desc = f"{cfg.n_images} DDIM-{cfg.pool_steps} samples of the suspect model"
+    t_pool = time.perf_counter() - t0
+    acfg = AttackConfig(poison_rate=cfg.poison_rate, train=TrainConfig(
+        steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, warmup=max(1, cfg.steps // 10), seed=cfg.seed))
+    surrogate = baddiffusion(model, images, g, y, acfg, device=device, progress=progress).frozen()
+    t_attack = time.perf_counter() - t0 - t_pool
+    lam = estimate_scales(surrogate, g, k, batch=cfg.calib_batch, seed=cfg.seed, device=device)
+    info = {**asdict(cfg), "data": data_desc, "seconds_pool": round(t_pool, 2), "seconds_attack": round(t_attack, 2),
+            "seconds_total": round(time.perf_counter() - t0, 2)}
+    del surrogate
+    return lam, info
+
+
+def load_scales_file(path: str | Path, k: int) -> torch.Tensor:
+    """A saved table: JSON list, or an object with 'lambda' (as in report.json's 'scales'); at least k values."""
+    p = Path(path)
+    if not p.is_file():
+        raise PdfastError(f"--scales {p}: no such file; use surrogate, analytic or a JSON table file")
+    try:
+        obj = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PdfastError(f"--scales {p} is not a readable JSON table ({e}); expected a list of numbers") from None
+    vals = obj.get("lambda") if isinstance(obj, dict) else obj
+    if isinstance(obj, dict) and vals is None and "scales" in obj:
+        vals = obj["scales"].get("lambda")
+    if not isinstance(vals, list) or not all(isinstance(v, (int, float)) for v in vals):
+        raise PdfastError(f"--scales {p} holds no list of numbers (a JSON list or {{\"lambda\": [...]}})")
+    if len(vals) < k:
+        raise PdfastError(f"--scales {p} has {len(vals)} values but --steps is {k}; calibrate for {k} steps")
+    t = torch.tensor(vals[:k], dtype=torch.float32)
+    if not torch.isfinite(t).all():
+        raise PdfastError(f"--scales {p} contains NaN or infinite values")
+    return t
+
+
+def resolve_scales(model: DiffusionModel, k: int, spec: str = "surrogate", *, family: str = "sde",
+                   surrogate: SurrogateConfig = SurrogateConfig(), data=None, device=None, progress: bool = False,
+                   use_cache: bool = True) -> ScaleTable:
+    """The lambda table for the first k steps from ``spec`` (surrogate | analytic | path), with the analytic beside it."""
+    from .io import atomic_write_json
+
+    ts = model.schedule.timesteps(k)
+    analytic = model.schedule.analytic_scales(k, family)
+    if spec == "analytic":
+        return ScaleTable(analytic.clone(), f"analytic-{family}", ts, analytic)
+    if spec != "surrogate":
+        return ScaleTable(load_scales_file(spec, k), f"file:{spec}", ts, analytic)
+    key = f"{model.content_hash()}-K{k}-{surrogate.key()}-{'data' if data else 'self'}"
+    f = cache_dir() / "scales" / f"{key}.json"
+    if use_cache and f.is_file():
+        try:
+            obj = json.loads(f.read_text())
+            log.info("using cached surrogate scales %s", f)
+            return ScaleTable(torch.tensor(obj["lambda"], dtype=torch.float32), "surrogate", ts, analytic,
+                              cached=True, info={**obj.get("calibration", {}), "cache_file": str(f)})
+        except (OSError, ValueError, KeyError):
+            log.warning("ignoring unreadable scale cache %s", f)
+    lam, info = surrogate_scales(model, k, surrogate, data=data, device=device, progress=progress)
+    if not torch.isfinite(lam).all():
+        raise PdfastError("surrogate calibration produced non-finite scales; use --scales analytic")
+    if use_cache:
+        try:
+            atomic_write_json(f, {"lambda": lam.tolist(), "calibration": info, "k": k, "model_hash": model.content_hash()})
+            info = {**info, "cache_file": str(f)}
+        except OSError as e:  # a read-only home must not stop the run
+            log.warning("cannot write the scale cache %s: %s", f, e)
+    return ScaleTable(lam, "surrogate", ts, analytic, info=info)
