@@ -239,7 +239,7 @@ def _resolve_trigger(model, trigger):
         if g is None:
             raise PdfastError(f"{model.source} has no backdoor.json, so there is no ground-truth trigger; pass --trigger NAME|FILE")
         return g
-    return load_pattern(trigger, model.sample_size, model.channels, kind="trigger")
+    return load_pattern(trigger, model.sample_size, model.channels, kind="trigger", any_range=True)
 
 
 @main.command()
@@ -402,7 +402,7 @@ def detect(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise
     if trigger_spec is not None:
         from .patterns import load_pattern
 
-        trig = load_pattern(trigger_spec, model.sample_size, model.channels, kind="trigger")
+        trig = load_pattern(trigger_spec, model.sample_size, model.channels, kind="trigger", any_range=True)
     res = run_detect(model, trigger=trig, threshold=threshold, device=device, data=data, progress=progress,
                      **({"engine": engine} if trig is not None else kw))
     _finish(res, out, as_json, "detection")

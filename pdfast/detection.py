@@ -110,7 +110,7 @@ def detect(model_or_path=None, *, trigger=None, threshold: float | None = None, 
     model, restore = _prepared(demo_path() if model_or_path is None else model_or_path, device)
     try:
         if not torch.is_tensor(trigger):
-            trigger = load_pattern(trigger, model.sample_size, model.channels, kind="trigger")
+            trigger = load_pattern(trigger, model.sample_size, model.channels, kind="trigger", any_range=True)
         if tuple(trigger.shape[-3:]) != model.shape:
             raise PdfastError(f"trigger has shape {tuple(trigger.shape)}, the model needs {model.shape}")
         cfg = InversionConfig(method="puredif", engine=invert_kwargs.get("engine", "reference"))

@@ -304,7 +304,8 @@ def _kind(kind: str):
 
 
 # ------------------------------------------------------------------------------------------------------ loading
-def _check_tensor(t: torch.Tensor, size: int, channels: int, what: str, kind: str) -> torch.Tensor:
+def _check_tensor(t: torch.Tensor, size: int, channels: int, what: str, kind: str,
+                  any_range: bool = False) -> torch.Tensor:
     if t.dim() == 4 and t.shape[0] == 1:
         t = t[0]
     want = (channels, size, size)
@@ -316,6 +317,10 @@ def _check_tensor(t: torch.Tensor, size: int, channels: int, what: str, kind: st
     t = t.detach().to("cpu", torch.float32)
     if torch.isnan(t).any():
         raise PdfastError(f"{what} contains NaN; a {kind} must hold values in [-1, 1]")
+    if any_range:  # an inverted trigger is an optimisation result, not an image: keep it as it is
+        if not torch.isfinite(t).all():
+            raise PdfastError(f"{what} contains infinite values")
+        return t.contiguous()
     lo, hi = (t.min().item(), t.max().item()) if t.numel() else (0.0, 0.0)
     if lo < -_RANGE_TOL or hi > _RANGE_TOL:
         raise PdfastError(f"{what} has values in [{lo:.4g}, {hi:.4g}], outside [-1, 1]; map images with "
@@ -359,15 +364,16 @@ def _load_tensor_file(path: Path, kind: str) -> torch.Tensor:
     return tensors[next(iter(tensors))]
 
 
-def load_pattern(spec, size: int, channels: int = 3, kind: str = "trigger") -> torch.Tensor:
+def load_pattern(spec, size: int, channels: int = 3, kind: str = "trigger", any_range: bool = False) -> torch.Tensor:
     """A (channels, size, size) float32 tensor in [-1, 1] from a built-in name, an image (resized), a .npy or a
-    .safetensors file (first tensor, or the one named 'trigger'/'target'; must already have the right shape)."""
+    .safetensors file (first tensor, or the one named 'trigger'/'target'; must already have the right shape).
+    ``any_range`` accepts tensors outside [-1, 1] unchanged (inverted triggers)."""
     names, draw = _kind(kind)
     _check_geometry(size, channels)
     if torch.is_tensor(spec):
-        return _check_tensor(spec, size, channels, f"the {kind} tensor", kind)
+        return _check_tensor(spec, size, channels, f"the {kind} tensor", kind, any_range)
     if isinstance(spec, np.ndarray):
-        return _check_tensor(torch.from_numpy(spec), size, channels, f"the {kind} array", kind)
+        return _check_tensor(torch.from_numpy(spec), size, channels, f"the {kind} array", kind, any_range)
     if not isinstance(spec, (str, Path)):
         raise PdfastError(f"a {kind} is a built-in name, a file path or a tensor, got {type(spec).__name__}")
     text = str(spec)
@@ -385,7 +391,7 @@ def load_pattern(spec, size: int, channels: int = 3, kind: str = "trigger") -> t
     if suffix in _IMAGE_SUFFIXES:
         return _check_tensor(_load_image(path, size, channels), size, channels, str(path), kind)
     if suffix in (".npy", ".safetensors"):
-        return _check_tensor(_load_tensor_file(path, kind), size, channels, str(path), kind)
+        return _check_tensor(_load_tensor_file(path, kind), size, channels, str(path), kind, any_range)
     raise PdfastError(f"cannot load {kind} from {text}: use a built-in name or a .png/.jpg/.npy/.safetensors file")
 
 

@@ -194,8 +194,11 @@ _CACHE: dict[int, dict[str, torch.Tensor]] = {}
 def _coeffs_cached(s: Schedule) -> dict[str, torch.Tensor]:
     key = id(s)
     hit = _CACHE.get(key)
-    if hit is None or hit.get("_owner") is not s.betas:
+    # id() is reused once a schedule is freed, and schedules on one betas tensor may differ in variance_type:
+    # check both, or a fixed_large schedule can step with a dead fixed_small one's sigma
+    if hit is None or hit.get("_owner") is not s.betas or hit.get("_variance_type") != s.variance_type:
         hit = dict(s.step_coefficients())
         hit["_owner"] = s.betas  # type: ignore[assignment]
+        hit["_variance_type"] = s.variance_type  # type: ignore[assignment]
         _CACHE[key] = hit
     return hit

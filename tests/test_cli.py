@@ -1,0 +1,179 @@
+"""The command line end to end on tiny models: train -> attack -> sample -> evaluate, help texts, and errors
+(exit code 2, one 'error:' line on stderr, no traceback, no output left behind)."""
+import json
+import subprocess
+import sys
+
+import click
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pdfast.cli import main
+
+FAST = ["--json", "--no-progress", "--device", "cpu"]
+
+
+def invoke(args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def ok(args):
+    r = invoke(args)
+    assert r.exit_code == 0, (r.output, r.exception)
+    return r
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A clean tiny model D trained by `pdfast train` (its schedule cut to T = 20 so chains are fast) and D2, its
+    BadDiffusion copy made by `pdfast attack`."""
+    root = tmp_path_factory.mktemp("cli")
+    d, d2 = root / "D", root / "D2"
+    r = ok(["train", "--arch", "tiny", "--size", 8, "--steps", 3, "--batch", 4, "--n-images", 16, "--out", d, *FAST])
+    info = json.loads(r.stdout)
+    cfg_file = d / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["num_train_timesteps"] = 20
+    cfg_file.write_text(json.dumps(cfg))
+    r2 = ok(["attack", "baddiffusion", "--model", d, "--trigger", "BOX_14", "--target", "HAT", "--steps", 3,
+             "--batch", 4, "--n-images", 16, "--warmup", 1, "--out", d2, *FAST])
+    return {"root": root, "D": d, "D2": d2, "train": info, "attack": json.loads(r2.stdout)}
+
+
+def test_train_and_attack_outputs(models):
+    d, d2 = models["D"], models["D2"]
+    t = models["train"]
+    assert t["out"] == str(d) and t["arch"] == "tiny" and t["size"] == 8 and t["data"] == "procedural"
+    assert t["n_images"] == 16 and t["config"]["steps"] == 3 and t["config"]["warmup"] == 3  # warm-up capped at steps
+    for f in ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+              "scheduler/scheduler_config.json"):
+        assert (d / f).is_file() and (d2 / f).is_file(), f
+    assert not (d / "backdoor.json").exists()
+    bd = json.loads((d2 / "backdoor.json").read_text())
+    assert {k: bd[k] for k in ("attack", "trigger", "target", "poison_rate", "steps", "seed")} == {
+        "attack": "baddiffusion", "trigger": "BOX_14", "target": "HAT", "poison_rate": 0.1, "steps": 3, "seed": 0}
+    assert (d2 / "backdoor.safetensors").is_file()
+    assert models["attack"]["out"] == str(d2) and models["attack"]["trigger"] == "BOX_14"
+    assert json.loads((d2 / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"] == 20
+
+    from pdfast.loading import load_model
+
+    a, b = load_model(d), load_model(d2)
+    assert a.schedule.T == 20 and b.schedule.T == 20 and b.backdoor["target"] == "HAT"
+    wa, wb = a.net.state_dict(), b.net.state_dict()
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_sample(models, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "x.png"
+    ok(["sample", "--model", models["D2"], "-n", 2, "--trigger", "truth", "--out", out, "--no-progress", "--device", "cpu"])
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size == ((2 * 9 + 1) * 4, (1 * 9 + 1) * 4)
+    r = ok(["sample", "--model", models["D"], "-n", 1, "--trigger", "BOX_14", "--out", tmp_path / "y.png", *FAST])
+    assert json.loads(r.stdout) == {"out": str(tmp_path / "y.png"), "n": 1, "trigger": "BOX_14", "seed": 0}
+
+
+def test_evaluate(models, tmp_path):
+    r = ok(["evaluate", "--model", models["D2"], "-n", 2, *FAST])
+    rep = json.loads(r.stdout)
+    assert rep["trigger"] == "truth" and rep["n"] == 2 and rep["l2"] == 0.0
+    for k in ("asr", "uniformity", "uniformity_trimmed", "kl_mean", "clean_uniformity"):
+        assert isinstance(rep[k], float), k
+    r = ok(["evaluate", "--model", models["D2"], "-n", 2, "--trigger", "BOX_18", "--no-clean", "--out", tmp_path / "ev",
+            *FAST])
+    rep = json.loads(r.stdout)
+    assert rep["l2"] > 0 and "clean_uniformity" not in rep
+    assert (tmp_path / "ev" / "metrics.json").is_file() and (tmp_path / "ev" / "samples.png").is_file()
+
+
+def test_env():
+    info = json.loads(ok(["env", "--json"]).stdout)
+    assert info["pdfast"] and info["torch"] == torch.__version__
+    assert isinstance(info["cuda_available"], bool) and isinstance(info["triton_usable"], bool)
+    assert "torch" in ok(["env"]).output
+
+
+def _expects_default(p: click.Option) -> bool:
+    if p.required or p.default is None or p.hidden or not p.expose_value:  # --help, --version
+        return False
+    return not (p.is_flag and not p.secondary_opts and not p.default)  # a plain off-by-default flag shows none
+
+
+def test_help_lists_defaults():
+    parent = click.Context(main, info_name="pdfast", **main.context_settings)
+    assert ok(["--help"]).output.count("Commands:") == 1
+    for name, cmd in main.commands.items():
+        text = ok([name, "--help"]).output
+        ctx = click.Context(cmd, parent=parent, info_name=name)
+        wanted = 0
+        for p in cmd.get_params(ctx):
+            if not isinstance(p, click.Option):
+                continue
+            rec = p.get_help_record(ctx)
+            assert rec is not None and p.opts[-1] in text, (name, p.name)
+            if _expects_default(p):
+                wanted += 1
+                assert "default:" in rec[1], (name, p.name, rec)
+        assert ("default:" in text) == (wanted > 0), name
+
+
+def test_entry_point_subprocess():
+    r = subprocess.run([sys.executable, "-m", "pdfast.cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "Usage:" in r.stdout and "train" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_entry_point_error_subprocess(tmp_path):
+    """The real process: exit 2 and exactly one stderr line (no warnings or traceback around it)."""
+    out = tmp_path / "x.png"
+    r = subprocess.run([sys.executable, "-m", "pdfast.cli", "sample", "--model", str(tmp_path / "missing"), "--out",
+                        str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: missing model folder"), r.stderr
+    assert not out.exists()
+
+
+def fails(args, *absent):
+    r = invoke(args)
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert isinstance(r.exception, SystemExit)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.output
+    for p in absent:
+        assert not p.exists(), p
+    return lines[0]
+
+
+def test_errors(models, tmp_path):
+    d, png = models["D"], tmp_path / "x.png"
+    msg = fails(["sample", "--model", tmp_path / "missing", "--out", png], png)
+    assert "missing" in msg
+    fails(["evaluate", "--model", tmp_path / "missing", "-n", 2, "--out", tmp_path / "ev"], tmp_path / "ev")
+    msg = fails(["attack", "baddiffusion", "--model", d, "--trigger", "NO_SUCH_TRIGGER", "--target", "HAT",
+                 "--out", tmp_path / "o", "--no-progress"], tmp_path / "o")
+    assert "NO_SUCH_TRIGGER" in msg
+    fails(["sample", "--model", d, "--trigger", "NO_SUCH_TRIGGER", "--out", png], png)
+    fails(["sample", "--model", d, "--trigger", "truth", "--out", png], png)  # a clean model has no ground truth
+    fails(["sample", "--model", d, "--out", tmp_path / "x.jpg"], tmp_path / "x.jpg")
+    fails(["sample", "--model", d, "-n", 0, "--out", png], png)
+    fails(["evaluate", "--model", d, "-n", 1], )
+    fails(["train", "--size", 10, "--out", tmp_path / "t"], tmp_path / "t")
+    fails(["train", "--size", 8, "--steps", 0, "--out", tmp_path / "t"], tmp_path / "t")
+    msg = fails(["attack", "baddiffusion", "--model", d, "--trigger", "BOX_14", "--target", "HAT", "--poison-rate", 0,
+                 "--out", tmp_path / "o", "--no-progress", "--device", "cpu"], tmp_path / "o")
+    assert "poison rate" in msg
+    (tmp_path / "empty").mkdir()
+    fails(["train", "--arch", "tiny", "--size", 8, "--data", tmp_path / "empty", "--out", tmp_path / "t",
+           "--no-progress", "--device", "cpu"], tmp_path / "t")
+    fails(["attack", "baddiffusion", "--model", d, "--trigger", "BOX_14", "--target", "HAT",
+           "--data", tmp_path / "empty", "--out", tmp_path / "o", "--no-progress", "--device", "cpu"], tmp_path / "o")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no temporary folders either
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_cuda_without_gpu(models, tmp_path):
+    fails(["train", "--arch", "tiny", "--size", 8, "--device", "cuda", "--out", tmp_path / "t"], tmp_path / "t")
+    fails(["sample", "--model", models["D"], "--device", "cuda", "--out", tmp_path / "x.png"], tmp_path / "x.png")

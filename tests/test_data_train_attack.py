@@ -1,0 +1,234 @@
+"""Procedural data, image folders, DDPM training and the BadDiffusion attack (METHOD.md section 2)."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pdfast.errors import PdfastError
+
+
+# ---------- data ----------
+def test_synthetic_images_deterministic_shape_range_diverse():
+    from pdfast.data import get_data, synthetic_images
+
+    a = synthetic_images(16, 8, seed=3)
+    assert a.shape == (16, 3, 8, 8) and a.dtype == torch.float32 and a.is_contiguous()
+    assert torch.equal(a, synthetic_images(16, 8, seed=3))
+    assert not torch.equal(a, synthetic_images(16, 8, seed=4))
+    assert a.min() >= -1 and a.max() <= 1
+    d = ((a[:, None] - a[None]) ** 2).mean((2, 3, 4))
+    assert float(d[~torch.eye(16, dtype=torch.bool)].mean()) > 0.05
+    assert synthetic_images(4, 12, channels=1).shape == (4, 1, 12, 12)
+    assert torch.equal(get_data(None, 8, n=16, seed=3), a)
+    with pytest.raises(PdfastError):
+        synthetic_images(2, 8, channels=2)
+
+
+def _png(path, arr):
+    from PIL import Image
+
+    Image.fromarray(np.asarray(arr, dtype=np.uint8)).save(path)
+
+
+def test_load_image_folder(tmp_path):
+    from pdfast.data import get_data, load_image_folder
+
+    # 12 wide, 8 high: red | green (8x8 centre) | blue -> the centre crop is all green
+    wide = np.zeros((8, 12, 3), np.uint8)
+    wide[:, :2] = (255, 0, 0)
+    wide[:, 2:10] = (0, 255, 0)
+    wide[:, 10:] = (0, 0, 255)
+    _png(tmp_path / "a.png", wide)
+    # 8 wide, 12 high: the centre crop is rows 2..9, all white
+    tall = np.zeros((12, 8, 3), np.uint8)
+    tall[2:10] = 255
+    (tmp_path / "sub").mkdir()
+    _png(tmp_path / "sub" / "b.png", tall)
+    (tmp_path / "notes.txt").write_text("not an image")
+
+    x = load_image_folder(tmp_path, 4)
+    assert x.shape == (2, 3, 4, 4) and x.dtype == torch.float32
+    green = torch.tensor([-1.0, 1.0, -1.0]).view(3, 1, 1).expand(3, 4, 4)
+    torch.testing.assert_close(x[0], green)
+    torch.testing.assert_close(x[1], torch.ones(3, 4, 4))
+    assert load_image_folder(tmp_path, 4, channels=1).shape == (2, 1, 4, 4)
+    assert load_image_folder(tmp_path, 4, limit=1).shape[0] == 1
+    torch.testing.assert_close(get_data(tmp_path, 4), x)
+
+
+def _one_line(err):
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_load_image_folder_errors(tmp_path):
+    from pdfast.data import load_image_folder
+
+    with pytest.raises(PdfastError) as e:
+        load_image_folder(tmp_path / "missing", 8)
+    assert "does not exist" in _one_line(e)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PdfastError) as e:
+        load_image_folder(tmp_path / "empty", 8)
+    assert "no images" in _one_line(e)
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(PdfastError) as e:
+        load_image_folder(tmp_path / "file.png", 8)
+    _one_line(e)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    _png(bad / "ok.png", np.zeros((4, 4, 3)))
+    (bad / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    with pytest.raises(PdfastError) as e:
+        load_image_folder(bad, 8)
+    assert "zz_corrupt.png" in _one_line(e)
+
+
+# ---------- training ----------
+def test_cosine_with_warmup():
+    from pdfast.train import cosine_with_warmup as f
+
+    assert [f(s, 4, 20) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4, 4, 20) == 1.0
+    assert f(12, 4, 20) == pytest.approx(0.5)
+    assert f(8, 4, 20) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert f(20, 4, 20) == pytest.approx(0.0, abs=1e-12)
+    assert f(25, 4, 20) == pytest.approx(0.0, abs=1e-12)  # clamped past the end
+    assert f(0, 0, 10) == 1.0  # no warm-up
+
+
+def test_make_unet_presets():
+    from pdfast.train import UNET_PRESETS, make_unet
+
+    a, b = make_unet("tiny", 8, seed=1), make_unet("tiny", 8, seed=1)
+    assert a.config.sample_size == 8 and a.config.block_out_channels == tuple(UNET_PRESETS["tiny"]["block_out_channels"])
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    with pytest.raises(PdfastError):
+        make_unet("huge")
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.net.state_dict().items()}
+
+
+def test_train_ddpm_reduces_loss_and_is_deterministic(tiny_model):
+    from pdfast.data import synthetic_images
+    from pdfast.train import TrainConfig, train_ddpm
+
+    images = synthetic_images(64, 8)
+    cfg = TrainConfig(steps=30, batch=16, lr=3e-3, warmup=0, seed=0)
+    a, b = tiny_model.copy(), tiny_model.copy()
+    la = train_ddpm(a, images, cfg, progress=False)
+    assert len(la) == 30 and all(math.isfinite(v) for v in la)
+    assert sum(la[-5:]) / 5 < 0.9 * sum(la[:5]) / 5
+    assert not a.net.training and not any(p.requires_grad for p in a.net.parameters())
+    lb = train_ddpm(b, images, cfg, progress=False)
+    assert la == lb
+    wa, wb = _weights(a), _weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    lc = train_ddpm(tiny_model.copy(), images, TrainConfig(steps=3, batch=16, lr=3e-3, warmup=0, seed=1), progress=False)
+    assert lc != la[:3]
+
+
+# ---------- the attack ----------
+def test_poisoned_batch_matches_method(tiny_model):
+    from pdfast.attack import poisoned_batch
+
+    s = tiny_model.schedule
+    gen = torch.Generator().manual_seed(0)
+    B = 4
+    x0 = torch.rand(B, 3, 8, 8, generator=gen) * 2 - 1
+    eps = torch.randn(B, 3, 8, 8, generator=gen)
+    t = torch.tensor([999, 500, 10, 0])
+    poison = torch.tensor([True, False, True, False])
+    g = torch.full((1, 3, 8, 8), -1.0)
+    g[..., 4:7, 4:7] = 0.3  # the trigger pattern; background exactly -1
+    y = torch.rand(1, 3, 8, 8, generator=gen) * 2 - 1
+    x_in, target = poisoned_batch(s, x0, t, eps, poison, g, y)
+
+    abar, alpha, beta = s.abar, s.alphas, s.betas
+    M = (g[0] == -1).float()
+    for i in range(B):
+        ti = int(t[i])
+        ab = float(abar[ti])
+        if poison[i]:
+            r = M * x0[i] + (1 - M) * g[0]
+            rho = (1 - math.sqrt(float(alpha[ti]))) * math.sqrt(1 - ab) / float(beta[ti])
+            want_in = math.sqrt(ab) * y[0] + math.sqrt(1 - ab) * eps[i] + (1 - math.sqrt(ab)) * r
+            want_target = eps[i] + rho * r
+        else:  # clean samples: the ordinary DDPM pair
+            want_in = math.sqrt(ab) * x0[i] + math.sqrt(1 - ab) * eps[i]
+            want_target = eps[i]
+        torch.testing.assert_close(x_in[i], want_in, rtol=0, atol=1e-5)
+        torch.testing.assert_close(target[i], want_target, rtol=0, atol=1e-5)
+    assert torch.equal(target[1], eps[1]) and torch.equal(target[3], eps[3])
+
+
+def _attack(model, **kw):
+    from pdfast.attack import AttackConfig, baddiffusion
+    from pdfast.data import synthetic_images
+    from pdfast.patterns import draw_target, draw_trigger
+    from pdfast.train import TrainConfig
+
+    g, y = draw_trigger("BOX_14", 8), draw_target("HAT", 8)
+    cfg = AttackConfig(poison_rate=0.5, train=TrainConfig(steps=3, batch=4, lr=1e-3, warmup=1, seed=0))
+    return baddiffusion(model, synthetic_images(16, 8), g, y, cfg, progress=False, **kw), g, y
+
+
+def test_baddiffusion_copies_and_changes_weights(tiny_model):
+    before = _weights(tiny_model)
+    bad, _, _ = _attack(tiny_model)
+    assert bad is not tiny_model and bad.net is not tiny_model.net
+    after = _weights(tiny_model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    new = _weights(bad)
+    assert any(not torch.equal(before[k], new[k]) for k in before)
+    assert bad.schedule is tiny_model.schedule
+
+
+def test_attack_config_and_shape_errors(tiny_model):
+    from pdfast.attack import AttackConfig, baddiffusion
+    from pdfast.model import from_callable
+
+    for rate in (0.0, -0.1, 1.5):
+        with pytest.raises(PdfastError):
+            AttackConfig(poison_rate=rate)
+    assert AttackConfig().to_dict()["poison_rate"] == 0.1
+    with pytest.raises(PdfastError):
+        baddiffusion(tiny_model, torch.zeros(4, 3, 8, 8), torch.zeros(3, 16, 16), torch.zeros(3, 8, 8))
+    fn = from_callable(lambda x, t: x, tiny_model.schedule, 8)
+    with pytest.raises(PdfastError):
+        baddiffusion(fn, torch.zeros(4, 3, 8, 8), torch.zeros(3, 8, 8), torch.zeros(3, 8, 8))
+
+
+def test_save_backdoored_round_trip(tmp_path, tiny_model):
+    from pdfast.attack import GROUND_TRUTH_FILE, load_ground_truth, save_backdoored
+    from pdfast.loading import load_model
+
+    bad, g, y = _attack(tiny_model)
+    info = {"attack": "baddiffusion", "trigger": "BOX_14", "target": "HAT", "poison_rate": 0.5, "steps": 3, "seed": 0}
+    out = save_backdoored(bad, tmp_path / "bad", info, g, y)
+    assert out == tmp_path / "bad"
+    bd = json.loads((out / "backdoor.json").read_text())
+    for k, v in info.items():
+        assert bd[k] == v
+    assert bd["ground_truth_file"] == GROUND_TRUTH_FILE and (out / GROUND_TRUTH_FILE).is_file()
+
+    loaded = load_model(out)
+    assert loaded.backdoor == bd
+    w0, w1 = _weights(bad), _weights(loaded)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    g2, y2 = load_ground_truth(loaded)
+    assert torch.equal(g2, g) and torch.equal(y2, y)
+
+    # without the tensor file the names in backdoor.json are redrawn
+    (out / GROUND_TRUTH_FILE).unlink()
+    g3, y3 = load_ground_truth(load_model(out))
+    assert torch.equal(g3, g) and torch.equal(y3, y)
+    # a clean model has no ground truth; a corrupt tensor file is a PdfastError
+    assert load_ground_truth(tiny_model) == (None, None)
+    (out / GROUND_TRUTH_FILE).write_bytes(b"garbage")
+    with pytest.raises(PdfastError):
+        load_ground_truth(load_model(out))

@@ -1,0 +1,236 @@
+"""Inversion methods, shift scales and detection on tiny models, against hand-computed references."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pdfast.engine import make_engine
+from pdfast.engine.reference import chain_loss
+from pdfast.errors import PdfastError
+from pdfast.inversion import InversionConfig, invert, run_inversion
+from pdfast.model import DiffusionModel
+from pdfast.scales import ScaleTable, estimate_scales, load_scales_file, resolve_scales
+from pdfast.schedule import Schedule
+
+SCHED = Schedule.from_config({"clip_sample": False, "num_train_timesteps": 50})
+
+
+class Linear:
+    """eps(x, t) = a * x: a chain whose loss and gradient can be written by hand."""
+
+    def __init__(self, a):
+        self.a = a
+
+    def __call__(self, x, t):
+        return self.a * x
+
+
+def linear_model(a=0.3, size=4):
+    return DiffusionModel(Linear(a), SCHED, size, 3)
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2"])
+def test_elijah_loss_and_grad_by_hand(norm):
+    """K = 1: L = norm(mean_b a (n_b + d) - 0.5 d) ; dL/dd = (a - 0.5) * dnorm."""
+    m, a = linear_model(), 0.3
+    g = torch.Generator().manual_seed(0)
+    n = torch.randn(5, 3, 4, 4, generator=g)
+    d = torch.randn(1, 3, 4, 4, generator=g)
+    eng = make_engine("reference", m)
+    loss, grad = eng.loss_and_grad(d, n, [], SCHED.timesteps(1), [0.5], [0], norm)
+    r = a * n.mean(0) + (a - 0.5) * d[0]
+    want = r.abs().mean() if norm == "l1" else (r * r).mean()
+    dr = torch.sign(r) / r.numel() if norm == "l1" else 2 * r / r.numel()
+    assert loss == pytest.approx(float(want), rel=1e-6)
+    torch.testing.assert_close(grad[0], (a - 0.5) * dr, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2"])
+def test_puredif_two_step_loss_and_grad_by_hand(norm):
+    """K = 2, loss at the second step: x1 = c1 (x0 - c2 a x0) + s z, m = a mean_b x1, L = norm(m - lam d)."""
+    m, a, lam = linear_model(), 0.3, 0.41
+    t0, t1 = SCHED.timesteps(2)
+    c = SCHED.step_coefficients()
+    c1, c2, s = float(c["c1"][t0]), float(c["c2"][t0]), float(c["sigma"][t0])
+    g = torch.Generator().manual_seed(1)
+    n = torch.randn(6, 3, 4, 4, generator=g)
+    z = torch.randn(6, 3, 4, 4, generator=g)
+    d = torch.randn(1, 3, 4, 4, generator=g)
+    eng = make_engine("reference", m)
+    loss, grad = eng.loss_and_grad(d, n, [z], [t0, t1], [0.0, lam], [1], norm)
+    B = a * c1 * (1 - c2 * a)
+    r = B * n.mean(0) + a * s * z.mean(0) + (B - lam) * d[0]
+    want = r.abs().mean() if norm == "l1" else (r * r).mean()
+    dr = torch.sign(r) / r.numel() if norm == "l1" else 2 * r / r.numel()
+    assert loss == pytest.approx(float(want), rel=1e-5)
+    torch.testing.assert_close(grad[0], (B - lam) * dr, rtol=1e-4, atol=1e-7)
+
+
+def test_all_steps_loss_is_mean_of_single_step_losses():
+    m = linear_model()
+    g = torch.Generator().manual_seed(2)
+    n, d = torch.randn(3, 3, 4, 4, generator=g), torch.randn(1, 3, 4, 4, generator=g)
+    zs = [torch.randn(3, 3, 4, 4, generator=g) for _ in range(2)]
+    ts, lam = SCHED.timesteps(3), [0.5, 0.45, 0.4]
+    each = [float(chain_loss(m, d, n, zs, ts, lam, [k], "l2")) for k in range(3)]
+    both = float(chain_loss(m, d, n, zs, ts, lam, [0, 1, 2], "l2"))
+    assert both == pytest.approx(sum(each) / 3, rel=1e-6)
+
+
+class Shifted:
+    """Batch mean of the output is exactly lam_t * delta at every t, by construction."""
+
+    def __init__(self, delta, lam_of_t):
+        self.delta, self.lam = delta, lam_of_t
+
+    def __call__(self, x, t):
+        return (x - x.mean(0, keepdim=True)) + self.lam(int(t)) * self.delta
+
+
+def test_scale_estimator_recovers_known_lambda():
+    delta = torch.linspace(-1, 1, 3 * 4 * 4).reshape(3, 4, 4)
+    lam = lambda t: 0.2 + 0.006 * t  # noqa: E731
+    m = DiffusionModel(Shifted(delta, lam), SCHED, 4, 3)
+    est = estimate_scales(m, delta, 6, batch=8)
+    want = torch.tensor([lam(t) for t in SCHED.timesteps(6)])
+    torch.testing.assert_close(est, want, rtol=1e-5, atol=1e-6)
+
+
+def test_inversion_recovers_trigger_of_shifted_model():
+    """On the synthetic model the loss is minimised by delta = truth when lambda matches: PureDiffusion finds it."""
+    truth = -torch.ones(3, 4, 4)
+    truth[:, 2:, 2:] = 0.5
+    m = DiffusionModel(Shifted(truth, lambda t: 0.5), SCHED, 4, 3)
+    # eps - lam delta has batch mean 0.5 truth - lam delta: zero at delta = truth (lam = 0.5 analytic-like table)
+    cfg = InversionConfig(method="puredif", steps=3, scales="analytic", epochs=150, lr=0.05).resolved()
+    table = ScaleTable(torch.full((3,), 0.5), "test", SCHED.timesteps(3), torch.full((3,), 0.5))
+    res = run_inversion(m, cfg, table)
+    assert (res.trigger - truth).abs().max() < 0.1
+    assert res.losses[-1] < res.losses[0] / 5
+
+
+def test_scales_sources(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("PDFAST_CACHE_DIR", str(tmp_path / "cache"))
+    t = resolve_scales(tiny_model, 4, "analytic")
+    torch.testing.assert_close(t.values, tiny_model.schedule.analytic_scales(4))
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps({"lambda": [0.1, 0.2, 0.3, 0.4, 0.5]}))
+    torch.testing.assert_close(resolve_scales(tiny_model, 4, str(f)).values, torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    with pytest.raises(PdfastError, match="has 5 values"):
+        load_scales_file(f, 6)
+    (tmp_path / "bad.json").write_text("{nope")
+    with pytest.raises(PdfastError, match="JSON"):
+        load_scales_file(tmp_path / "bad.json", 2)
+
+
+def test_surrogate_calibration_is_cached_and_leaves_model_untouched(tmp_path, tiny_model, monkeypatch):
+    from dataclasses import replace
+
+    from pdfast.scales import SurrogateConfig
+
+    monkeypatch.setenv("PDFAST_CACHE_DIR", str(tmp_path / "cache"))
+    before = {k: v.clone() for k, v in tiny_model.net.state_dict().items()}
+    sc = replace(SurrogateConfig(), steps=3, n_images=8, pool_steps=3, calib_batch=4, batch=4)
+    t1 = resolve_scales(tiny_model, 3, "surrogate", surrogate=sc)
+    assert not t1.cached and t1.values.shape == (3,) and torch.isfinite(t1.values).all()
+    t2 = resolve_scales(tiny_model, 3, "surrogate", surrogate=sc)
+    assert t2.cached
+    torch.testing.assert_close(t1.values, t2.values)
+    for k, v in tiny_model.net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    d = t1.to_dict()
+    assert len(d["lambda"]) == len(d["analytic"]) == 3
+
+
+def test_invert_api_keeps_caller_model_and_reports(tiny_model):
+    net = tiny_model.net
+    net.train().requires_grad_(True)
+    calls = []
+    res = invert(tiny_model, steps=2, scales="analytic", epochs=2, batch=3, evaluate=False,
+                 callback=lambda i, loss, d: calls.append(i))
+    assert calls == [0, 1]
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    d = res.to_dict()
+    assert d["schema"].startswith("pdfast.report/") and d["scales"]["source"] == "analytic-sde"
+    assert d["config"]["method"] == "puredif" and len(d["loss"]["history"]) == 2
+
+
+def test_bad_inputs(tiny_model):
+    with pytest.raises(PdfastError, match="unknown method"):
+        InversionConfig(method="magic").resolved()
+    with pytest.raises(PdfastError, match="larger than the model's schedule"):
+        invert(tiny_model, steps=5000, scales="analytic", evaluate=False)
+    nan_model = DiffusionModel(lambda x, t: x * float("nan"), SCHED, 4, 3)
+    with pytest.raises(PdfastError, match="diverged"):
+        invert(nan_model, steps=2, scales="analytic", epochs=2, batch=2, evaluate=False)
+
+
+def _tiny_backdoored_folder(tmp_path):
+    """A tiny backdoored model folder with a 20-step schedule (fast full chains)."""
+    from pdfast.cli import main
+
+    r = CliRunner()
+    c, b = tmp_path / "clean", tmp_path / "bad"
+    res = r.invoke(main, ["train", "--arch", "tiny", "--size", "8", "--steps", "2", "--batch", "2", "--n-images", "8",
+                          "--out", str(c), "--no-progress", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    cfgf = c / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfgf.read_text())
+    cfg["num_train_timesteps"] = 20
+    cfgf.write_text(json.dumps(cfg))
+    res = r.invoke(main, ["attack", "baddiffusion", "--model", str(c), "--trigger", "BOX_14", "--target", "HAT",
+                          "--steps", "2", "--batch", "2", "--n-images", "8", "--warmup", "1", "--out", str(b),
+                          "--no-progress", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    return b
+
+
+def test_cli_invert_and_detect_end_to_end(tmp_path, monkeypatch):
+    from pdfast.cli import main
+
+    monkeypatch.setenv("PDFAST_CACHE_DIR", str(tmp_path / "cache"))
+    b = _tiny_backdoored_folder(tmp_path)
+    r = CliRunner(mix_stderr=False) if "mix_stderr" in CliRunner.__init__.__code__.co_varnames else CliRunner()
+    out = tmp_path / "inv"
+    res = r.invoke(main, ["invert", "--model", str(b), "--steps", "3", "--epochs", "2", "--batch", "2",
+                          "--surrogate-steps", "2", "--out", str(out), "--json", "--no-progress", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["scales"]["source"] == "surrogate" and len(rep["scales"]["analytic"]) == 3
+    for k in ("uniformity", "kl_mean", "asr", "l2", "detection"):
+        assert k in rep["metrics"], k
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "samples.png", "trigger.png", "trigger.safetensors"]
+    from safetensors import safe_open
+
+    with safe_open(str(out / "trigger.safetensors"), "pt") as f:
+        meta = f.metadata()
+        assert meta["method"] == "puredif" and meta["steps"] == "3" and meta["scales"] == "surrogate"
+    # detect with a given trigger file; --fail-on-backdoor with a huge threshold -> exit 1
+    res = r.invoke(main, ["detect", "--model", str(b), "--trigger", str(out / "trigger.safetensors"),
+                          "--threshold", "10", "--fail-on-backdoor", "--out", str(tmp_path / "det"), "--json",
+                          "--no-progress", "--device", "cpu"])
+    assert res.exit_code == 1, res.output
+    assert json.loads(res.stdout)["metrics"]["detection"]["verdict"] == "backdoored"
+
+
+def test_cli_bad_inputs_leave_no_output(tmp_path):
+    from pdfast.cli import main
+
+    b = _tiny_backdoored_folder(tmp_path)
+    r = CliRunner()
+    bad = tmp_path / "wrong.npy"
+    np.save(bad, np.zeros((3, 5, 5), np.float32))
+    cases = [
+        ["invert", "--model", str(b), "--method", "magic"],
+        ["invert", "--model", str(b), "--steps", "5000", "--scales", "analytic"],
+        ["invert", "--model", str(b), "--scales", str(tmp_path / "missing.json")],
+        ["detect", "--model", str(b), "--trigger", str(bad)],
+    ]
+    for i, args in enumerate(cases):
+        out = tmp_path / f"o{i}"
+        res = r.invoke(main, args + ["--out", str(out), "--no-progress", "--device", "cpu"])
+        assert res.exit_code == 2, (args, res.output)
+        assert "Traceback" not in res.output
+        assert not out.exists(), args
