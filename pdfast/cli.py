@@ -313,7 +313,7 @@ def inversion_options(fn):
         click.option("--init", type=click.Choice(["uniform", "zeros"]), default="uniform", help="Trigger init: -U(0,1) or zeros."),
         click.option("--loss-steps", type=click.Choice(["sampled", "all"]), default="sampled",
                      help="sampled: one step drawn from the first K per iteration (the paper); all: mean over all K."),
-        click.option("--engine", type=click.Choice(["reference", "fast"]), default="reference",
+        click.option("--engine", type=click.Choice(["reference", "fast"]), default="fast",
                      help="reference: eager fp32 autograd; fast: checkpointed/compiled/bf16 engine."),
         click.option("--surrogate-steps", type=int, default=None, help="Fine-tune steps of the surrogate backdoor (default 300)."),
         click.option("--data", type=click.Path(path_type=Path), default=None,

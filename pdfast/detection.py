@@ -113,7 +113,7 @@ def detect(model_or_path=None, *, trigger=None, threshold: float | None = None, 
             trigger = load_pattern(trigger, model.sample_size, model.channels, kind="trigger", any_range=True)
         if tuple(trigger.shape[-3:]) != model.shape:
             raise PdfastError(f"trigger has shape {tuple(trigger.shape)}, the model needs {model.shape}")
-        cfg = InversionConfig(method="puredif", engine=invert_kwargs.get("engine", "reference"))
+        cfg = InversionConfig(method="puredif", engine=invert_kwargs.get("engine", "fast"))
         engine = make_engine(cfg.engine, model)
         res = InversionResult(trigger=trigger.detach().float().cpu().reshape(model.shape), config=cfg, scales=None,
                               losses=[], drawn_steps=[], timings={}, model_hash=model.content_hash(),

@@ -41,7 +41,7 @@ class InversionConfig:
     noise: str | None = None              # fresh (new batch each iteration) | fixed (one batch, drawn once)
     init: str = "uniform"                 # uniform: -U(0, 1) as Elijah | zeros
     loss_steps: str = "sampled"           # sampled: one step k ~ U{0..K-1} per iteration | all: mean over the K steps
-    engine: str = "reference"             # reference | fast
+    engine: str = "fast"                  # fast (checkpointed/compiled/bf16 on GPU) | reference (eager fp32)
     seed: int = 0
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 
