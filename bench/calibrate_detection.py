@@ -17,7 +17,7 @@ import math
 import sys
 from pathlib import Path
 
-from _common import header, md_table, write
+from common import header, md_table, write
 
 
 def measure(path: str, steps: int, seed: int, device: str) -> dict:

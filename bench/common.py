@@ -118,3 +118,37 @@ def write_json(path: Path, data: dict) -> None:
 
 def gib(nbytes) -> str:
     return "-" if nbytes is None else f"{nbytes / 2**30:.3f} GiB" if nbytes >= 2**27 else f"{nbytes / 2**20:.2f} MiB"
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# ---- result files of the experiment scripts (compare_methods, inversion_choices, calibrate_detection)
+
+
+def header() -> dict:
+    """Date and pdfast.envinfo.environment() for the top of a result file."""
+    from pdfast.envinfo import environment as _env
+
+    return {"date": _dt.date.today().isoformat(), "environment": _env()}
+
+
+def write(name: str, obj: dict, table: str) -> tuple[Path, Path]:
+    """Write bench/results/<name>.json and .md (the markdown table with the environment above it)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    j, m = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+    j.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    env = obj.get("environment", {})
+    m.write_text(f"# {name}\n\n{obj.get('date', '')}; device {env.get('device')}; torch {env.get('torch')}; "
+                 f"diffusers {env.get('diffusers')}; pdfast {env.get('pdfast')}\n\n"
+                 f"Command: `{obj.get('command', '')}`\n\n{table}\n")
+    return j, m
+
+
+def md_table(rows: list[dict], cols: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    out = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    out += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(out)

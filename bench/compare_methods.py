@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from _common import header, md_table, write
+from common import header, md_table, write
 
 
 def main(argv=None) -> int:

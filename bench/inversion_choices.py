@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _common import header, md_table, write
+from common import header, md_table, write
 
 GRID = [
     {},  # the defaults
