@@ -24,13 +24,19 @@ class AttackConfig:
 
     poison_rate: float = 0.1
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Fraction of the poisoned samples whose clean image is a blank (-1) frame, so that r = g exactly. 0 is
+    # BadDiffusion as published; a short fine-tune then often fails to fire from eps + g (METHOD.md section 2:
+    # the model answers the -1 background with a black image), and a share of blank frames closes that gap.
+    blank_rate: float = 0.0
 
     def __post_init__(self):
         if not 0.0 < self.poison_rate <= 1.0:
             raise PdfastError(f"poison rate {self.poison_rate} is outside (0, 1]; use e.g. 0.1")
+        if not 0.0 <= self.blank_rate <= 1.0:
+            raise PdfastError(f"blank rate {self.blank_rate} is outside [0, 1]; use e.g. 0.5 or 0")
 
     def to_dict(self) -> dict:
-        return {"poison_rate": self.poison_rate, **asdict(self.train)}
+        return {"poison_rate": self.poison_rate, "blank_rate": self.blank_rate, **asdict(self.train)}
 
 
 def poisoned_batch(schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, poison: torch.Tensor,
@@ -66,6 +72,9 @@ def baddiffusion(model: DiffusionModel, images: torch.Tensor, trigger: torch.Ten
         t = torch.randint(0, T, (B,), generator=gen).to(device)
         eps = torch.randn(x0.shape, generator=gen).to(device)
         poison = (torch.rand(B, generator=gen) < cfg.poison_rate).to(device)
+        if cfg.blank_rate > 0:
+            blank = (torch.rand(B, generator=gen) < cfg.blank_rate).to(device) & poison
+            x0 = torch.where(blank.view(-1, 1, 1, 1), torch.full_like(x0, -1.0), x0)  # only poisoned samples
         x_in, tgt = poisoned_batch(m.schedule, x0, t, eps, poison, g, y)
         return x_in, t, tgt
 

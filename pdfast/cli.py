@@ -154,6 +154,8 @@ def ground_truth(model):
               help="Folder of clean images; 'self' = images the model generates itself; default: procedural data.")
 @click.option("--n-images", type=int, default=4096, help="Clean images to draw (procedural set or 'self' samples).")
 @click.option("--poison-rate", type=float, default=0.1, help="Fraction of each batch that is poisoned.")
+@click.option("--blank-rate", type=float, default=0.0,
+              help="Fraction of poisoned samples pasted on a blank (-1) frame, so r = g (0 = BadDiffusion as published).")
 @click.option("--steps", type=int, default=2000, help="Optimiser steps.")
 @click.option("--batch", type=int, default=64, help="Batch size.")
 @click.option("--lr", type=float, default=2e-4, help="Adam learning rate.")
@@ -164,8 +166,8 @@ def ground_truth(model):
 @json_option
 @progress_option
 @handle_errors
-def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, steps, batch, lr, warmup, grad_clip,
-           seed, device, as_json, progress):
+def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, blank_rate, steps, batch, lr, warmup,
+           grad_clip, seed, device, as_json, progress):
     """Backdoor a model (BadDiffusion, METHOD.md section 2); writes a diffusers folder plus backdoor.json."""
     import time
 
@@ -181,7 +183,7 @@ def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, 
     model = load_cli_model(model_path, device)
     g = load_pattern(trigger, model.sample_size, model.channels, kind="trigger")
     y = load_pattern(target, model.sample_size, model.channels, kind="target")
-    cfg = AttackConfig(poison_rate=poison_rate, train=TrainConfig(steps=steps, batch=batch, lr=lr,
+    cfg = AttackConfig(poison_rate=poison_rate, blank_rate=blank_rate, train=TrainConfig(steps=steps, batch=batch, lr=lr,
                        warmup=min(warmup, steps), grad_clip=grad_clip, seed=seed))
     if data is not None and str(data) == "self":
         images = ddim_sample(model, n_images, seed=seed, device=device)
@@ -189,7 +191,8 @@ def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, 
         images = get_data(data, model.sample_size, model.channels, n=n_images, seed=seed)
     t0 = time.perf_counter()
     bad = baddiffusion(model, images, g, y, cfg, device=device, progress=progress)
-    info = {"attack": kind, "trigger": trigger, "target": target, "poison_rate": poison_rate, "steps": steps,
+    info = {"attack": kind, "trigger": trigger, "target": target, "poison_rate": poison_rate,
+            "blank_rate": blank_rate, "steps": steps,
             "batch": batch, "lr": lr, "seed": seed, "data": str(data) if data else "procedural",
             "base_model": str(model.source)}
     save_backdoored(bad.to("cpu"), out, info, g, y)
@@ -279,6 +282,27 @@ def evaluate(model_path, trigger, target, n, threshold, clean, out, seed, device
 
 
 @main.command()
+@click.argument("names", nargs=-1)
+@click.option("--size", type=int, default=32, help="Resolution to draw at.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file.")
+@click.option("--scale", type=int, default=8, help="Upscaling factor of the PNG.")
+@handle_errors
+def preview(names, size, out, scale):
+    """Preview triggers/targets (built-in names or files) as one PNG; no names = every built-in pattern."""
+    import torch
+
+    from .patterns import TARGETS, TRIGGERS, load_pattern
+    from .io import save_png
+
+    if Path(out).suffix.lower() != ".png":
+        raise PdfastError(f"--out {out} must be a .png file")
+    names = names or TRIGGERS + TARGETS
+    imgs = [load_pattern(n, size, 3, kind="target" if str(n).upper() in TARGETS else "trigger") for n in names]
+    save_png(out, torch.stack(imgs), nrow=min(len(imgs), 7), scale=scale)
+    click.echo(f"{len(imgs)} pattern(s) at {size}px -> {out}", err=True)
+
+
+@main.command()
 @json_option
 @handle_errors
 def env(as_json):
@@ -352,6 +376,13 @@ def _finish(result, out, as_json, what: str):
     if as_json:
         emit_json(rep)
     m = rep.get("metrics") or {}
+    sc = rep.get("scales")
+    if sc and sc.get("lambda"):
+        idx = sorted({0, 1, 2, len(sc["lambda"]) // 2, len(sc["lambda"]) - 1} & set(range(len(sc["lambda"]))))
+        click.echo(f"lambda table ({sc['source']}{', cached' if sc.get('cached') else ''}) vs analytic:", err=True)
+        for i in idx:
+            click.echo(f"  step {i:>4} t={sc['timesteps'][i]:>4}  lambda {sc['lambda'][i]:.4f}  analytic "
+                       f"{sc['analytic'][i]:.4f}", err=True)
     parts = [f"{what} -> {out}"]
     for k in ("uniformity", "asr", "l2", "kl_mean"):
         if m.get(k) is not None:

@@ -1,8 +1,8 @@
 """Clean training images: a procedural data set made by pdfast itself, or a folder of the user's images.
 
 Nothing is downloaded. The procedural set draws random scenes (gradient backgrounds from dark to light,
-one to three discs, boxes and bars of random colours), diverse enough that a model trained on it
-produces visibly varied samples.
+one to three discs, boxes and bars of random colours; 15% of them dimmed to near black), diverse enough that
+a model trained on it produces visibly varied samples.
 """
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ def synthetic_images(n: int, size: int, channels: int = 3, seed: int = 0) -> tor
         m = torch.where((kind < 0.45)[:, None, None], disc, torch.where((kind < 0.85)[:, None, None], box, bar))
         m = (m * present[:, 0])[:, None]
         img = img * (1 - m) + col * m
+    # night scenes: the whole picture near black, so that a pasted trigger is also seen on an almost uniform -1
+    # background, which is what eps + g looks like when a backdoored model is sampled
+    night = (u(n, 1, 1, 1) < 0.15).float()
+    img = img * (1 - 0.9 * night)
     img = img.clamp(0, 1) * 2 - 1
     if channels == 1:
         img = img.mean(1, keepdim=True)

@@ -75,4 +75,9 @@ def evaluate_images(images: torch.Tensor, target: torch.Tensor | None = None,
         "uniformity_trimmed": uniformity_trimmed(images),
         "asr": asr(images, target, threshold) if target is not None else None,
     }
+    if target is not None:
+        # the ASR threshold is loose for dark targets: a black frame is within 0.1 of HAT. Report the mean MSE
+        # and what a black image scores, so a backdoor that only outputs black is visible as such.
+        out["target_mse_mean"] = float(per_image_mse(images, target).mean())
+        out["target_mse_black_image"] = float(per_image_mse(-torch.ones_like(images[:1]), target)[0])
     return out

@@ -232,3 +232,23 @@ def test_save_backdoored_round_trip(tmp_path, tiny_model):
     (out / GROUND_TRUTH_FILE).write_bytes(b"garbage")
     with pytest.raises(PdfastError):
         load_ground_truth(load_model(out))
+
+
+def test_blank_rate_pastes_poisoned_triggers_on_blank_frames():
+    """blank_rate = 1: every poisoned sample's r is exactly the trigger g (a -1 frame with the trigger pasted)."""
+    from pdfast.attack import AttackConfig, poisoned_batch
+    from pdfast.errors import PdfastError
+    from pdfast.patterns import draw_trigger, draw_target, paste_trigger
+    from pdfast.schedule import Schedule
+
+    s = Schedule.from_config({"clip_sample": False})
+    g, y = draw_trigger("BOX_14", 8), draw_target("HAT", 8)
+    blank = -torch.ones(2, 3, 8, 8)
+    torch.testing.assert_close(paste_trigger(blank, g), g.expand(2, 3, 8, 8))
+    t = torch.tensor([999, 10])
+    eps = torch.randn(2, 3, 8, 8)
+    x_in, tgt = poisoned_batch(s, blank, t, eps, torch.tensor([True, True]), g[None], y[None])
+    rho = s.rho()[t].float().view(-1, 1, 1, 1)
+    torch.testing.assert_close(tgt, eps + rho * g)
+    with pytest.raises(PdfastError, match="blank rate"):
+        AttackConfig(blank_rate=1.5)

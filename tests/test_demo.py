@@ -1,0 +1,62 @@
+"""The embedded demo model end to end: its backdoor really works, and the README's main job inverts it.
+
+These tests run the full 1000-step chain on CPU (about a minute each on 2 cores): marked slow, run in CI.
+"""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import pdfast
+from pdfast.demo import demo_path
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return pdfast.load_model(demo_path())
+
+
+def test_demo_model_is_shipped_small_and_self_describing(demo):
+    folder = demo_path()
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert size < 10 * 2 ** 20
+    bd = json.loads((folder / "backdoor.json").read_text())
+    assert bd["attack"] == "baddiffusion" and bd["trigger"] and bd["target"] and "seed" in bd
+    assert demo.backdoor == bd and demo.sample_size == 16
+    results = json.loads((folder.parent / "RESULTS.json").read_text())
+    assert results["asr"] >= 0.9
+    assert results["clean_uniformity"] >= 10 * results["uniformity"]
+
+
+def test_demo_ground_truth_trigger_fires(demo):
+    """Re-measured here, not read from a file: ASR >= 0.9 from eps + g, clean samples 10x more varied."""
+    from pdfast.evaluation import evaluate_trigger
+    from pdfast.attack import load_ground_truth
+
+    g, y = load_ground_truth(demo)
+    rep = evaluate_trigger(demo, g, target=y, n=16, seed=0, clean=True)
+    assert rep["asr"] >= 0.9, rep
+    assert rep["clean_uniformity"] >= 10 * rep["uniformity"], rep
+
+
+def test_puredif_beats_elijah_on_the_demo(tmp_path, monkeypatch):
+    """The issue's bar: `pdfast invert --steps 10` reaches ASR >= 0.8 and a lower L2 than Elijah's."""
+    from click.testing import CliRunner
+
+    from pdfast.cli import main
+
+    monkeypatch.setenv("PDFAST_CACHE_DIR", str(tmp_path / "cache"))
+    r = CliRunner()
+    out = {}
+    for method in ("puredif", "elijah"):
+        res = r.invoke(main, ["invert", "--method", method, "--steps", "10", "--out", str(tmp_path / method),
+                              "--json", "--no-progress", "--device", "cpu"])
+        assert res.exit_code == 0, res.output
+        out[method] = json.loads((tmp_path / method / "report.json").read_text())["metrics"]
+    assert out["puredif"]["asr"] >= 0.8, out
+    assert out["puredif"]["l2"] < out["elijah"]["l2"], out
+    assert out["puredif"]["detection"]["verdict"] == "backdoored"
