@@ -388,7 +388,11 @@ def _finish(result, out, as_json, what: str):
         if m.get(k) is not None:
             parts.append(f"{k} {m[k]:.4g}")
     if m.get("detection"):
-        parts.append(f"verdict {m['detection']['verdict']} (uniformity threshold {m['detection']['threshold']:.4g})")
+        det = m["detection"]
+        parts.append(f"verdict {det['verdict']} (uniformity threshold {det['threshold']:.4g})")
+        if det.get("kl_signal"):
+            parts.append(f"KL signal {det['kl_signal']['verdict']} (kl_mean {det['kl_signal']['kl_mean']:.4g} vs "
+                         f"{det['kl_signal']['threshold']:.4g})")
     if rep.get("interrupted"):
         parts.append("INTERRUPTED: partial result")
     click.echo("; ".join(parts), err=True)
