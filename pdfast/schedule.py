@@ -5,6 +5,7 @@ kernels share one definition (METHOD.md section 1 and 3).
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -161,17 +162,22 @@ class Schedule:
         }
 
     # ---------- the ancestral step ----------
+    @functools.cached_property
+    def _step_table(self) -> dict[str, list[float]]:
+        """step_coefficients() as Python floats, computed once per schedule (the chain indexes them every step)."""
+        return {k: v.tolist() for k, v in self.step_coefficients().items()}
+
     def step(self, x: torch.Tensor, eps: torch.Tensor, t: int, noise: torch.Tensor | None = None) -> torch.Tensor:
         """One DDPM ancestral step x_t -> x_{t-1} (matches diffusers DDPMScheduler.step)."""
-        c = _coeffs_cached(self)
+        c = self._step_table
         if self.clip_sample:
-            x0 = (x - float(c["sqrt_one_minus_abar"][t]) * eps) / float(c["sqrt_abar"][t])
+            x0 = (x - c["sqrt_one_minus_abar"][t] * eps) / c["sqrt_abar"][t]
             x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
-            mean = float(c["a0"][t]) * x0 + float(c["at"][t]) * x
+            mean = c["a0"][t] * x0 + c["at"][t] * x
         else:
-            mean = float(c["c1"][t]) * (x - float(c["c2"][t]) * eps)
+            mean = c["c1"][t] * (x - c["c2"][t] * eps)
         if t > 0 and noise is not None:
-            mean = mean + float(c["sigma"][t]) * noise
+            mean = mean + c["sigma"][t] * noise
         return mean
 
     # ---------- trigger-shift scales (METHOD.md section 3) ----------
@@ -186,19 +192,3 @@ class Schedule:
         ts = self.timesteps(k)
         lam = self.rho()[ts]
         return (2 * lam if family == "ode" else lam).to(torch.float32)
-
-
-_CACHE: dict[int, dict[str, torch.Tensor]] = {}
-
-
-def _coeffs_cached(s: Schedule) -> dict[str, torch.Tensor]:
-    key = id(s)
-    hit = _CACHE.get(key)
-    # id() is reused once a schedule is freed, and schedules on one betas tensor may differ in variance_type:
-    # check both, or a fixed_large schedule can step with a dead fixed_small one's sigma
-    if hit is None or hit.get("_owner") is not s.betas or hit.get("_variance_type") != s.variance_type:
-        hit = dict(s.step_coefficients())
-        hit["_owner"] = s.betas  # type: ignore[assignment]
-        hit["_variance_type"] = s.variance_type  # type: ignore[assignment]
-        _CACHE[key] = hit
-    return hit
