@@ -117,8 +117,8 @@ def detect(model_or_path=None, *, trigger=None, threshold: float | None = None, 
         engine = make_engine(cfg.engine, model)
         res = InversionResult(trigger=trigger.detach().float().cpu().reshape(model.shape), config=cfg, scales=None,
                               losses=[], drawn_steps=[], timings={}, model_hash=model.content_hash(),
-                              model_source=str(model.source), engine=getattr(engine, "describe", lambda: {})())
-        res.extra_given_trigger = True  # type: ignore[attr-defined]
+                              model_source=str(model.source), engine=getattr(engine, "describe", lambda: {})(),
+                              given_trigger=True)
         t0 = time.perf_counter()
         judge(res, model, engine, n=n_eval, seed=eval_seed, threshold=threshold, progress=progress)
         res.timings["evaluation_seconds"] = round(time.perf_counter() - t0, 3)

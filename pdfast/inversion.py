@@ -95,6 +95,7 @@ class InversionResult:
     metrics: dict | None = None
     samples: torch.Tensor | None = None
     ground_truth: torch.Tensor | None = None
+    given_trigger: bool = False           # True when detect() judged a trigger it was given instead of inverting
 
     def to_dict(self) -> dict:
         from .report import inversion_report

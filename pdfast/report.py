@@ -13,7 +13,7 @@ def inversion_report(res) -> dict:
     """The JSON-ready report of an InversionResult: config, lambda table, metrics, timings, device, versions."""
     from .envinfo import environment
 
-    given = bool(getattr(res, "extra_given_trigger", False))
+    given = res.given_trigger
     return {
         "schema": SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
