@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
-import importlib.util
 import json
 import os
 import pathlib
@@ -23,23 +22,6 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_kernels():
-    """pdfast.kernels, also from a source checkout that is not pip-installed (package-dir maps kernels/)."""
-    try:
-        return importlib.import_module("pdfast.kernels")
-    except ModuleNotFoundError as e:
-        if e.name not in ("pdfast", "pdfast.kernels"):
-            raise
-    sys.path.insert(0, str(ROOT))
-    importlib.import_module("pdfast")
-    spec = importlib.util.spec_from_file_location("pdfast.kernels", ROOT / "kernels" / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT / "kernels")])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["pdfast.kernels"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def time_cuda(fn) -> float:
@@ -134,7 +116,7 @@ def main(argv=None) -> int:
     if args.device == "cpu":
         os.environ.pop("PDFAST_FORCE_TRITON", None)  # the CPU timing is of the reference path only
 
-    K = load_kernels()
+    K = importlib.import_module("pdfast.kernels")
     dtype = getattr(torch, args.dtype)
     date = datetime.date.today().isoformat()
     out = args.out or ROOT / "bench" / "results" / f"kernels-{args.device}-{date}.json"

@@ -4,8 +4,6 @@ CPU tests run the Triton kernels under TRITON_INTERPRET=1 (fp32 only: bf16 crash
 test repeats the same comparisons on CUDA with fp32 and bf16.
 """
 import importlib
-import importlib.util
-import inspect
 import os
 import pathlib
 import subprocess
@@ -19,23 +17,7 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _load_kernels():
-    """pdfast.kernels, also from a source checkout that is not pip-installed (kernels/ maps to pdfast.kernels
-    through setuptools package-dir, which only an install applies)."""
-    try:
-        return importlib.import_module("pdfast.kernels")
-    except ModuleNotFoundError as e:
-        if e.name != "pdfast.kernels":
-            raise
-    spec = importlib.util.spec_from_file_location("pdfast.kernels", ROOT / "kernels" / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT / "kernels")])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["pdfast.kernels"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-K = _load_kernels()
+K = importlib.import_module("pdfast.kernels")
 # The public functions shadow their same-named modules as package attributes: reach the modules by name.
 UPDATE = importlib.import_module("pdfast.kernels.ddpm_update")
 LOSS = importlib.import_module("pdfast.kernels.shift_loss")
@@ -214,14 +196,11 @@ def test_cpu_dispatch_uses_reference(monkeypatch):
 
 def test_import_without_triton():
     """pdfast.kernels imports and runs its reference path with triton unimportable."""
-    code = textwrap.dedent(f"""
-        import importlib, importlib.util, pathlib, sys
+    code = textwrap.dedent("""
+        import sys
         sys.modules["triton"] = None  # any `import triton` now raises ImportError
-        ROOT = pathlib.Path({str(ROOT)!r})
-        sys.path.insert(0, str(ROOT))
-        """) + textwrap.dedent(inspect.getsource(_load_kernels)) + textwrap.dedent("""
         import torch
-        K = _load_kernels()
+        import pdfast.kernels as K
         x = torch.randn(2, 3, 4, 4)
         K.ddpm_update(x, x, 1.0, 0.1, 0.1, delta=x[0]); K.shift_loss(x, x[0], 0.5); K.lstsq_scale(x, x[0])
         """)
