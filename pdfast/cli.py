@@ -332,8 +332,12 @@ def inversion_options(fn):
         click.option("--batch", type=int, default=None, help="Noise batch (default: 40 puredif, 100 elijah)."),
         click.option("--lr", type=float, default=0.1, help="Adam learning rate on the trigger."),
         click.option("--norm", type=click.Choice(["l1", "l2"]), default=None, help="Loss norm (default: l1)."),
-        click.option("--noise", type=click.Choice(["fresh", "fixed"]), default=None,
-                     help="Fresh noise batch each iteration or one fixed batch (default: fresh puredif, fixed elijah)."),
+        click.option("--noise", type=click.Choice(["fresh", "fixed", "antithetic"]), default=None,
+                     help="Fresh batch each iteration, one fixed batch, or fresh antithetic pairs (eps, -eps) whose "
+                          "mean is exactly 0 (default: fresh puredif, fixed elijah)."),
+        click.option("--objective", type=click.Choice(["absolute", "relative"]), default="absolute",
+                     help="absolute: ||mean eps_theta - lambda delta|| (eq. 17); relative: the same divided by the "
+                          "size of delta, so shrinking delta to 0 does not win."),
         click.option("--init", type=click.Choice(["uniform", "zeros"]), default="uniform", help="Trigger init: -U(0,1) or zeros."),
         click.option("--loss-steps", type=click.Choice(["sampled", "all"]), default="sampled",
                      help="sampled: one step drawn from the first K per iteration (the paper); all: mean over all K."),
@@ -353,8 +357,8 @@ def inversion_options(fn):
     return fn
 
 
-def _inversion_kwargs(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, init, loss_steps, engine,
-                      surrogate_steps, seed):
+def _inversion_kwargs(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, objective, init,
+                      loss_steps, engine, surrogate_steps, seed):
     from dataclasses import replace
 
     from .scales import SurrogateConfig
@@ -362,7 +366,8 @@ def _inversion_kwargs(method, steps, scales, sampler_family, epochs, batch, lr, 
     if scales not in ("surrogate", "analytic") and not Path(scales).is_file():
         raise PdfastError(f"--scales {scales}: not surrogate, analytic or an existing JSON table file")
     kw = dict(method=method, steps=steps, scales=scales, sampler_family=sampler_family, epochs=epochs, batch=batch,
-              lr=lr, norm=norm, noise=noise, init=init, loss_steps=loss_steps, engine=engine, seed=seed)
+              lr=lr, norm=norm, noise=noise, objective=objective, init=init, loss_steps=loss_steps, engine=engine,
+              seed=seed)
     if surrogate_steps is not None:
         if surrogate_steps < 1:
             raise PdfastError("--surrogate-steps must be positive")
@@ -402,13 +407,13 @@ def _finish(result, out, as_json, what: str):
 @main.command()
 @inversion_options
 @handle_errors
-def invert(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, init, loss_steps, engine,
+def invert(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, objective, init, loss_steps, engine,
            surrogate_steps, data, threshold, out, model_path, seed, device, as_json, progress):
     """Invert the backdoor trigger of a model (default: the embedded demo model) and judge it."""
     from .inversion import invert as run_invert
 
-    kw = _inversion_kwargs(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, init, loss_steps,
-                           engine, surrogate_steps, seed)
+    kw = _inversion_kwargs(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, objective, init,
+                           loss_steps, engine, surrogate_steps, seed)
     device = resolve_device(device)
     model = load_cli_model(model_path, device)
     res = run_invert(model, device=device, threshold=threshold, data=data, progress=progress, **kw)
@@ -423,14 +428,14 @@ def invert(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise
               help="Judge this trigger (name, PNG, .npy or .safetensors) instead of inverting one.")
 @click.option("--fail-on-backdoor", is_flag=True, default=False, help="Exit with code 1 when a backdoor is found.")
 @handle_errors
-def detect(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, init, loss_steps, engine,
+def detect(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, objective, init, loss_steps, engine,
            surrogate_steps, data, threshold, out, model_path, seed, device, as_json, progress, trigger_spec,
            fail_on_backdoor):
     """Decide whether a model is backdoored: invert (or take --trigger), sample, compare with the clean threshold."""
     from .detection import detect as run_detect
 
-    kw = _inversion_kwargs(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, init, loss_steps,
-                           engine, surrogate_steps, seed)
+    kw = _inversion_kwargs(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, objective, init,
+                           loss_steps, engine, surrogate_steps, seed)
     device = resolve_device(device)
     model = load_cli_model(model_path, device)
     trig = None

@@ -24,6 +24,8 @@ from .scales import ScaleTable, SurrogateConfig
 log = logging.getLogger(__name__)
 
 METHODS = ("puredif", "elijah")
+NOISE_MODES = ("fresh", "fixed", "antithetic")
+OBJECTIVES = ("absolute", "relative")
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,9 @@ class InversionConfig:
     batch: int | None = None
     lr: float = 0.1
     norm: str | None = None               # l1 | l2
-    noise: str | None = None              # fresh (new batch each iteration) | fixed (one batch, drawn once)
+    noise: str | None = None              # fresh | fixed (one batch, drawn once) | antithetic (fresh pairs eps, -eps)
     init: str = "uniform"                 # uniform: -U(0, 1) as Elijah | zeros
+    objective: str = "absolute"           # absolute: eq. 17 as printed | relative: residual / size of delta
     loss_steps: str = "sampled"           # sampled: one step k ~ U{0..K-1} per iteration | all: mean over the K steps
     engine: str = "fast"                  # fast (checkpointed/compiled/bf16 on GPU) | reference (eager fp32)
     seed: int = 0
@@ -60,8 +63,12 @@ class InversionConfig:
             raise PdfastError(f"--steps {c.steps} must be at least 1")
         if c.norm not in ("l1", "l2"):
             raise PdfastError(f"unknown norm '{c.norm}'; use l1 or l2")
-        if c.noise not in ("fresh", "fixed"):
-            raise PdfastError(f"unknown noise mode '{c.noise}'; use fresh or fixed")
+        if c.noise not in NOISE_MODES:
+            raise PdfastError(f"unknown noise mode '{c.noise}'; use one of: {', '.join(NOISE_MODES)}")
+        if c.noise == "antithetic" and c.batch % 2:
+            raise PdfastError(f"--noise antithetic needs an even --batch (got {c.batch})")
+        if c.objective not in OBJECTIVES:
+            raise PdfastError(f"unknown objective '{c.objective}'; use one of: {', '.join(OBJECTIVES)}")
         if c.init not in ("uniform", "zeros"):
             raise PdfastError(f"unknown init '{c.init}'; use uniform or zeros")
         if c.loss_steps not in ("sampled", "all"):
@@ -124,8 +131,10 @@ def _lambda_table(model: DiffusionModel, cfg: InversionConfig, device, progress:
 
 
 def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable, *, device=None,
-                  callback: Callback | None = None, progress: bool = False, engine=None) -> InversionResult:
-    """The optimisation loop (model already frozen and on ``device``). Ctrl-C stops it and keeps the trigger so far."""
+                  callback: Callback | None = None, progress: bool = False, engine=None,
+                  start: torch.Tensor | None = None) -> InversionResult:
+    """The optimisation loop (model already frozen and on ``device``), from ``start`` when given (a warm start)
+    instead of ``cfg.init``. Ctrl-C stops it and keeps the trigger so far."""
     from tqdm.auto import tqdm
 
     from .engine import make_engine
@@ -134,7 +143,9 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
     engine = engine or make_engine(cfg.engine, model)
     gen = torch.Generator().manual_seed(cfg.seed)
     shape = (1, *model.shape)
-    if cfg.init == "uniform":
+    if start is not None:
+        delta = start.detach().to(torch.float32).cpu().reshape(shape).clone()
+    elif cfg.init == "uniform":
         delta = -torch.rand(shape, generator=gen)
     else:
         delta = torch.zeros(shape)
@@ -163,10 +174,12 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
                     fixed_z = [torch.randn((cfg.batch, *model.shape), generator=gen).to(device) for _ in range(K - 1)]
                 zs = fixed_z[:last]
             else:
-                noise = torch.randn((cfg.batch, *model.shape), generator=gen).to(device)
-                zs = [torch.randn((cfg.batch, *model.shape), generator=gen).to(device) for _ in range(last)]
+                noise = _draw(cfg, model.shape, gen, device)
+                zs = [_draw(cfg, model.shape, gen, device) for _ in range(last)]
             zs = [z if ts[i] > 0 else None for i, z in enumerate(zs)]
             loss, grad = engine.loss_and_grad(delta.detach(), noise, zs, ts, lambdas, loss_steps, cfg.norm)
+            if cfg.objective == "relative":
+                loss, grad = _relative(loss, grad, delta.detach(), cfg.norm)
             if not math.isfinite(loss) or not torch.isfinite(grad).all():
                 raise PdfastError(f"the inversion diverged (loss {loss}) at iteration {it}; lower --lr or use --norm l1")
             opt.zero_grad(set_to_none=True)
@@ -187,6 +200,27 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
     return InversionResult(trigger=delta.detach().cpu().reshape(model.shape), config=cfg, scales=table, losses=losses,
                            drawn_steps=drawn, timings=timings, model_hash=model.content_hash(),
                            model_source=str(model.source), engine=_describe(engine), interrupted=interrupted)
+
+
+def _relative(loss: float, grad: torch.Tensor, delta: torch.Tensor, norm: str) -> tuple[float, torch.Tensor]:
+    """L / n(delta) and its gradient (quotient rule), n = mean |delta| (l1) or mean delta^2 (l2): the residual
+    relative to the trigger's own size, so the trivial delta -> 0 no longer wins by shrinking both."""
+    d = delta.reshape(grad.shape).to(grad.dtype)
+    if norm == "l1":
+        n, dn = d.abs().mean(), d.sign() / d.numel()
+    else:
+        n, dn = d.pow(2).mean(), 2 * d / d.numel()
+    n = n.clamp_min(1e-8)
+    return loss / float(n), grad / n - (loss / n ** 2) * dn
+
+
+def _draw(cfg: InversionConfig, shape, gen: torch.Generator, device) -> torch.Tensor:
+    """A fresh noise batch; antithetic: B/2 draws and their negatives, so the batch mean of the noise is exactly 0
+    and its 1/sqrt(B) floor leaves the loss (eps_theta responds to eps and -eps symmetrically to first order)."""
+    if cfg.noise != "antithetic":
+        return torch.randn((cfg.batch, *shape), generator=gen).to(device)
+    half = torch.randn((cfg.batch // 2, *shape), generator=gen)
+    return torch.cat([half, -half]).to(device)
 
 
 def _describe(engine) -> dict:
@@ -220,13 +254,14 @@ def _prepared(model_or_path, device) -> tuple[DiffusionModel, Callable[[], None]
 def invert(model_or_path, *, method: str = "puredif", steps: int = 10, scales: str = "surrogate",
            config: InversionConfig | None = None, device=None, callback: Callback | None = None,
            evaluate: bool = True, n_eval: int = 16, eval_seed: int = 0, threshold: float | None = None,
-           data=None, progress: bool = False, **overrides) -> InversionResult:
+           data=None, progress: bool = False, start: torch.Tensor | None = None, **overrides) -> InversionResult:
     """Invert the trigger of a (suspect) diffusion model: PureDiffusion by default, Elijah as the baseline.
 
     ``model_or_path``: a DiffusionModel, a model folder, or None for the embedded demo model. Keyword overrides
     set InversionConfig fields (epochs, batch, lr, norm, noise, init, loss_steps, engine, seed, sampler_family).
     With ``evaluate`` the result carries 16 samples from eps + trigger and their metrics (uniformity, KL, verdict;
-    ASR and L2 when the model folder has a backdoor.json). The caller's model is never modified.
+    ASR and L2 when the model folder has a backdoor.json). ``start``: a trigger to start from instead of
+    ``init`` (a candidate from another tool, or a perturbed guess). The caller's model is never modified.
     """
     from .demo import demo_path
 
@@ -237,13 +272,16 @@ def invert(model_or_path, *, method: str = "puredif", steps: int = 10, scales: s
     try:
         if cfg.steps > model.schedule.T:
             raise PdfastError(f"--steps {cfg.steps} is larger than the model's schedule (T = {model.schedule.T})")
+        if start is not None and start.numel() != math.prod(model.shape):
+            raise PdfastError(f"the start trigger has shape {tuple(start.shape)}; this model needs {tuple(model.shape)}")
         t0 = time.perf_counter()
         table = _lambda_table(model, cfg, device, progress, data=data)
         t_scales = time.perf_counter() - t0
         from .engine import make_engine
 
         engine = make_engine(cfg.engine, model)
-        result = run_inversion(model, cfg, table, device=device, callback=callback, progress=progress, engine=engine)
+        result = run_inversion(model, cfg, table, device=device, callback=callback, progress=progress, engine=engine,
+                               start=start)
         result.timings["scales_seconds"] = round(t_scales, 3)
         if evaluate and not result.interrupted:
             from .detection import judge

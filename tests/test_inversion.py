@@ -195,6 +195,7 @@ def test_cli_invert_and_detect_end_to_end(tmp_path, monkeypatch):
     r = CliRunner(mix_stderr=False) if "mix_stderr" in CliRunner.__init__.__code__.co_varnames else CliRunner()
     out = tmp_path / "inv"
     res = r.invoke(main, ["invert", "--model", str(b), "--steps", "3", "--epochs", "2", "--batch", "2",
+                          "--noise", "antithetic", "--objective", "relative",
                           "--surrogate-steps", "2", "--out", str(out), "--json", "--no-progress", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)
@@ -224,6 +225,7 @@ def test_cli_bad_inputs_leave_no_output(tmp_path):
     np.save(bad, np.zeros((3, 5, 5), np.float32))
     cases = [
         ["invert", "--model", str(b), "--method", "magic"],
+        ["invert", "--model", str(b), "--noise", "antithetic", "--batch", "3", "--scales", "analytic"],
         ["invert", "--model", str(b), "--steps", "5000", "--scales", "analytic"],
         ["invert", "--model", str(b), "--scales", str(tmp_path / "missing.json")],
         ["detect", "--model", str(b), "--trigger", str(bad)],
@@ -234,3 +236,62 @@ def test_cli_bad_inputs_leave_no_output(tmp_path):
         assert res.exit_code == 2, (args, res.output)
         assert "Traceback" not in res.output
         assert not out.exists(), args
+
+
+def test_antithetic_noise_cancels_the_noise_floor():
+    """eps = a x: with pairs (eps, -eps) the batch mean of eps_theta is exactly a delta, so the loss at k = 0 is
+    mean |(a - lambda) delta| with no noise term (fresh noise adds a 1/sqrt(B) floor)."""
+    from pdfast.inversion import _draw
+
+    cfg = InversionConfig(noise="antithetic", batch=6).resolved()
+    gen = torch.Generator().manual_seed(0)
+    x = _draw(cfg, (3, 4, 4), gen, "cpu")
+    assert x.shape == (6, 3, 4, 4) and torch.equal(x[:3], -x[3:])
+    a, lam = 0.3, 0.5
+    m = linear_model(a)
+    table = ScaleTable(torch.full((1,), lam), "test", SCHED.timesteps(1), torch.full((1,), lam))
+    for noise, exact in (("antithetic", True), ("fresh", False)):
+        cfg = InversionConfig(steps=1, scales="analytic", epochs=1, batch=8, noise=noise, seed=3).resolved()
+        res = run_inversion(m, cfg, table)
+        d0 = -torch.rand((1, 3, 4, 4), generator=torch.Generator().manual_seed(3))
+        want = float(((a - lam) * d0).abs().mean())
+        assert (abs(res.losses[0] - want) < 1e-6) == exact
+
+
+def test_relative_objective_value_and_gradient():
+    """relative = L / n(delta): on eps = a x it is |a - lambda| whatever delta (zero gradient); the quotient-rule
+    gradient matches autograd for both norms."""
+    from pdfast.inversion import _relative
+
+    a, lam = 0.3, 0.5
+    table = ScaleTable(torch.full((1,), lam), "test", SCHED.timesteps(1), torch.full((1,), lam))
+    cfg = InversionConfig(steps=1, scales="analytic", epochs=3, batch=4, noise="antithetic",
+                          objective="relative").resolved()
+    res = run_inversion(linear_model(a), cfg, table)
+    assert all(abs(v - abs(a - lam)) < 1e-6 for v in res.losses)
+    d0 = -torch.rand((3, 4, 4), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(res.trigger, d0)
+    w = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(1))
+    for norm in ("l1", "l2"):
+        d = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+        base = (w * d).sin().pow(2).mean()
+        (g_base,) = torch.autograd.grad(base, d, retain_graph=True)
+        n = d.abs().mean() if norm == "l1" else d.pow(2).mean()
+        (g_want,) = torch.autograd.grad(base / n, d)
+        loss, grad = _relative(float(base), g_base, d.detach(), norm)
+        assert abs(loss - float(base / n)) < 1e-6
+        torch.testing.assert_close(grad, g_want, rtol=1e-5, atol=1e-7)
+
+
+def test_warm_start_and_new_bad_inputs(tiny_model):
+    start = torch.full(tiny_model.shape, -0.25)
+    seen = []
+    invert(tiny_model, steps=1, scales="analytic", epochs=1, batch=2, lr=1e-6, evaluate=False, start=start,
+           callback=lambda i, loss, d: seen.append(d.clone()))
+    torch.testing.assert_close(seen[0].reshape(start.shape), start, atol=1e-5, rtol=0)
+    with pytest.raises(PdfastError, match="start trigger has shape"):
+        invert(tiny_model, steps=1, scales="analytic", epochs=1, batch=2, evaluate=False, start=torch.zeros(3, 5, 5))
+    with pytest.raises(PdfastError, match="even --batch"):
+        InversionConfig(noise="antithetic", batch=5).resolved()
+    with pytest.raises(PdfastError, match="unknown objective"):
+        InversionConfig(objective="magic").resolved()
