@@ -1,9 +1,10 @@
 """Calibrate the detection threshold on clean models (METHOD.md section 7) and write it where pdfast reads it.
 
 For every model: invert with the default settings (PureDiffusion, K = --steps, surrogate scales), sample 16
-images from eps + trigger, record the uniformity and TERD's KL mean. The threshold sits between the clean
-models and the backdoored ones (geometric mean of the lowest clean and the highest backdoored uniformity); with
-no backdoored models given, half of the lowest clean value. Same method, size and settings as detection uses.
+images from eps + trigger and 16 from eps + its pattern (pdfast.metrics.trigger_pattern), record both
+uniformities and TERD's KL mean. The verdict statistic is the pattern's uniformity; its threshold sits between
+the clean models and the backdoored ones (geometric mean of the lowest clean and the highest backdoored value);
+with no backdoored models given, half of the lowest clean value. Same method, size and settings as detection.
 
   python bench/calibrate_detection.py --clean build/clean-s0 build/clean-s1 --backdoored pdfast/demo/model \
       --write pdfast/detection_calibration.json
@@ -25,8 +26,10 @@ def measure(path: str, steps: int, seed: int, device: str) -> dict:
 
     res = pdfast.invert(pdfast.load_model(path, device=device), steps=steps, seed=seed, device=device)
     m = res.metrics
-    return {"model": path, "uniformity": m["uniformity"], "uniformity_trimmed": m["uniformity_trimmed"],
-            "kl_mean": m["kl_mean"], "asr": m.get("asr"), "l2": m.get("l2"), "verdict": m["detection"]["verdict"],
+    return {"model": path, "pattern_uniformity": m["pattern_uniformity"], "uniformity": m["uniformity"],
+            "uniformity_trimmed": m["uniformity_trimmed"], "kl_mean": m["kl_mean"], "asr": m.get("asr"),
+            "pattern_asr": m.get("pattern_asr"), "l2": m.get("l2"), "pattern_l2": m.get("pattern_l2"),
+            "verdict": m["detection"]["verdict"], "statistic": m["detection"]["statistic"],
             "threshold_used": m["detection"]["threshold"], "seconds": res.timings["total_seconds"]}
 
 
@@ -45,7 +48,8 @@ def main(argv=None) -> int:
 
     if a.verify:
         rows = [measure(p, a.steps, a.seed, a.device) for p in a.verify]
-        table = md_table(rows, ["model", "verdict", "uniformity", "threshold_used", "kl_mean", "asr", "l2", "seconds"])
+        table = md_table(rows, ["model", "verdict", "statistic", "pattern_uniformity", "threshold_used", "uniformity",
+                                "kl_mean", "asr", "pattern_asr", "l2", "seconds"])
         write(a.name + "-verify", {**header(), "command": cmd, "rows": rows}, table)
         print(table)
         return 0
@@ -55,9 +59,10 @@ def main(argv=None) -> int:
     if not clean:
         print("error: give at least one --clean model", file=sys.stderr)
         return 2
-    lo_clean = min(r["uniformity"] for r in clean)
+    stat = "pattern_uniformity"
+    lo_clean = min(r[stat] for r in clean)
     if bad:
-        hi_bad = max(r["uniformity"] for r in bad)
+        hi_bad = max(r[stat] for r in bad)
         separated = hi_bad < lo_clean
         thr = math.sqrt(lo_clean * hi_bad) if separated and hi_bad > 0 else lo_clean / 2
     else:
@@ -65,15 +70,16 @@ def main(argv=None) -> int:
     kl_clean = max(r["kl_mean"] for r in clean)
     kl_bad = min((r["kl_mean"] for r in bad), default=None)
     kl_thr = (kl_clean + kl_bad) / 2 if kl_bad is not None and kl_bad > kl_clean else None
-    cal = {"statistic": "uniformity", "threshold": thr, "kl_threshold": kl_thr,
+    cal = {"statistic": stat, "threshold": thr, "kl_threshold": kl_thr,
            "provenance": f"calibrated on {len(clean)} clean and {len(bad)} backdoored models, K={a.steps}, "
                          f"PureDiffusion defaults ({cmd})",
            "separated": separated, "settings": {"method": "puredif", "steps": a.steps, "seed": a.seed},
            "models": clean + bad, **header()}
     if a.write:
         Path(a.write).write_text(json.dumps(cal, indent=2, default=str) + "\n")
-    table = md_table(clean + bad, ["label", "model", "uniformity", "uniformity_trimmed", "kl_mean", "asr", "l2", "seconds"])
-    table += f"\n\nthreshold (uniformity) = {thr:.4g}; KL threshold = {kl_thr}; separated = {separated}\n"
+    table = md_table(clean + bad, ["label", "model", "pattern_uniformity", "uniformity", "uniformity_trimmed",
+                                   "kl_mean", "asr", "pattern_asr", "l2", "pattern_l2", "seconds"])
+    table += f"\n\nthreshold ({stat}) = {thr:.4g}; KL threshold = {kl_thr}; separated = {separated}\n"
     write(a.name, {**cal, "command": cmd}, table)
     print(table)
     return 0

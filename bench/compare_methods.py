@@ -41,15 +41,16 @@ def main(argv=None) -> int:
                                 engine=a.engine, seed=seed, device=a.device)
             m = res.metrics
             rows.append({"method": method, "K": k, "scales": res.scales.source, "seed": seed, "asr": m.get("asr"),
-                         "l2": m.get("l2"), "uniformity": m["uniformity"], "uniformity_trimmed": m["uniformity_trimmed"],
+                         "l2": m.get("l2"), "uniformity": m["uniformity"], "pattern_asr": m.get("pattern_asr"),
+                         "pattern_l2": m.get("pattern_l2"), "pattern_uniformity": m["pattern_uniformity"],
                          "kl_mean": m["kl_mean"], "verdict": m["detection"]["verdict"],
                          "inversion_s": res.timings["inversion_seconds"], "scales_s": res.timings["scales_seconds"],
                          "total_s": res.timings["total_seconds"]})
             print(rows[-1], file=sys.stderr)
             if res.scales.source == "surrogate":
                 tables[k] = res.scales.to_dict()
-    table = md_table(rows, ["method", "K", "scales", "seed", "asr", "l2", "uniformity", "uniformity_trimmed",
-                            "kl_mean", "verdict", "inversion_s", "scales_s", "total_s"])
+    table = md_table(rows, ["method", "K", "scales", "seed", "asr", "l2", "uniformity", "pattern_asr", "pattern_l2",
+                            "pattern_uniformity", "kl_mean", "verdict", "inversion_s", "scales_s", "total_s"])
     for k, t in tables.items():
         table += f"\n\nlambda tables, K = {k} (surrogate calibrated vs analytic BadDiffusion rho_t):\n\n"
         table += md_table([{"step": i, "t": t["timesteps"][i], "surrogate": t["lambda"][i], "analytic": t["analytic"][i]}

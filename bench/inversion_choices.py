@@ -1,6 +1,7 @@
-"""Where the paper is silent: norm (L1/L2), fixed or fresh noise, trigger initialisation, and the loss mode
-(one sampled step per iteration, as in the paper, or all K steps in one pass). Each choice is measured by the
-trigger it reaches on a backdoored model (ASR, L2 to the truth, uniformity), all other settings at the defaults.
+"""Where the paper is silent: norm (L1/L2), the noise batches (antithetic pairs, fresh, fixed), the objective
+(relative or absolute), trigger initialisation, and the loss mode (one sampled step per iteration, as in the
+paper, or all K steps in one pass). Each choice is measured by the trigger it reaches on a backdoored model (ASR,
+L2 to the truth, uniformity; the same for the trigger's pattern), all other settings at the defaults.
 
   python bench/inversion_choices.py --model pdfast/demo/model --steps 10
 """
@@ -13,6 +14,9 @@ from common import header, md_table, write
 
 GRID = [
     {},  # the defaults
+    {"noise": "fresh", "objective": "absolute"},  # the defaults before bench/flat_shift.py
+    {"noise": "fresh"},
+    {"objective": "absolute"},
     {"norm": "l2"},
     {"noise": "fixed"},
     {"init": "zeros"},
@@ -43,13 +47,15 @@ def main(argv=None) -> int:
             m = res.metrics
             c = res.config
             rows.append({"change": ", ".join(f"{k}={v}" for k, v in over.items()) or "defaults", "seed": seed,
-                         "norm": c.norm, "noise": c.noise, "init": c.init, "loss_steps": c.loss_steps,
-                         "epochs": c.epochs, "lr": c.lr, "asr": m.get("asr"), "l2": m.get("l2"),
-                         "uniformity": m["uniformity"], "network_calls": res.timings["network_calls"],
+                         "norm": c.norm, "noise": c.noise, "objective": c.objective, "init": c.init,
+                         "loss_steps": c.loss_steps, "epochs": c.epochs, "lr": c.lr, "asr": m.get("asr"),
+                         "l2": m.get("l2"), "uniformity": m["uniformity"], "pattern_asr": m.get("pattern_asr"),
+                         "pattern_uniformity": m["pattern_uniformity"], "network_calls": res.timings["network_calls"],
                          "inversion_s": res.timings["inversion_seconds"]})
             print(rows[-1], file=sys.stderr)
-    table = md_table(rows, ["change", "seed", "norm", "noise", "init", "loss_steps", "epochs", "lr", "asr", "l2",
-                            "uniformity", "network_calls", "inversion_s"])
+    table = md_table(rows, ["change", "seed", "norm", "noise", "objective", "init", "loss_steps", "epochs", "lr",
+                            "asr", "l2", "uniformity", "pattern_asr", "pattern_uniformity", "network_calls",
+                            "inversion_s"])
     obj = {**header(), "command": "python bench/inversion_choices.py " + " ".join(argv or sys.argv[1:]),
            "model": str(model.source), "K": a.steps, "rows": rows}
     write(a.name, obj, table)

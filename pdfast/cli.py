@@ -332,12 +332,12 @@ def inversion_options(fn):
         click.option("--batch", type=int, default=None, help="Noise batch (default: 40 puredif, 100 elijah)."),
         click.option("--lr", type=float, default=0.1, help="Adam learning rate on the trigger."),
         click.option("--norm", type=click.Choice(["l1", "l2"]), default=None, help="Loss norm (default: l1)."),
-        click.option("--noise", type=click.Choice(["fresh", "fixed", "antithetic"]), default=None,
-                     help="Fresh batch each iteration, one fixed batch, or fresh antithetic pairs (eps, -eps) whose "
-                          "mean is exactly 0 (default: fresh puredif, fixed elijah)."),
-        click.option("--objective", type=click.Choice(["absolute", "relative"]), default="absolute",
-                     help="absolute: ||mean eps_theta - lambda delta|| (eq. 17); relative: the same divided by the "
-                          "size of delta, so shrinking delta to 0 does not win."),
+        click.option("--noise", type=click.Choice(["antithetic", "fresh", "fixed"]), default=None,
+                     help="Fresh antithetic pairs (eps, -eps) whose mean is exactly 0, a fresh batch each iteration, "
+                          "or one fixed batch (default: antithetic puredif, fixed elijah)."),
+        click.option("--objective", type=click.Choice(["relative", "absolute"]), default=None,
+                     help="relative: ||mean eps_theta - lambda delta|| / ||delta||, so shrinking delta to 0 does not "
+                          "win (default puredif); absolute: eq. 17 as printed (default elijah)."),
         click.option("--init", type=click.Choice(["uniform", "zeros"]), default="uniform", help="Trigger init: -U(0,1) or zeros."),
         click.option("--loss-steps", type=click.Choice(["sampled", "all"]), default="sampled",
                      help="sampled: one step drawn from the first K per iteration (the paper); all: mean over all K."),
@@ -389,12 +389,12 @@ def _finish(result, out, as_json, what: str):
             click.echo(f"  step {i:>4} t={sc['timesteps'][i]:>4}  lambda {sc['lambda'][i]:.4f}  analytic "
                        f"{sc['analytic'][i]:.4f}", err=True)
     parts = [f"{what} -> {out}"]
-    for k in ("uniformity", "asr", "l2", "kl_mean"):
+    for k in ("uniformity", "asr", "l2", "pattern_uniformity", "pattern_asr", "kl_mean"):
         if m.get(k) is not None:
             parts.append(f"{k} {m[k]:.4g}")
     if m.get("detection"):
         det = m["detection"]
-        parts.append(f"verdict {det['verdict']} (uniformity threshold {det['threshold']:.4g})")
+        parts.append(f"verdict {det['verdict']} ({det['statistic']} threshold {det['threshold']:.4g})")
         if det.get("kl_signal"):
             parts.append(f"KL signal {det['kl_signal']['verdict']} (kl_mean {det['kl_signal']['kl_mean']:.4g} vs "
                          f"{det['kl_signal']['threshold']:.4g})")

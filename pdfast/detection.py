@@ -1,9 +1,12 @@
 """Backdoor detection from an inverted (or given) trigger (METHOD.md section 7).
 
-A backdoored model maps eps + tau to (nearly) one image: the uniformity score of 16 samples from eps + tau,
-the mean pairwise MSE in [0, 1], is low. The model is called backdoored when the score is below a threshold
-calibrated on clean models with the same inversion method and settings (``pdfast/detection_calibration.json``,
-made by ``bench/calibrate_detection.py``). TERD's KL statistic of the trigger is reported as a second signal.
+A backdoored model maps eps + tau to (nearly) one image: the uniformity score of 16 samples, the mean pairwise
+MSE in [0, 1], is low. pdfast samples twice: from eps + tau (reported as ``uniformity``) and from eps + p(tau),
+p the trigger's pattern (``metrics.trigger_pattern``: its flat per-channel part removed, its energy kept). A flat
+shift collapses clean models too (into flat frames), so the verdict compares the PATTERN's uniformity with a
+threshold calibrated on clean models with the same inversion method and settings
+(``pdfast/detection_calibration.json``, made by ``bench/calibrate_detection.py``). TERD's KL statistic of the
+trigger is reported as a second signal.
 """
 from __future__ import annotations
 
@@ -37,19 +40,27 @@ def judge(result, model: DiffusionModel, engine, *, n: int = 16, seed: int = 0, 
 
     cal = calibration()
     thr = float(threshold) if threshold is not None else float(cal["threshold"])
-    stat = cal.get("statistic", "uniformity")
+    stat = cal.get("statistic", "pattern_uniformity")
+    gt_trigger, gt_target = load_ground_truth(model)
     t0 = time.perf_counter()
     imgs = engine.sample(n, trigger=result.trigger.to(model.device), seed=seed, progress=progress)
+    pattern = metrics.trigger_pattern(result.trigger)
+    pattern_imgs = engine.sample(n, trigger=pattern.to(model.device), seed=seed, progress=progress)
     m: dict = {"n_samples": n, "sample_seed": seed, "sampling_seconds": round(time.perf_counter() - t0, 3)}
     m.update(metrics.evaluate_images(imgs, None))
+    m["image_contrast"] = metrics.image_contrast(imgs)
     m.update(metrics.kl_statistic(result.trigger))
-    gt_trigger, gt_target = load_ground_truth(model)
+    m["pattern_uniformity"] = metrics.uniformity(pattern_imgs)
+    m["pattern_uniformity_trimmed"] = metrics.uniformity_trimmed(pattern_imgs)
+    m["pattern_image_contrast"] = metrics.image_contrast(pattern_imgs)
     if gt_target is not None:
         m["asr"] = metrics.asr(imgs, gt_target)
+        m["pattern_asr"] = metrics.asr(pattern_imgs, gt_target)
     else:
         m.pop("asr", None)
     if gt_trigger is not None:
         m["l2"] = metrics.l2_distance(result.trigger, gt_trigger)
+        m["pattern_l2"] = metrics.l2_distance(pattern, gt_trigger)
         result.ground_truth = gt_trigger
     value = m[stat]
     kl_thr = cal.get("kl_threshold")
@@ -64,6 +75,7 @@ def judge(result, model: DiffusionModel, engine, *, n: int = 16, seed: int = 0, 
     }
     result.metrics = m
     result.samples = imgs
+    result.pattern_samples = pattern_imgs
     return m
 
 

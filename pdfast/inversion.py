@@ -1,11 +1,14 @@
 """Trigger inversion: Elijah (the baseline) and PureDiffusion (multi-timestep, with shift scales).
 
 Both minimise, by Adam on the trigger delta alone (the network is frozen),
-  L(delta) = || mean_b eps_theta(x_{t_k}(delta, eps_b), t_k) - lambda_k delta ||
+  L(delta) = || mean_b eps_theta(x_{t_k}(delta, eps_b), t_k) - lambda_k delta ||          (absolute, eq. 17)
+  or L(delta) / n(delta), n = mean |delta| (L1) or mean delta^2 (L2)                        (relative)
 with x_{t_k} the chain state reached from x_T = eps + delta after k ancestral steps:
-- Elijah (METHOD.md section 4): k = 0 only, lambda = 0.5, L1, one fixed noise batch of 100, 100 iterations.
+- Elijah (METHOD.md section 4): k = 0 only, lambda = 0.5, L1, absolute, one fixed noise batch of 100, 100 iterations.
 - PureDiffusion (section 5, eq. 16-17): k drawn uniformly from the first K steps each iteration ("sampled"),
-  or the mean over all K steps in one pass ("all"); gradients through every network call from T to t_k.
+  or the mean over all K steps in one pass ("all"); gradients through every network call from T to t_k. Defaults
+  (measured, bench/results/demo-inversion-choices.md): antithetic noise pairs (eps, -eps), whose batch mean is
+  exactly 0, and the relative objective, which the trivial delta -> 0 cannot win.
 """
 from __future__ import annotations
 
@@ -40,25 +43,27 @@ class InversionConfig:
     batch: int | None = None
     lr: float = 0.1
     norm: str | None = None               # l1 | l2
-    noise: str | None = None              # fresh | fixed (one batch, drawn once) | antithetic (fresh pairs eps, -eps)
+    noise: str | None = None              # antithetic (fresh pairs eps, -eps) | fresh | fixed (one batch, drawn once)
     init: str = "uniform"                 # uniform: -U(0, 1) as Elijah | zeros
-    objective: str = "absolute"           # absolute: eq. 17 as printed | relative: residual / size of delta
+    objective: str | None = None          # relative: residual / size of delta | absolute: eq. 17 as printed
     loss_steps: str = "sampled"           # sampled: one step k ~ U{0..K-1} per iteration | all: mean over the K steps
     engine: str = "fast"                  # fast (checkpointed/compiled/bf16 on GPU) | reference (eager fp32)
     seed: int = 0
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 
     def resolved(self) -> "InversionConfig":
-        """Fill the method defaults (Elijah: batch 100, 100 iterations, fixed noise, L1; PureDiffusion: batch 40,
-        30 epochs, L1, fresh noise) and validate."""
+        """Fill the method defaults (Elijah as METHOD.md section 4: batch 100, 100 iterations, fixed noise, L1,
+        absolute; PureDiffusion: batch 40, 30 epochs, L1, antithetic noise, relative objective, chosen by
+        measurement in bench/results/demo-inversion-choices.md) and validate."""
         if self.method not in METHODS:
             raise PdfastError(f"unknown method '{self.method}'; use one of: {', '.join(METHODS)}")
         if self.method == "elijah":
             c = replace(self, steps=1, batch=self.batch or 100, epochs=self.epochs or 100, norm=self.norm or "l1",
-                        noise=self.noise or "fixed", scales="elijah-0.5", loss_steps="sampled")
+                        noise=self.noise or "fixed", objective=self.objective or "absolute", scales="elijah-0.5",
+                        loss_steps="sampled")
         else:
             c = replace(self, batch=self.batch or 40, epochs=self.epochs or 30, norm=self.norm or "l1",
-                        noise=self.noise or "fresh")
+                        noise=self.noise or "antithetic", objective=self.objective or "relative")
         if c.steps < 1:
             raise PdfastError(f"--steps {c.steps} must be at least 1")
         if c.norm not in ("l1", "l2"):
@@ -101,6 +106,7 @@ class InversionResult:
     interrupted: bool = False
     metrics: dict | None = None
     samples: torch.Tensor | None = None
+    pattern_samples: torch.Tensor | None = None   # 16 samples from eps + metrics.trigger_pattern(trigger)
     ground_truth: torch.Tensor | None = None
     given_trigger: bool = False           # True when detect() judged a trigger it was given instead of inverting
 
@@ -110,7 +116,8 @@ class InversionResult:
         return inversion_report(self)
 
     def save(self, out) -> "InversionResult":
-        """Write trigger.safetensors, trigger.png, samples.png and report.json into ``out`` (atomically)."""
+        """Write trigger.safetensors, trigger.png, samples.png, pattern_samples.png and report.json into ``out``
+        (atomically)."""
         from .report import save_result
 
         save_result(self, out)

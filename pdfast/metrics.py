@@ -60,6 +60,23 @@ def uniformity_trimmed(images: torch.Tensor, trim: int = 4) -> float:
     return float(rm[k: rm.numel() - k].mean())
 
 
+def trigger_pattern(trigger: torch.Tensor) -> torch.Tensor:
+    """The trigger's pattern: tau - mean_hw(tau) per channel, rescaled to the rms of tau (its energy kept).
+
+    A flat shift of x_T sends clean and backdoored models alike to flat frames (bench/flat_shift.py), so the flat
+    part of an inverted trigger is no evidence of a backdoor; the pattern is what detection judges.
+    """
+    t = trigger.detach().float()
+    p = t - t.mean(dim=(-2, -1), keepdim=True)
+    rp, rt = p.pow(2).mean().sqrt(), t.pow(2).mean().sqrt()
+    return p * (rt / rp) if float(rp) > 0 else p
+
+
+def image_contrast(images: torch.Tensor) -> float:
+    """Mean per-image pixel standard deviation in [0, 1]: about 0 for flat frames."""
+    return float(_unit(images).std(dim=1).mean())
+
+
 def kl_statistic(trigger: torch.Tensor, gamma: float = 1.0) -> dict[str, float]:
     """TERD's per-pixel KL(N(mu_i, gamma^2) || N(0, 1)) = (gamma^2 + mu_i^2 - 1)/2 - log gamma; its mean and variance."""
     mu = trigger.detach().double().reshape(-1).cpu()

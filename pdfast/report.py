@@ -1,4 +1,5 @@
-"""report.json (versioned schema) and the files of an inversion: trigger.safetensors, trigger.png, samples.png."""
+"""report.json (versioned schema) and the files of an inversion: trigger.safetensors (the trigger and its
+pattern), trigger.png (trigger, pattern, ground truth), samples.png and pattern_samples.png."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -51,15 +52,21 @@ def save_result(res, out) -> Path:
 
     from .io import atomic_dir, atomic_write_json, save_png
 
+    from .metrics import trigger_pattern
+
     out = Path(out)
+    trigger = res.trigger.detach().float().contiguous().cpu()
+    pattern = trigger_pattern(trigger).contiguous()
     with atomic_dir(out) as tmp:
         (tmp / "trigger.safetensors").write_bytes(
-            save({"trigger": res.trigger.detach().float().contiguous().cpu()}, metadata=trigger_metadata(res)))
+            save({"trigger": trigger, "pattern": pattern}, metadata=trigger_metadata(res)))
+        pics = [trigger.clamp(-1, 1), pattern.clamp(-1, 1)]
         if res.ground_truth is not None:
-            save_png(tmp / "trigger.png", torch.stack([res.trigger.cpu().clamp(-1, 1), res.ground_truth.cpu()]), nrow=2)
-        else:
-            save_png(tmp / "trigger.png", res.trigger.cpu().clamp(-1, 1)[None])
+            pics.append(res.ground_truth.cpu())
+        save_png(tmp / "trigger.png", torch.stack(pics), nrow=len(pics))
         if res.samples is not None:
             save_png(tmp / "samples.png", res.samples, nrow=4)
+        if res.pattern_samples is not None:
+            save_png(tmp / "pattern_samples.png", res.pattern_samples, nrow=4)
         atomic_write_json(tmp / "report.json", inversion_report(res))
     return out

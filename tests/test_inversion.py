@@ -148,7 +148,7 @@ def test_invert_api_keeps_caller_model_and_reports(tiny_model):
     net = tiny_model.net
     net.train().requires_grad_(True)
     calls = []
-    res = invert(tiny_model, steps=2, scales="analytic", epochs=2, batch=3, evaluate=False,
+    res = invert(tiny_model, steps=2, scales="analytic", epochs=2, batch=4, evaluate=False,
                  callback=lambda i, loss, d: calls.append(i))
     assert calls == [0, 1]
     assert net.training and all(p.requires_grad for p in net.parameters())
@@ -200,13 +200,16 @@ def test_cli_invert_and_detect_end_to_end(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)
     assert rep["scales"]["source"] == "surrogate" and len(rep["scales"]["analytic"]) == 3
-    for k in ("uniformity", "kl_mean", "asr", "l2", "detection"):
+    for k in ("uniformity", "kl_mean", "asr", "l2", "detection", "pattern_uniformity", "pattern_asr", "pattern_l2"):
         assert k in rep["metrics"], k
-    assert sorted(p.name for p in out.iterdir()) == ["report.json", "samples.png", "trigger.png", "trigger.safetensors"]
+    assert rep["metrics"]["detection"]["statistic"] == "pattern_uniformity"
+    assert sorted(p.name for p in out.iterdir()) == ["pattern_samples.png", "report.json", "samples.png",
+                                                     "trigger.png", "trigger.safetensors"]
     from safetensors import safe_open
 
     with safe_open(str(out / "trigger.safetensors"), "pt") as f:
         meta = f.metadata()
+        assert sorted(f.keys()) == ["pattern", "trigger"]
         assert meta["method"] == "puredif" and meta["steps"] == "3" and meta["scales"] == "surrogate"
     # detect with a given trigger file; --fail-on-backdoor with a huge threshold -> exit 1
     res = r.invoke(main, ["detect", "--model", str(b), "--trigger", str(out / "trigger.safetensors"),
@@ -251,7 +254,8 @@ def test_antithetic_noise_cancels_the_noise_floor():
     m = linear_model(a)
     table = ScaleTable(torch.full((1,), lam), "test", SCHED.timesteps(1), torch.full((1,), lam))
     for noise, exact in (("antithetic", True), ("fresh", False)):
-        cfg = InversionConfig(steps=1, scales="analytic", epochs=1, batch=8, noise=noise, seed=3).resolved()
+        cfg = InversionConfig(steps=1, scales="analytic", epochs=1, batch=8, noise=noise, seed=3,
+                              objective="absolute").resolved()
         res = run_inversion(m, cfg, table)
         d0 = -torch.rand((1, 3, 4, 4), generator=torch.Generator().manual_seed(3))
         want = float(((a - lam) * d0).abs().mean())

@@ -200,3 +200,17 @@ def test_evaluate_trigger_on_backdoor_folder(tmp_path, tiny20):
     assert evaluate_trigger(model, torch.zeros_like(gt), n=2, clean=False)["l2"] > 0
     none = evaluate_trigger(model, None, n=2, clean=False)
     assert none["l2"] is None and "kl_mean" not in none
+
+
+def test_trigger_pattern_removes_the_flat_part_and_keeps_the_energy():
+    from pdfast.metrics import image_contrast, trigger_pattern
+
+    t = torch.randn(3, 5, 5, generator=torch.Generator().manual_seed(0)) * 0.3 - 0.7
+    p = trigger_pattern(t)
+    assert p.mean(dim=(-2, -1)).abs().max() < 1e-6
+    torch.testing.assert_close(p.pow(2).mean(), t.pow(2).mean())
+    s = t - t.mean(dim=(-2, -1), keepdim=True)   # same direction as the structure of t
+    assert float((p * s).sum() / (p.norm() * s.norm())) > 0.9999
+    assert torch.equal(trigger_pattern(torch.full((3, 4, 4), -1.0)), torch.zeros(3, 4, 4))  # flat: no pattern
+    flat = torch.full((4, 3, 4, 4), 0.2)
+    assert image_contrast(flat) == 0.0 and image_contrast(torch.rand(4, 3, 4, 4) * 2 - 1) > 0.1
