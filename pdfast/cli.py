@@ -329,6 +329,8 @@ def inversion_options(fn):
         click.option("--sampler-family", type=click.Choice(["sde", "ode"]), default="sde",
                      help="Backdoor family for analytic scales: sde (BadDiffusion) or ode (x2, VillanDiffusion ODE samplers)."),
         click.option("--epochs", type=int, default=None, help="Adam steps (default: 30 puredif, 100 elijah)."),
+        click.option("--refine-epochs", type=int, default=None,
+                     help="Then Adam steps on eq. 17 from the trigger's pattern (default: 30 puredif, 0 elijah)."),
         click.option("--batch", type=int, default=None, help="Noise batch (default: 40 puredif, 100 elijah)."),
         click.option("--lr", type=float, default=0.1, help="Adam learning rate on the trigger."),
         click.option("--norm", type=click.Choice(["l1", "l2"]), default=None, help="Loss norm (default: l1)."),
@@ -357,17 +359,17 @@ def inversion_options(fn):
     return fn
 
 
-def _inversion_kwargs(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, objective, init,
-                      loss_steps, engine, surrogate_steps, seed):
+def _inversion_kwargs(method, steps, scales, sampler_family, epochs, refine_epochs, batch, lr, norm, noise, objective,
+                      init, loss_steps, engine, surrogate_steps, seed):
     from dataclasses import replace
 
     from .scales import SurrogateConfig
 
     if scales not in ("surrogate", "analytic") and not Path(scales).is_file():
         raise PdfastError(f"--scales {scales}: not surrogate, analytic or an existing JSON table file")
-    kw = dict(method=method, steps=steps, scales=scales, sampler_family=sampler_family, epochs=epochs, batch=batch,
-              lr=lr, norm=norm, noise=noise, objective=objective, init=init, loss_steps=loss_steps, engine=engine,
-              seed=seed)
+    kw = dict(method=method, steps=steps, scales=scales, sampler_family=sampler_family, epochs=epochs,
+              refine_epochs=refine_epochs, batch=batch, lr=lr, norm=norm, noise=noise, objective=objective, init=init,
+              loss_steps=loss_steps, engine=engine, seed=seed)
     if surrogate_steps is not None:
         if surrogate_steps < 1:
             raise PdfastError("--surrogate-steps must be positive")
@@ -407,13 +409,13 @@ def _finish(result, out, as_json, what: str):
 @main.command()
 @inversion_options
 @handle_errors
-def invert(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, objective, init, loss_steps, engine,
-           surrogate_steps, data, threshold, out, model_path, seed, device, as_json, progress):
+def invert(method, steps, scales, sampler_family, epochs, refine_epochs, batch, lr, norm, noise, objective, init,
+           loss_steps, engine, surrogate_steps, data, threshold, out, model_path, seed, device, as_json, progress):
     """Invert the backdoor trigger of a model (default: the embedded demo model) and judge it."""
     from .inversion import invert as run_invert
 
-    kw = _inversion_kwargs(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, objective, init,
-                           loss_steps, engine, surrogate_steps, seed)
+    kw = _inversion_kwargs(method, steps, scales, sampler_family, epochs, refine_epochs, batch, lr, norm, noise,
+                           objective, init, loss_steps, engine, surrogate_steps, seed)
     device = resolve_device(device)
     model = load_cli_model(model_path, device)
     res = run_invert(model, device=device, threshold=threshold, data=data, progress=progress, **kw)
@@ -428,14 +430,14 @@ def invert(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise
               help="Judge this trigger (name, PNG, .npy or .safetensors) instead of inverting one.")
 @click.option("--fail-on-backdoor", is_flag=True, default=False, help="Exit with code 1 when a backdoor is found.")
 @handle_errors
-def detect(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, objective, init, loss_steps, engine,
-           surrogate_steps, data, threshold, out, model_path, seed, device, as_json, progress, trigger_spec,
-           fail_on_backdoor):
+def detect(method, steps, scales, sampler_family, epochs, refine_epochs, batch, lr, norm, noise, objective, init,
+           loss_steps, engine, surrogate_steps, data, threshold, out, model_path, seed, device, as_json, progress,
+           trigger_spec, fail_on_backdoor):
     """Decide whether a model is backdoored: invert (or take --trigger), sample, compare with the clean threshold."""
     from .detection import detect as run_detect
 
-    kw = _inversion_kwargs(method, steps, scales, sampler_family, epochs, batch, lr, norm, noise, objective, init,
-                           loss_steps, engine, surrogate_steps, seed)
+    kw = _inversion_kwargs(method, steps, scales, sampler_family, epochs, refine_epochs, batch, lr, norm, noise,
+                           objective, init, loss_steps, engine, surrogate_steps, seed)
     device = resolve_device(device)
     model = load_cli_model(model_path, device)
     trig = None

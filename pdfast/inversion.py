@@ -40,6 +40,7 @@ class InversionConfig:
     scales: str = "surrogate"             # surrogate | analytic | path to a JSON table
     sampler_family: str = "sde"           # sde (BadDiffusion) | ode (VillanDiffusion ODE samplers, lambda x2)
     epochs: int | None = None             # Adam steps; one fresh/fixed noise batch and one drawn step each
+    refine_epochs: int | None = None      # then Adam steps on eq. 17 from the first result's pattern (0: none)
     batch: int | None = None
     lr: float = 0.1
     norm: str | None = None               # l1 | l2
@@ -53,17 +54,19 @@ class InversionConfig:
 
     def resolved(self) -> "InversionConfig":
         """Fill the method defaults (Elijah as METHOD.md section 4: batch 100, 100 iterations, fixed noise, L1,
-        absolute; PureDiffusion: batch 40, 30 epochs, L1, antithetic noise, relative objective, chosen by
-        measurement in bench/results/demo-inversion-choices.md) and validate."""
+        absolute, no refinement; PureDiffusion: batch 40, 30 epochs, L1, antithetic noise, relative objective, then
+        30 refinement epochs on eq. 17, chosen by measurement in bench/results/demo-inversion-choices.md) and
+        validate."""
         if self.method not in METHODS:
             raise PdfastError(f"unknown method '{self.method}'; use one of: {', '.join(METHODS)}")
         if self.method == "elijah":
             c = replace(self, steps=1, batch=self.batch or 100, epochs=self.epochs or 100, norm=self.norm or "l1",
                         noise=self.noise or "fixed", objective=self.objective or "absolute", scales="elijah-0.5",
-                        loss_steps="sampled")
+                        loss_steps="sampled", refine_epochs=self.refine_epochs or 0)
         else:
             c = replace(self, batch=self.batch or 40, epochs=self.epochs or 30, norm=self.norm or "l1",
-                        noise=self.noise or "antithetic", objective=self.objective or "relative")
+                        noise=self.noise or "antithetic", objective=self.objective or "relative",
+                        refine_epochs=30 if self.refine_epochs is None else self.refine_epochs)
         if c.steps < 1:
             raise PdfastError(f"--steps {c.steps} must be at least 1")
         if c.norm not in ("l1", "l2"):
@@ -82,6 +85,8 @@ class InversionConfig:
             raise PdfastError(f"unknown sampler family '{c.sampler_family}'; use sde or ode")
         if c.batch < 1 or c.epochs < 1:
             raise PdfastError("--batch and --epochs must be positive")
+        if c.refine_epochs < 0:
+            raise PdfastError(f"--refine-epochs {c.refine_epochs} must be 0 (no refinement) or more")
         if not (c.lr > 0 and math.isfinite(c.lr)):
             raise PdfastError(f"--lr {c.lr} must be a positive number")
         return c
@@ -140,11 +145,12 @@ def _lambda_table(model: DiffusionModel, cfg: InversionConfig, device, progress:
 def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable, *, device=None,
                   callback: Callback | None = None, progress: bool = False, engine=None,
                   start: torch.Tensor | None = None) -> InversionResult:
-    """The optimisation loop (model already frozen and on ``device``), from ``start`` when given (a warm start)
-    instead of ``cfg.init``. Ctrl-C stops it and keeps the trigger so far."""
-    from tqdm.auto import tqdm
-
+    """The optimisation (model already frozen and on ``device``), from ``start`` when given (a warm start) instead
+    of ``cfg.init``: ``cfg.epochs`` Adam steps on ``cfg.objective``, then, with ``cfg.refine_epochs``, a second run
+    of Adam on the absolute objective (eq. 17) started from the pattern of the first result
+    (``metrics.trigger_pattern``). Ctrl-C stops it and keeps the trigger so far."""
     from .engine import make_engine
+    from .metrics import trigger_pattern
 
     device = torch.device(device) if device is not None else model.device
     engine = engine or make_engine(cfg.engine, model)
@@ -156,57 +162,83 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
         delta = -torch.rand(shape, generator=gen)
     else:
         delta = torch.zeros(shape)
-    delta = delta.to(device).requires_grad_(True)
-    opt = torch.optim.Adam([delta], lr=cfg.lr)
     K = cfg.steps
-    ts = model.schedule.timesteps(K)
-    lambdas = [float(v) for v in table.values]
-    fixed = torch.randn((cfg.batch, *model.shape), generator=gen).to(device) if cfg.noise == "fixed" else None
-    fixed_z = None
-    losses: list[float] = []
-    drawn: list[int] = []
+    loop = _Descent(model, cfg, engine, gen, device, model.schedule.timesteps(K), [float(v) for v in table.values],
+                    callback, progress)
     interrupted = False
     t0 = time.perf_counter()
-    bar = tqdm(range(cfg.epochs), desc=f"invert {cfg.method} K={K}", disable=not progress, mininterval=0.5)
     try:
-        for it in bar:
-            if cfg.loss_steps == "all":
-                loss_steps = list(range(K))
-            else:
-                loss_steps = [int(torch.randint(0, K, (), generator=gen))]
+        delta = loop.run(delta, cfg.objective, cfg.epochs, "search")
+        if cfg.refine_epochs:
+            delta = loop.run(trigger_pattern(delta).reshape(shape), "absolute", cfg.refine_epochs, "refine")
+    except KeyboardInterrupt:
+        interrupted = True
+        delta = loop.delta if loop.delta is not None else delta
+        log.warning("interrupted after %d iterations: keeping the trigger so far", len(loop.losses))
+    secs = time.perf_counter() - t0
+    drawn = loop.drawn
+    timings = {"inversion_seconds": round(secs, 3), "iterations": len(loop.losses), "stages": loop.stages,
+               "network_calls": int(sum(d + 1 for d in drawn)) if cfg.loss_steps == "sampled" else len(drawn) * K}
+    timings["ms_per_chain_step"] = round(1000 * secs / max(1, timings["network_calls"]), 3)
+    return InversionResult(trigger=delta.detach().cpu().reshape(model.shape), config=cfg, scales=table,
+                           losses=loop.losses, drawn_steps=drawn, timings=timings, model_hash=model.content_hash(),
+                           model_source=str(model.source), engine=_describe(engine), interrupted=interrupted)
+
+
+class _Descent:
+    """Adam on the trigger alone; losses, drawn steps and the callback's iteration count run across stages."""
+
+    def __init__(self, model, cfg: InversionConfig, engine, gen, device, ts, lambdas, callback, progress):
+        self.model, self.cfg, self.engine, self.gen, self.device = model, cfg, engine, gen, device
+        self.ts, self.lambdas, self.callback, self.progress = ts, lambdas, callback, progress
+        self.fixed = torch.randn((cfg.batch, *model.shape), generator=gen).to(device) if cfg.noise == "fixed" else None
+        self.fixed_z = None
+        self.losses: list[float] = []
+        self.drawn: list[int] = []
+        self.stages: dict[str, int] = {}
+        self.delta: torch.Tensor | None = None
+
+    def _batch(self, last: int):
+        cfg, shape = self.cfg, self.model.shape
+        if self.fixed is not None:
+            if self.fixed_z is None:
+                self.fixed_z = [torch.randn((cfg.batch, *shape), generator=self.gen).to(self.device)
+                                for _ in range(cfg.steps - 1)]
+            return self.fixed, self.fixed_z[:last]
+        return _draw(cfg, shape, self.gen, self.device), [_draw(cfg, shape, self.gen, self.device) for _ in range(last)]
+
+    def run(self, delta0: torch.Tensor, objective: str, epochs: int, stage: str) -> torch.Tensor:
+        from tqdm.auto import tqdm
+
+        cfg, K = self.cfg, self.cfg.steps
+        delta = delta0.detach().to(self.device, torch.float32).clone().requires_grad_(True)
+        self.delta = delta
+        opt = torch.optim.Adam([delta], lr=cfg.lr)
+        self.stages[stage] = 0
+        bar = tqdm(range(epochs), desc=f"invert {cfg.method} K={K} ({stage})", disable=not self.progress,
+                   mininterval=0.5)
+        for _ in bar:
+            it = len(self.losses)
+            loss_steps = list(range(K)) if cfg.loss_steps == "all" else [int(torch.randint(0, K, (), generator=self.gen))]
             last = max(loss_steps)
-            if fixed is not None:
-                noise = fixed
-                if fixed_z is None:
-                    fixed_z = [torch.randn((cfg.batch, *model.shape), generator=gen).to(device) for _ in range(K - 1)]
-                zs = fixed_z[:last]
-            else:
-                noise = _draw(cfg, model.shape, gen, device)
-                zs = [_draw(cfg, model.shape, gen, device) for _ in range(last)]
-            zs = [z if ts[i] > 0 else None for i, z in enumerate(zs)]
-            loss, grad = engine.loss_and_grad(delta.detach(), noise, zs, ts, lambdas, loss_steps, cfg.norm)
-            if cfg.objective == "relative":
+            noise, zs = self._batch(last)
+            zs = [z if self.ts[i] > 0 else None for i, z in enumerate(zs)]
+            loss, grad = self.engine.loss_and_grad(delta.detach(), noise, zs, self.ts, self.lambdas, loss_steps,
+                                                   cfg.norm)
+            if objective == "relative":
                 loss, grad = _relative(loss, grad, delta.detach(), cfg.norm)
             if not math.isfinite(loss) or not torch.isfinite(grad).all():
                 raise PdfastError(f"the inversion diverged (loss {loss}) at iteration {it}; lower --lr or use --norm l1")
             opt.zero_grad(set_to_none=True)
-            delta.grad = grad.reshape(shape).to(delta.dtype)
+            delta.grad = grad.reshape(delta.shape).to(delta.dtype)
             opt.step()
-            losses.append(loss)
-            drawn.append(last)
+            self.losses.append(loss)
+            self.drawn.append(last)
+            self.stages[stage] += 1
             bar.set_postfix(loss=f"{loss:.4f}", step=last)
-            if callback is not None:
-                callback(it, loss, delta.detach())
-    except KeyboardInterrupt:
-        interrupted = True
-        log.warning("interrupted after %d iterations: keeping the trigger so far", len(losses))
-    secs = time.perf_counter() - t0
-    timings = {"inversion_seconds": round(secs, 3), "iterations": len(losses),
-               "network_calls": int(sum(d + 1 for d in drawn)) if cfg.loss_steps == "sampled" else len(losses) * K}
-    timings["ms_per_chain_step"] = round(1000 * secs / max(1, timings["network_calls"]), 3)
-    return InversionResult(trigger=delta.detach().cpu().reshape(model.shape), config=cfg, scales=table, losses=losses,
-                           drawn_steps=drawn, timings=timings, model_hash=model.content_hash(),
-                           model_source=str(model.source), engine=_describe(engine), interrupted=interrupted)
+            if self.callback is not None:
+                self.callback(it, loss, delta.detach())
+        return delta.detach()
 
 
 def _relative(loss: float, grad: torch.Tensor, delta: torch.Tensor, norm: str) -> tuple[float, torch.Tensor]:

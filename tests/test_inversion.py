@@ -104,7 +104,7 @@ def test_inversion_recovers_trigger_of_shifted_model():
     truth[:, 2:, 2:] = 0.5
     m = DiffusionModel(Shifted(truth, lambda t: 0.5), SCHED, 4, 3)
     # eps - lam delta has batch mean 0.5 truth - lam delta: zero at delta = truth (lam = 0.5 analytic-like table)
-    cfg = InversionConfig(method="puredif", steps=3, scales="analytic", epochs=150, lr=0.05).resolved()
+    cfg = InversionConfig(method="puredif", steps=3, scales="analytic", epochs=150, refine_epochs=150, lr=0.05).resolved()
     table = ScaleTable(torch.full((3,), 0.5), "test", SCHED.timesteps(3), torch.full((3,), 0.5))
     res = run_inversion(m, cfg, table)
     assert (res.trigger - truth).abs().max() < 0.1
@@ -148,13 +148,14 @@ def test_invert_api_keeps_caller_model_and_reports(tiny_model):
     net = tiny_model.net
     net.train().requires_grad_(True)
     calls = []
-    res = invert(tiny_model, steps=2, scales="analytic", epochs=2, batch=4, evaluate=False,
+    res = invert(tiny_model, steps=2, scales="analytic", epochs=2, refine_epochs=1, batch=4, evaluate=False,
                  callback=lambda i, loss, d: calls.append(i))
-    assert calls == [0, 1]
+    assert calls == [0, 1, 2]  # the refinement stage continues the iteration count
+    assert res.timings["stages"] == {"search": 2, "refine": 1} and res.timings["iterations"] == 3
     assert net.training and all(p.requires_grad for p in net.parameters())
     d = res.to_dict()
     assert d["schema"].startswith("pdfast.report/") and d["scales"]["source"] == "analytic-sde"
-    assert d["config"]["method"] == "puredif" and len(d["loss"]["history"]) == 2
+    assert d["config"]["method"] == "puredif" and len(d["loss"]["history"]) == 3
 
 
 def test_bad_inputs(tiny_model):
@@ -270,7 +271,7 @@ def test_relative_objective_value_and_gradient():
     a, lam = 0.3, 0.5
     table = ScaleTable(torch.full((1,), lam), "test", SCHED.timesteps(1), torch.full((1,), lam))
     cfg = InversionConfig(steps=1, scales="analytic", epochs=3, batch=4, noise="antithetic",
-                          objective="relative").resolved()
+                          objective="relative", refine_epochs=0).resolved()
     res = run_inversion(linear_model(a), cfg, table)
     assert all(abs(v - abs(a - lam)) < 1e-6 for v in res.losses)
     d0 = -torch.rand((3, 4, 4), generator=torch.Generator().manual_seed(0))
@@ -299,3 +300,21 @@ def test_warm_start_and_new_bad_inputs(tiny_model):
         InversionConfig(noise="antithetic", batch=5).resolved()
     with pytest.raises(PdfastError, match="unknown objective"):
         InversionConfig(objective="magic").resolved()
+    with pytest.raises(PdfastError, match="refine-epochs"):
+        InversionConfig(refine_epochs=-1).resolved()
+
+
+def test_refinement_starts_from_the_pattern_of_the_search():
+    """Stage 2 starts from metrics.trigger_pattern(stage-1 trigger): with lr ~ 0 the result is that pattern."""
+    from pdfast.metrics import trigger_pattern
+
+    a, lam = 0.3, 0.5
+    table = ScaleTable(torch.full((1,), lam), "test", SCHED.timesteps(1), torch.full((1,), lam))
+    seen = []
+    cfg = InversionConfig(steps=1, scales="analytic", epochs=2, refine_epochs=1, batch=4, lr=1e-9).resolved()
+    res = run_inversion(linear_model(a), cfg, table, callback=lambda i, loss, d: seen.append(d.clone()))
+    d0 = -torch.rand((1, 3, 4, 4), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(res.trigger, trigger_pattern(d0)[0], atol=1e-6, rtol=0)
+    assert cfg.objective == "relative" and len(seen) == 3
+    # the refinement runs the absolute objective: |a - lam| * mean |delta| on eps = a x with antithetic noise
+    assert res.losses[2] == pytest.approx(abs(a - lam) * float(trigger_pattern(d0).abs().mean()), rel=1e-5)
