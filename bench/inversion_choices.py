@@ -14,14 +14,13 @@ from common import header, md_table, write
 
 GRID = [
     {},  # the defaults
-    {"noise": "fresh", "objective": "absolute"},  # the defaults before bench/flat_shift.py
+    {"noise": "fresh", "objective": "absolute", "refine_epochs": 0},  # the defaults before bench/flat_shift.py
+    {"refine_epochs": 0},
     {"noise": "fresh"},
     {"objective": "absolute"},
     {"norm": "l2"},
     {"noise": "fixed"},
     {"init": "zeros"},
-    {"loss_steps": "all"},
-    {"epochs": 60},
     {"lr": 0.05},
 ]
 
@@ -47,13 +46,14 @@ def main(argv=None) -> int:
             m = res.metrics
             c = res.config
             rows.append({"change": ", ".join(f"{k}={v}" for k, v in over.items()) or "defaults", "seed": seed,
-                         "norm": c.norm, "noise": c.noise, "objective": c.objective, "init": c.init,
+                         "norm": c.norm, "noise": c.noise, "objective": c.objective, "refine": c.refine_epochs,
+                         "init": c.init,
                          "loss_steps": c.loss_steps, "epochs": c.epochs, "lr": c.lr, "asr": m.get("asr"),
                          "l2": m.get("l2"), "uniformity": m["uniformity"], "pattern_asr": m.get("pattern_asr"),
                          "pattern_uniformity": m["pattern_uniformity"], "network_calls": res.timings["network_calls"],
                          "inversion_s": res.timings["inversion_seconds"]})
             print(rows[-1], file=sys.stderr)
-    table = md_table(rows, ["change", "seed", "norm", "noise", "objective", "init", "loss_steps", "epochs", "lr",
+    table = md_table(rows, ["change", "seed", "norm", "noise", "objective", "refine", "init", "loss_steps", "epochs", "lr",
                             "asr", "l2", "uniformity", "pattern_asr", "pattern_uniformity", "network_calls",
                             "inversion_s"])
     obj = {**header(), "command": "python bench/inversion_choices.py " + " ".join(argv or sys.argv[1:]),

@@ -42,8 +42,7 @@ def test_demo_ground_truth_trigger_fires(demo):
 
 def test_puredif_is_closer_to_the_truth_than_elijah_on_the_demo(tmp_path, monkeypatch):
     """`pdfast invert --steps 10` against `--method elijah` on the demo: PureDiffusion's trigger is nearer the truth,
-    its pattern fires the backdoor and the verdict is "backdoored". The raw trigger itself does not fire (a flat dark
-    shift dominates it): see bench/results/demo-flat-shift.md."""
+    it fires the backdoor (ASR >= 0.8), and the verdict is "backdoored" (bench/results/demo-methods.md)."""
     from click.testing import CliRunner
 
     from pdfast.cli import main
@@ -59,5 +58,5 @@ def test_puredif_is_closer_to_the_truth_than_elijah_on_the_demo(tmp_path, monkey
     for m in out.values():
         assert {"asr", "l2", "uniformity", "kl_mean", "detection"} <= set(m)
     assert out["puredif"]["l2"] < out["elijah"]["l2"], out
-    assert out["puredif"]["pattern_asr"] >= 0.8, out["puredif"]
+    assert out["puredif"]["asr"] >= 0.8 and out["puredif"]["pattern_asr"] >= 0.8, out["puredif"]
     assert out["puredif"]["detection"]["verdict"] == "backdoored", out["puredif"]
