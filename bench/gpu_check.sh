@@ -53,13 +53,13 @@ stage tests 100 300 python -m pytest tests/test_kernels.py tests/test_engine.py 
 # the sweep: reference vs engine, K = 10..1000 at batch 40 on the google/ddpm-cifar10-32 architecture. Budget 1 GiB
 # for states + kept activations, so the peak stays near the 3 GiB target at every K (the engine default would keep
 # every step of a short chain: about 0.9 GiB of bf16 activations per step).
-stage sweep 200 140 python bench/sweep.py --device cuda --arch cifar10 --ks 10,50,200,1000 --batch 40 \
+stage sweep 200 180 python bench/sweep.py --device cuda --arch cifar10 --ks 10,50,200,1000 --batch 40 \
   --repeats 3 --adam-iters 2 --budget-gib 1 --out-dir "$OUT"
 
 # the trigger the engine (compiled bf16) finds on the demo model against the reference's: L2 within 2%, same ASR
-stage engines 60 80 python bench/compare_engines.py --device cuda --steps 10
+stage engines 80 100 python bench/compare_engines.py --device cuda --steps 10
 
-stage invert50 80 0 pdfast invert --steps 50 --device cuda --engine fast --out "$OUT/invert50" --json
+stage invert50 100 0 pdfast invert --steps 50 --device cuda --engine fast --out "$OUT/invert50" --json
 
 # results written elsewhere by default (pytest-benchmark data, a sweep run with another --out-dir) are copied in
 if [[ "$OUT" != "bench/results" && -d bench/results ]]; then
