@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         row = {"part": "A" if extra is None else "B", "model": model_name, "delta": what,
                "||delta - g||": round(metrics.l2_distance(d, g), 2), "mean": round(float(d.mean()), 3),
                "rms": round(_rms(d), 3), "asr": metrics.asr(im, target), "uniformity": round(metrics.uniformity(im), 5),
-               "image std": round(float(metrics._unit(im).std(dim=1).mean()), 3), **(extra or {}),
+               "image std": round(metrics.image_contrast(im), 3), **(extra or {}),
                "s": round(time.perf_counter() - t0, 1)}
         rows.append(row)
         print(row, file=sys.stderr, flush=True)
