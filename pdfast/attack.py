@@ -53,7 +53,7 @@ def poisoned_batch(schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tenso
 
 def baddiffusion(model: DiffusionModel, images: torch.Tensor, trigger: torch.Tensor, target: torch.Tensor,
                  cfg: AttackConfig = AttackConfig(), *, device="cpu", progress: bool = True,
-                 inplace: bool = False) -> DiffusionModel:
+                 inplace: bool = False, checkpoint=None) -> DiffusionModel:
     """Backdoor a copy of ``model`` (or the model itself with ``inplace``) with (trigger -> target); returns it."""
     if tuple(trigger.shape[-3:]) != model.shape or tuple(target.shape[-3:]) != model.shape:
         raise PdfastError(f"trigger {tuple(trigger.shape)} / target {tuple(target.shape)} do not match the model's "
@@ -78,7 +78,7 @@ def baddiffusion(model: DiffusionModel, images: torch.Tensor, trigger: torch.Ten
         x_in, tgt = poisoned_batch(m.schedule, x0, t, eps, poison, g, y)
         return x_in, t, tgt
 
-    fit(m.net, make_batch, cfg.train, device=device, progress=progress, desc="attack")
+    fit(m.net, make_batch, cfg.train, device=device, progress=progress, desc="attack", checkpoint=checkpoint)
     m.invalidate_hash()
     return m
 

@@ -5,6 +5,7 @@ The loss is the DDPM simple loss MSE(eps_theta(sqrt(abar_t) x0 + sqrt(1-abar_t) 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -25,6 +26,12 @@ UNET_PRESETS: dict[str, dict] = {
     "small": dict(block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8,
                   down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
                   up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D")),
+    # google/ddpm-cifar10-32's layout (attention at the 16x16 level of a 32x32 input), 8x narrower and one layer
+    # per block, so that it trains on 2 CPU cores (0.76 s per step at batch 64, one thread): 384k parameters
+    "cifar-narrow": dict(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8,
+                         down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                         attention_head_dim=None),
     # google/ddpm-cifar10-32 (METHOD.md section 2): 35.7M parameters
     "cifar10": dict(block_out_channels=(128, 256, 256, 256), layers_per_block=2, norm_num_groups=32, norm_eps=1e-6,
                     down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
@@ -71,10 +78,13 @@ def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
 
 def fit(net: torch.nn.Module, make_batch: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
         cfg: TrainConfig, *, device: str | torch.device = "cpu", progress: bool = True, desc: str = "train",
-        callback: Callable[[int, float], None] | None = None) -> list[float]:
+        callback: Callable[[int, float], None] | None = None, checkpoint: str | Path | None = None,
+        checkpoint_every: int = 500) -> list[float]:
     """Adam on MSE(net(x_in, t), target) with a cosine schedule, warm-up and grad clipping; returns the losses.
 
-    ``make_batch(gen) -> (x_in, t, target)`` draws one batch on ``device``.
+    ``make_batch(gen) -> (x_in, t, target)`` draws one batch on ``device``. With ``checkpoint`` the whole state
+    (weights, Adam, schedule, random stream, losses) is saved there every ``checkpoint_every`` steps and a run
+    finds it and resumes, giving the same weights as an uninterrupted run.
     """
     from tqdm.auto import tqdm
 
@@ -83,7 +93,8 @@ def fit(net: torch.nn.Module, make_batch: Callable[[torch.Generator], tuple[torc
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, cfg.warmup, cfg.steps))
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     losses: list[float] = []
-    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, mininterval=1.0)
+    start = _resume(checkpoint, cfg, net, opt, sched, gen, losses) if checkpoint else 0
+    bar = tqdm(range(start, cfg.steps), desc=desc, disable=not progress, mininterval=1.0)
     for step in bar:
         x_in, t, target = make_batch(gen)
         out = net(x_in, t)
@@ -102,8 +113,39 @@ def fit(net: torch.nn.Module, make_batch: Callable[[torch.Generator], tuple[torc
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
         if callback is not None:
             callback(step, losses[-1])
+        if checkpoint and ((step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps):
+            _save_checkpoint(checkpoint, cfg, step + 1, net, opt, sched, gen, losses)
     net.eval().requires_grad_(False)
     return losses
+
+
+def _save_checkpoint(path, cfg: TrainConfig, step: int, net, opt, sched, gen, losses) -> None:
+    """Write the full training state atomically (a crash mid-write leaves the previous checkpoint)."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"config": cfg.to_dict(), "step": step, "net": net.state_dict(), "opt": opt.state_dict(),
+                "sched": sched.state_dict(), "gen": gen.get_state(), "losses": losses}, tmp)
+    os.replace(tmp, path)
+
+
+def _resume(path, cfg: TrainConfig, net, opt, sched, gen, losses: list) -> int:
+    """Load a checkpoint written by _save_checkpoint for the same config; returns the step to continue from."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["config"] != cfg.to_dict():
+        raise PdfastError(f"checkpoint {path} was written for other settings ({state['config']}); "
+                          "delete it or resume with the same settings")
+    net.load_state_dict(state["net"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    gen.set_state(state["gen"])
+    losses.extend(state["losses"])
+    return int(state["step"])
 
 
 def noised(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -113,7 +155,7 @@ def noised(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Ten
 
 
 def train_ddpm(model: DiffusionModel, images: torch.Tensor, cfg: TrainConfig, *, device="cpu",
-               progress: bool = True) -> list[float]:
+               progress: bool = True, checkpoint: str | Path | None = None) -> list[float]:
     """Train ``model.net`` in place with the DDPM simple loss on ``images`` (N, C, H, W) in [-1, 1]."""
     images = images.to(device)
     T = model.schedule.T
@@ -127,6 +169,6 @@ def train_ddpm(model: DiffusionModel, images: torch.Tensor, cfg: TrainConfig, *,
         eps = torch.randn(x0.shape, generator=gen).to(device)
         return noised(model.schedule, x0, t, eps), t, eps
 
-    losses = fit(model.net, make_batch, cfg, device=device, progress=progress, desc="train")
+    losses = fit(model.net, make_batch, cfg, device=device, progress=progress, desc="train", checkpoint=checkpoint)
     model.invalidate_hash()
     return losses
