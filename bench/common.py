@@ -1,7 +1,7 @@
 """Shared helpers for the engine benchmarks: the model under test, one iteration's inputs, timing, result files.
 
 One inversion iteration = the chain of K DDPM steps from x_T = noise + delta, the shift loss on the last step, and
-the backward pass to delta (METHOD.md section 9). Presets are data; every result file echoes its config, the device
+the backward pass to delta (docs/method.md section 9). Presets are data; every result file echoes its config, the device
 and the versions.
 """
 from __future__ import annotations
@@ -31,15 +31,19 @@ def build_model(arch: str, size: int, device: str) -> DiffusionModel:
 
 
 def chain_inputs(model: DiffusionModel, batch: int, k: int, seed: int = 0) -> dict:
-    """Noise batch, per-step DDPM noise, the Elijah init delta = -U(0, 1), timesteps, analytic scales; loss on step K."""
+    """Noise batch, per-step DDPM noise, the Elijah init delta = -U(0, 1), the DDPM sampler over K steps and eq. 17
+    (L1) over the analytic scales; loss on step K."""
+    from pdfast.chain import DDPMSampler
+    from pdfast.objectives import ShiftObjective
+
     g = torch.Generator().manual_seed(seed)
     dev = model.device
     shape = model.shape
     noise = torch.randn(batch, *shape, generator=g).to(dev)
     zs = [torch.randn(batch, *shape, generator=g).to(dev) for _ in range(k)]
     delta = (-torch.rand(*shape, generator=g)).to(dev)
-    return dict(delta=delta, noise=noise, zs=zs, timesteps=model.schedule.timesteps(k),
-                lambdas=model.schedule.analytic_scales(k).tolist(), loss_steps=[k - 1], norm="l1")
+    return dict(delta=delta, noise=noise, zs=zs, sampler=DDPMSampler(model.schedule, k),
+                objective=ShiftObjective(model.schedule.analytic_scales(k).tolist(), "l1"), loss_steps=[k - 1])
 
 
 def sync(device) -> None:

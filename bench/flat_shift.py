@@ -39,7 +39,9 @@ def main(argv=None) -> int:
     import pdfast
     from pdfast import metrics
     from pdfast.attack import load_ground_truth
+    from pdfast.chain import DDPMSampler
     from pdfast.engine import make_engine
+    from pdfast.objectives import ShiftObjective
     from pdfast.sampling import sample
 
     demo = pdfast.load_model(pdfast.demo_path())
@@ -89,7 +91,6 @@ def main(argv=None) -> int:
                   {"objective": objective, "init": init_name})
 
     eng = make_engine("reference", demo)
-    ts = demo.schedule.timesteps(1)
     floor = {}
     for mode in ("fresh", "antithetic"):
         vals = []
@@ -100,7 +101,8 @@ def main(argv=None) -> int:
             else:
                 h = torch.randn(20, *demo.shape, generator=gg)
                 noise = torch.cat([h, -h])
-            loss, _ = eng.loss_and_grad(torch.zeros(1, *demo.shape), noise, [], ts, [0.5], [0], "l1")
+            loss, _ = eng.loss_and_grad(torch.zeros(1, *demo.shape), noise, [], DDPMSampler(demo.schedule, 1),
+                                        ShiftObjective([0.5], "l1"), [0])
             vals.append(loss)
         floor[mode] = round(sum(vals) / len(vals), 4)
 

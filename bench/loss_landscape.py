@@ -37,6 +37,9 @@ def main(argv=None) -> int:
         from safetensors.torch import load_file
 
         cands["inverted"] = load_file(a.inverted)["trigger"].reshape(g.shape)
+    from pdfast.chain import DDPMSampler
+    from pdfast.objectives import ShiftObjective
+
     eng = make_engine("reference", m)
     ts = m.schedule.timesteps(a.steps)
     gen = torch.Generator().manual_seed(0)
@@ -47,7 +50,8 @@ def main(argv=None) -> int:
     for name, d in cands.items():
         row = {"delta": name, "||delta - truth||": float((d - g).norm())}
         for k in (0, a.steps // 2, a.steps - 1):
-            loss, grad = eng.loss_and_grad(d[None], noise, zs, ts, [a.lam] * a.steps, [k], "l1")
+            loss, grad = eng.loss_and_grad(d[None], noise, zs, DDPMSampler(m.schedule, a.steps),
+                                           ShiftObjective([a.lam] * a.steps, "l1"), [k])
             row[f"loss k={k}"] = loss
         with torch.no_grad():  # control variate: E[eps] = 0, so subtracting the known noise keeps the mean
             e = m.eps(noise + d[None], torch.tensor(ts[0]))

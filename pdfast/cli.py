@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from .errors import PdfastError
+from .io import ensure_output_dir, ensure_output_file
 
 log = logging.getLogger("pdfast")
 
@@ -96,6 +97,7 @@ def main(verbose: bool) -> None:
 @handle_errors
 def train(out, size, channels, arch, data, n_images, steps, batch, lr, warmup, clip_sample, seed, device, as_json, progress):
     """Train a small clean DDPM from scratch (linear schedule, T = 1000)."""
+    ensure_output_dir(out)  # before any work
     import time
 
     from .data import get_data
@@ -168,7 +170,8 @@ def ground_truth(model):
 @handle_errors
 def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, blank_rate, steps, batch, lr, warmup,
            grad_clip, seed, device, as_json, progress):
-    """Backdoor a model (BadDiffusion, METHOD.md section 2); writes a diffusers folder plus backdoor.json."""
+    """Backdoor a model (BadDiffusion, docs/method.md section 2); writes a diffusers folder plus backdoor.json."""
+    ensure_output_dir(out)  # before any work
     import time
 
     from .attack import AttackConfig, baddiffusion, save_backdoored
@@ -216,6 +219,7 @@ def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, 
 @handle_errors
 def sample(model_path, trigger, n, batch, out, seed, device, as_json, progress):
     """Sample images with the full 1000-step DDPM chain, optionally from eps + trigger; saves a PNG grid."""
+    ensure_output_file(out)  # before any work
     from .io import save_png
     from .sampling import sample as run_sample
 
@@ -260,6 +264,7 @@ def _resolve_trigger(model, trigger):
 @handle_errors
 def evaluate(model_path, trigger, target, n, threshold, clean, out, seed, device, as_json, progress):
     """Metrics of a trigger on a model: ASR, uniformity (plain and trimmed), L2 to the truth, TERD KL."""
+    ensure_output_dir(out, sibling=False)  # before any work (an optional --out: None passes)
     from .evaluation import evaluate_trigger
 
     if n < 2:
@@ -271,7 +276,7 @@ def evaluate(model_path, trigger, target, n, threshold, clean, out, seed, device
     if target is not None:
         from .patterns import load_pattern
         y = load_pattern(target, model.sample_size, model.channels, kind="target")
-    report = evaluate_trigger(model, g, target=y, n=n, threshold=threshold, clean=clean, seed=seed, device=device,
+    report = evaluate_trigger(model, g, target=y, n=n, threshold=threshold, clean=clean, seed=seed,
                               progress=progress, out=out)
     report["trigger"] = trigger
     if as_json:
@@ -289,6 +294,7 @@ def evaluate(model_path, trigger, target, n, threshold, clean, out, seed, device
 @handle_errors
 def preview(names, size, out, scale):
     """Preview triggers/targets (built-in names or files) as one PNG; no names = every built-in pattern."""
+    ensure_output_file(out)  # before any work
     import torch
 
     from .patterns import TARGETS, TRIGGERS, load_pattern
@@ -306,75 +312,35 @@ def preview(names, size, out, scale):
 @json_option
 @handle_errors
 def env(as_json):
-    """Versions, devices, and whether Triton and a GPU are usable."""
-    from .envinfo import environment
+    """Versions, devices, whether Triton and a GPU are usable, and the backend of each fused op."""
+    from .envinfo import environment, format_value
 
     info = environment()
     if as_json:
         emit_json(info)
     else:
         for k, v in info.items():
-            click.echo(f"{k:>18}: {v}")
+            click.echo(f"{k:>18}: {format_value(v)}")
 
 
 
 def inversion_options(fn):
-    """Options shared by invert and detect (they mirror pdfast.inversion.InversionConfig)."""
-    opts = [
-        click.option("--method", type=click.Choice(["puredif", "elijah"]), default="puredif",
-                     help="puredif: PureDiffusion multi-timestep inversion; elijah: the baseline (t = T only, lambda 0.5)."),
-        click.option("--steps", "-K", type=int, default=10, help="K: denoising steps the trigger is learned over."),
-        click.option("--scales", default="surrogate",
-                     help="lambda_t source: surrogate (calibrated on a surrogate-backdoored copy), analytic, or a JSON table file."),
-        click.option("--sampler-family", type=click.Choice(["sde", "ode"]), default="sde",
-                     help="Backdoor family for analytic scales: sde (BadDiffusion) or ode (x2, VillanDiffusion ODE samplers)."),
-        click.option("--epochs", type=int, default=None, help="Adam steps (default: 30 puredif, 100 elijah)."),
-        click.option("--refine-epochs", type=int, default=None,
-                     help="Then Adam steps on eq. 17 from the trigger's pattern (default: 30 puredif, 0 elijah)."),
-        click.option("--batch", type=int, default=None, help="Noise batch (default: 40 puredif, 100 elijah)."),
-        click.option("--lr", type=float, default=0.1, help="Adam learning rate on the trigger."),
-        click.option("--norm", type=click.Choice(["l1", "l2"]), default=None, help="Loss norm (default: l1)."),
-        click.option("--noise", type=click.Choice(["antithetic", "fresh", "fixed"]), default=None,
-                     help="Fresh antithetic pairs (eps, -eps) whose mean is exactly 0, a fresh batch each iteration, "
-                          "or one fixed batch (default: antithetic puredif, fixed elijah)."),
-        click.option("--objective", type=click.Choice(["relative", "absolute"]), default=None,
-                     help="relative: ||mean eps_theta - lambda delta|| / ||delta||, so shrinking delta to 0 does not "
-                          "win (default puredif); absolute: eq. 17 as printed (default elijah)."),
-        click.option("--init", type=click.Choice(["uniform", "zeros"]), default="uniform", help="Trigger init: -U(0,1) or zeros."),
-        click.option("--loss-steps", type=click.Choice(["sampled", "all"]), default="sampled",
-                     help="sampled: one step drawn from the first K per iteration (the paper); all: mean over all K."),
-        click.option("--engine", type=click.Choice(["reference", "fast"]), default="fast",
-                     help="reference: eager fp32 autograd; fast: checkpointed/compiled/bf16 engine."),
-        click.option("--surrogate-steps", type=int, default=None, help="Fine-tune steps of the surrogate backdoor (default 300)."),
-        click.option("--data", type=click.Path(path_type=Path), default=None,
-                     help="Clean images for the surrogate backdoor; default: images the model generates itself."),
-        click.option("--threshold", type=float, default=None,
-                     help="Uniformity threshold for the verdict; default: the shipped clean-model calibration."),
-        click.option("--out", type=click.Path(path_type=Path), default=Path("pdfast-out"),
-                     help="Output folder: trigger.safetensors, trigger.png, samples.png, report.json."),
-        model_option, seed_option, device_option, json_option, progress_option,
-    ]
-    for o in reversed(opts):
+    """Options shared by invert and detect: every InversionConfig and DetectionConfig option (pdfast.config, the one
+    definition pdfast.invert also takes), then the command's own (--model, --out, --device, --json, --progress)."""
+    from .config import DetectionConfig, InversionConfig, click_options
+
+    own = [click.option("--out", type=click.Path(path_type=Path), default=Path("pdfast-out"),
+                        help="Output folder: trigger.safetensors, trigger.png, samples.png, report.json."),
+           model_option, device_option, json_option, progress_option]
+    for o in reversed(own):
         fn = o(fn)
-    return fn
+    return click_options(InversionConfig, DetectionConfig)(fn)
 
 
-def _inversion_kwargs(method, steps, scales, sampler_family, epochs, refine_epochs, batch, lr, norm, noise, objective,
-                      init, loss_steps, engine, surrogate_steps, seed):
-    from dataclasses import replace
-
-    from .scales import SurrogateConfig
-
-    if scales not in ("surrogate", "analytic") and not Path(scales).is_file():
-        raise PdfastError(f"--scales {scales}: not surrogate, analytic or an existing JSON table file")
-    kw = dict(method=method, steps=steps, scales=scales, sampler_family=sampler_family, epochs=epochs,
-              refine_epochs=refine_epochs, batch=batch, lr=lr, norm=norm, noise=noise, objective=objective, init=init,
-              loss_steps=loss_steps, engine=engine, seed=seed)
-    if surrogate_steps is not None:
-        if surrogate_steps < 1:
-            raise PdfastError("--surrogate-steps must be positive")
-        kw["surrogate"] = replace(SurrogateConfig(), steps=surrogate_steps)
-    return kw
+def _given_options(ctx: click.Context, options: dict) -> dict:
+    """The options the user set on the command line (not left at their defaults)."""
+    return {k: v for k, v in options.items()
+            if ctx.get_parameter_source(k) not in (click.core.ParameterSource.DEFAULT, None)}
 
 
 def _finish(result, out, as_json, what: str):
@@ -408,18 +374,17 @@ def _finish(result, out, as_json, what: str):
 
 @main.command()
 @inversion_options
+@click.pass_context
 @handle_errors
-def invert(method, steps, scales, sampler_family, epochs, refine_epochs, batch, lr, norm, noise, objective, init,
-           loss_steps, engine, surrogate_steps, data, threshold, out, model_path, seed, device, as_json, progress):
+def invert(ctx, out, model_path, device, as_json, progress, **options):
     """Invert the backdoor trigger of a model (default: the embedded demo model) and judge it."""
-    from .inversion import invert as run_invert
+    ensure_output_dir(out)  # before any work
+    from .api import invert as run_invert
 
-    kw = _inversion_kwargs(method, steps, scales, sampler_family, epochs, refine_epochs, batch, lr, norm, noise,
-                           objective, init, loss_steps, engine, surrogate_steps, seed)
     device = resolve_device(device)
     model = load_cli_model(model_path, device)
-    res = run_invert(model, device=device, threshold=threshold, data=data, progress=progress, **kw)
-    _finish(res, out, as_json, f"inverted trigger ({method}, K={res.config.steps})")
+    res = run_invert(model, device=device, progress=progress, **options)
+    _finish(res, out, as_json, f"inverted trigger ({res.config.method}, K={res.config.steps})")
     if res.interrupted:
         sys.exit(130)
 
@@ -429,15 +394,13 @@ def invert(method, steps, scales, sampler_family, epochs, refine_epochs, batch, 
 @click.option("--trigger", "trigger_spec", default=None,
               help="Judge this trigger (name, PNG, .npy or .safetensors) instead of inverting one.")
 @click.option("--fail-on-backdoor", is_flag=True, default=False, help="Exit with code 1 when a backdoor is found.")
+@click.pass_context
 @handle_errors
-def detect(method, steps, scales, sampler_family, epochs, refine_epochs, batch, lr, norm, noise, objective, init,
-           loss_steps, engine, surrogate_steps, data, threshold, out, model_path, seed, device, as_json, progress,
-           trigger_spec, fail_on_backdoor):
+def detect(ctx, out, model_path, device, as_json, progress, trigger_spec, fail_on_backdoor, **options):
     """Decide whether a model is backdoored: invert (or take --trigger), sample, compare with the clean threshold."""
-    from .detection import detect as run_detect
+    ensure_output_dir(out)  # before any work
+    from .api import detect as run_detect
 
-    kw = _inversion_kwargs(method, steps, scales, sampler_family, epochs, refine_epochs, batch, lr, norm, noise,
-                           objective, init, loss_steps, engine, surrogate_steps, seed)
     device = resolve_device(device)
     model = load_cli_model(model_path, device)
     trig = None
@@ -445,8 +408,8 @@ def detect(method, steps, scales, sampler_family, epochs, refine_epochs, batch, 
         from .patterns import load_pattern
 
         trig = load_pattern(trigger_spec, model.sample_size, model.channels, kind="trigger", any_range=True)
-    res = run_detect(model, trigger=trig, threshold=threshold, device=device, data=data, progress=progress,
-                     **({"engine": engine} if trig is not None else kw))
+        options = _given_options(ctx, options)  # only what was typed: the rest must not count as set
+    res = run_detect(model, trigger=trig, device=device, progress=progress, **options)
     _finish(res, out, as_json, "detection")
     if res.inversion.interrupted:
         sys.exit(130)

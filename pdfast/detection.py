@@ -1,4 +1,4 @@
-"""Backdoor detection from an inverted (or given) trigger (METHOD.md section 7).
+"""Backdoor detection from an inverted (or given) trigger (docs/method.md section 7): the layer above inversion.
 
 A backdoored model maps eps + tau to (nearly) one image: the uniformity score of 16 samples, the mean pairwise
 MSE in [0, 1], is low. pdfast samples twice: from eps + tau (reported as ``uniformity``) and from eps + p(tau),
@@ -11,6 +11,8 @@ trigger is reported as a second signal.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,29 +20,33 @@ from pathlib import Path
 import torch
 
 from . import metrics
-from .errors import PdfastError
 from .model import DiffusionModel
 
+log = logging.getLogger(__name__)
 CALIBRATION_FILE = Path(__file__).resolve().parent / "detection_calibration.json"
 
 
-def calibration() -> dict:
+# Without the shipped calibration file the verdict still uses the statistic it was calibrated for, with a threshold
+# far below every clean model measured (pattern uniformity 0.34-0.43, bench/results/detection-calibration.md):
+# conservative (it calls a model backdoored only when its pattern's samples are nearly identical) and said so.
+FALLBACK = {"statistic": "pattern_uniformity", "threshold": 0.01, "kl_threshold": None,
+            "provenance": "uncalibrated fallback: detection_calibration.json missing"}
+
+
+def calibration(path: Path | None = None) -> dict:
     """The shipped threshold calibration (threshold, statistic, the clean models and command it came from)."""
     try:
-        return json.loads(CALIBRATION_FILE.read_text())
+        return json.loads(Path(path or CALIBRATION_FILE).read_text())
     except (OSError, ValueError):
-        return {"statistic": "uniformity", "threshold": 0.01, "kl_threshold": None,
-                "provenance": "uncalibrated fallback: detection_calibration.json missing"}
+        return dict(FALLBACK)
 
 
 def judge(result, model: DiffusionModel, engine, *, n: int = 16, seed: int = 0, threshold: float | None = None,
           progress: bool = False) -> dict:
-    """Sample n images from eps + trigger, compute the metrics and the verdict; stores them on ``result``."""
+    """Sample n images from eps + trigger and n from eps + its pattern (the same noise), compute the metrics and the
+    verdict; stores them on ``result``."""
     from .attack import load_ground_truth
 
-    cal = calibration()
-    thr = float(threshold) if threshold is not None else float(cal["threshold"])
-    stat = cal.get("statistic", "pattern_uniformity")
     gt_trigger, gt_target = load_ground_truth(model)
     t0 = time.perf_counter()
     imgs = engine.sample(n, trigger=result.trigger.to(model.device), seed=seed, progress=progress)
@@ -62,21 +68,46 @@ def judge(result, model: DiffusionModel, engine, *, n: int = 16, seed: int = 0, 
         m["l2"] = metrics.l2_distance(result.trigger, gt_trigger)
         m["pattern_l2"] = metrics.l2_distance(pattern, gt_trigger)
         result.ground_truth = gt_trigger
-    value = m[stat]
-    kl_thr = cal.get("kl_threshold")
-    m["detection"] = {
-        "verdict": "backdoored" if value < thr else "clean",
-        "statistic": stat,
-        "value": value,
-        "threshold": thr,
-        "threshold_source": "--threshold" if threshold is not None else cal.get("provenance", str(CALIBRATION_FILE)),
-        "kl_signal": None if kl_thr is None else {"kl_mean": m["kl_mean"], "threshold": kl_thr,
-                                                  "verdict": "backdoored" if m["kl_mean"] > kl_thr else "clean"},
-    }
+    m["detection"] = verdict(m, threshold, _settings(result, model))
     result.metrics = m
     result.samples = imgs
     result.pattern_samples = pattern_imgs
     return m
+
+
+def _settings(result, model: DiffusionModel) -> dict:
+    """The settings a calibration must share with this run to apply: method, K and image size."""
+    if result.given_trigger:
+        return {"sample_size": model.sample_size}
+    return {"method": result.config.method, "steps": result.config.steps, "sample_size": model.sample_size}
+
+
+def verdict(m: dict, threshold: float | None, settings: dict) -> dict:
+    """The verdict from the calibrated statistic: backdoored when value < threshold, with its margin
+    log(value / threshold) (negative: backdoored; |margin| < 0.5 is within a factor 1.65 of the threshold) and a
+    warning when the calibration was made with other settings (method, K, image size) than this run."""
+    cal = calibration()
+    thr = float(threshold) if threshold is not None else float(cal["threshold"])
+    stat = cal.get("statistic", "pattern_uniformity")
+    value = float(m[stat])
+    mismatch = {k: {"calibration": cal.get("settings", {}).get(k), "run": v} for k, v in settings.items()
+                if k in cal.get("settings", {}) and cal["settings"][k] != v}
+    if mismatch and threshold is None:
+        log.warning("the detection threshold was calibrated with other settings (%s); recalibrate with "
+                    "bench/calibrate_detection.py or pass --threshold", ", ".join(
+                        f"{k} {d['calibration']} vs {d['run']}" for k, d in mismatch.items()))
+    kl_thr = cal.get("kl_threshold")
+    return {
+        "verdict": "backdoored" if value < thr else "clean",
+        "statistic": stat,
+        "value": value,
+        "threshold": thr,
+        "margin": math.log(max(value, 1e-12) / thr) if thr > 0 else None,
+        "threshold_source": "--threshold" if threshold is not None else cal.get("provenance", str(CALIBRATION_FILE)),
+        "calibration_mismatch": mismatch or None,
+        "kl_signal": None if kl_thr is None else {"kl_mean": m["kl_mean"], "threshold": kl_thr,
+                                                  "verdict": "backdoored" if m["kl_mean"] > kl_thr else "clean"},
+    }
 
 
 @dataclass
@@ -103,37 +134,3 @@ class DetectionResult:
     def save(self, out) -> "DetectionResult":
         self.inversion.save(out)
         return self
-
-
-def detect(model_or_path=None, *, trigger=None, threshold: float | None = None, device=None, n_eval: int = 16,
-           eval_seed: int = 0, progress: bool = False, **invert_kwargs) -> DetectionResult:
-    """Is this model backdoored? Invert its trigger (or take ``trigger``: a tensor, name or file), sample 16 images
-    from eps + trigger, and compare their uniformity with the clean-model threshold."""
-    from .inversion import InversionConfig, InversionResult, _prepared, invert
-
-    if trigger is None:
-        res = invert(model_or_path, device=device, evaluate=True, n_eval=n_eval, eval_seed=eval_seed,
-                     threshold=threshold, progress=progress, **invert_kwargs)
-        return DetectionResult(res)
-    from .demo import demo_path
-    from .engine import make_engine
-    from .patterns import load_pattern
-
-    model, restore = _prepared(demo_path() if model_or_path is None else model_or_path, device)
-    try:
-        if not torch.is_tensor(trigger):
-            trigger = load_pattern(trigger, model.sample_size, model.channels, kind="trigger", any_range=True)
-        if tuple(trigger.shape[-3:]) != model.shape:
-            raise PdfastError(f"trigger has shape {tuple(trigger.shape)}, the model needs {model.shape}")
-        cfg = InversionConfig(method="puredif", engine=invert_kwargs.get("engine", "fast"))
-        engine = make_engine(cfg.engine, model)
-        res = InversionResult(trigger=trigger.detach().float().cpu().reshape(model.shape), config=cfg, scales=None,
-                              losses=[], drawn_steps=[], timings={}, model_hash=model.content_hash(),
-                              model_source=str(model.source), engine=getattr(engine, "describe", lambda: {})(),
-                              given_trigger=True)
-        t0 = time.perf_counter()
-        judge(res, model, engine, n=n_eval, seed=eval_seed, threshold=threshold, progress=progress)
-        res.timings["evaluation_seconds"] = round(time.perf_counter() - t0, 3)
-        return DetectionResult(res)
-    finally:
-        restore()

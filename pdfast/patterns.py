@@ -1,4 +1,4 @@
-"""Triggers and targets in the BadDiffusion convention (METHOD.md section 2), drawn in code at any resolution.
+"""Triggers and targets in the BadDiffusion convention (docs/method.md section 2), drawn in code at any resolution.
 
 Triggers have background exactly -1, so ``M = (g == -1)`` marks the pixels where the clean image shows through;
 targets have background -0.4 (grey). Every picture is designed on a 32x32 frame, drawn with PIL at 8x supersampling
@@ -31,18 +31,9 @@ _RANGE_TOL = 1.0001
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 # Palette (uint8 RGB). Trigger colours keep every channel >= 8 so no trigger pixel reads as background (-1).
-_RED = (220, 30, 40)
-_WHITE = (245, 245, 245)
-_INK = (24, 24, 28)
-_HEART = (235, 40, 90)
-_LEAF = (30, 160, 60)
-_BARK = (130, 75, 30)
-_WALL = (70, 130, 225)
-_ROOF = (200, 70, 30)
-_DOOR = (90, 50, 20)
-_YELLOW = (255, 205, 10)
-_ORANGE = (255, 130, 10)
-_SILVER = (215, 220, 230)
+(_RED, _WHITE, _INK, _HEART, _LEAF, _BARK, _WALL, _ROOF, _DOOR, _YELLOW, _ORANGE, _SILVER) = (
+    (220, 30, 40), (245, 245, 245), (24, 24, 28), (235, 40, 90), (30, 160, 60), (130, 75, 30), (70, 130, 225),
+    (200, 70, 30), (90, 50, 20), (255, 205, 10), (255, 130, 10), (215, 220, 230))
 
 
 def _round(v: float) -> int:
@@ -397,7 +388,7 @@ def load_pattern(spec, size: int, channels: int = 3, kind: str = "trigger", any_
 
 # ------------------------------------------------------------------------------------------------------ using
 def paste_trigger(images: torch.Tensor, trigger: torch.Tensor) -> torch.Tensor:
-    """Poisoned images r = M * x + (1 - M) * g with M = (g == -1), broadcast over the batch (METHOD.md 2)."""
+    """Poisoned images r = M * x + (1 - M) * g with M = (g == -1), broadcast over the batch (docs/method.md section 2)."""
     g = trigger.to(device=images.device, dtype=images.dtype)
     if g.dim() == 4 and g.shape[0] == 1:
         g = g[0]

@@ -47,26 +47,31 @@ def trigger_metadata(res) -> dict[str, str]:
 
 
 def save_result(res, out) -> Path:
-    """Write the outputs into ``out`` atomically: on any error nothing is left half-written."""
+    """Write the outputs into ``out`` atomically: on any error nothing is left half-written, and when writing fails
+    at the end (disk full, folder gone) they go to a rescue folder named by the PdfastError raised
+    (io.write_or_rescue), so the trigger is never lost."""
     from safetensors.torch import save
 
-    from .io import atomic_dir, atomic_write_json, save_png
-
+    from .io import atomic_write_bytes, atomic_write_json, save_labelled_png, save_png, write_or_rescue
     from .metrics import trigger_pattern
 
-    out = Path(out)
     trigger = res.trigger.detach().float().contiguous().cpu()
     pattern = trigger_pattern(trigger).contiguous()
-    with atomic_dir(out) as tmp:
-        (tmp / "trigger.safetensors").write_bytes(
-            save({"trigger": trigger, "pattern": pattern}, metadata=trigger_metadata(res)))
-        pics = [trigger.clamp(-1, 1), pattern.clamp(-1, 1)]
-        if res.ground_truth is not None:
-            pics.append(res.ground_truth.cpu())
-        save_png(tmp / "trigger.png", torch.stack(pics), nrow=len(pics))
+    blob = save({"trigger": trigger, "pattern": pattern}, metadata=trigger_metadata(res))
+    report = inversion_report(res)
+    pics = [trigger.clamp(-1, 1), pattern.clamp(-1, 1)]
+    labels = ["given trigger" if res.given_trigger else "inverted", "pattern"]
+    if res.ground_truth is not None:
+        pics.append(res.ground_truth.detach().float().cpu())
+        labels.append("ground truth")
+
+    def write(folder: Path) -> None:
+        atomic_write_bytes(folder / "trigger.safetensors", blob)
+        save_labelled_png(folder / "trigger.png", torch.stack(pics), labels)
         if res.samples is not None:
-            save_png(tmp / "samples.png", res.samples, nrow=4)
+            save_png(folder / "samples.png", res.samples, nrow=4)
         if res.pattern_samples is not None:
-            save_png(tmp / "pattern_samples.png", res.pattern_samples, nrow=4)
-        atomic_write_json(tmp / "report.json", inversion_report(res))
-    return out
+            save_png(folder / "pattern_samples.png", res.pattern_samples, nrow=4)
+        atomic_write_json(folder / "report.json", report)
+
+    return write_or_rescue(out, write)

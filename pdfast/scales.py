@@ -1,4 +1,4 @@
-"""Trigger-shift scales lambda_t for the first K chain steps (METHOD.md sections 3 and 5).
+"""Trigger-shift scales lambda_t for the first K chain steps (docs/method.md sections 3 and 5).
 
 Three sources:
 - ``surrogate`` (the paper's method): backdoor a COPY of the suspect model with a surrogate trigger delta_s,
@@ -10,7 +10,6 @@ Calibrated tables are cached per model content hash, K and calibration settings.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,29 +19,11 @@ from pathlib import Path
 
 import torch
 
+from .config import SurrogateConfig
 from .errors import PdfastError
 from .model import DiffusionModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SurrogateConfig:
-    """How the surrogate backdoor is planted in the copy (the defender's choice of trigger and target)."""
-
-    trigger: str = "GLASSES"
-    target: str = "CORNER"
-    steps: int = 300
-    batch: int = 32
-    lr: float = 5e-4
-    poison_rate: float = 0.5
-    n_images: int = 256
-    pool_steps: int = 50
-    calib_batch: int = 64
-    seed: int = 1234
-
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
 
 
 @dataclass
@@ -78,27 +59,25 @@ def cache_dir() -> Path:
 @torch.no_grad()
 def estimate_scales(model: DiffusionModel, delta: torch.Tensor, k: int, *, batch: int = 64, seed: int = 0,
                     device=None) -> torch.Tensor:
-    """Least-squares shift scale per step along the chain from eps + delta (eq. 15), using model as is."""
+    """Least-squares shift scale per step along the chain from eps + delta (eq. 15), using model as is:
+    lambda_i = <mean_b eps_theta(x_i, t_i), delta> / <delta, delta>."""
+    from . import chain
     from .kernels import lstsq_scale
 
     device = device or model.device
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((batch, *model.shape), generator=gen).to(device) + delta.to(device).reshape(1, *model.shape)
+    noise = chain.GeneratorNoise(torch.Generator().manual_seed(seed), device)
     d = delta.to(device).reshape(model.shape)
-    out = []
-    for i, t in enumerate(model.schedule.timesteps(k)):
-        eps = model.eps(x, torch.tensor(t, device=device)).float()
-        out.append(float(lstsq_scale(eps, d)))
-        if i + 1 < k:
-            z = torch.randn(x.shape, generator=gen).to(device)
-            x = model.schedule.step(x, eps, t, z)
+    x = noise.initial((batch, *model.shape)) + d.reshape(1, *model.shape)
+    out: list[float] = []
+    chain.run(model.eps, x, chain.DDPMSampler(model.schedule, k), noise, update_last=False,
+              callback=lambda i, x, eps: out.append(float(lstsq_scale(eps.float(), d))))
     return torch.tensor(out, dtype=torch.float32)
 
 
-def surrogate_scales(model: DiffusionModel, k: int, cfg: SurrogateConfig = SurrogateConfig(), *, data=None,
+def surrogate_scales(model: DiffusionModel, k: int, cfg: SurrogateConfig = SurrogateConfig(), *,
                      device=None, progress: bool = False) -> tuple[torch.Tensor, dict]:
     """Plant (cfg.trigger -> cfg.target) in a copy of ``model`` (BadDiffusion, on images the model generates itself
-    unless ``data`` is a folder) and estimate lambda along its chain; ``model`` itself is never modified."""
+    unless ``cfg.data`` is a folder) and estimate lambda along its chain; ``model`` itself is never modified."""
     from .attack import AttackConfig, baddiffusion
     from .data import get_data
     from .patterns import load_pattern
@@ -112,9 +91,9 @@ def surrogate_scales(model: DiffusionModel, k: int, cfg: SurrogateConfig = Surro
     t0 = time.perf_counter()
     g = load_pattern(cfg.trigger, model.sample_size, model.channels, kind="trigger")
     y = load_pattern(cfg.target, model.sample_size, model.channels, kind="target")
-    if data is not None:
-        images = get_data(data, model.sample_size, model.channels)
-        data_desc = str(data)
+    if cfg.data is not None:
+        images = get_data(cfg.data, model.sample_size, model.channels)
+        data_desc = str(cfg.data)
     else:
         images = ddim_sample(model, cfg.n_images, steps=cfg.pool_steps, seed=cfg.seed, device=device)
         data_desc = f"{cfg.n_images} DDIM-{cfg.pool_steps} samples of the suspect model"
@@ -153,7 +132,7 @@ def load_scales_file(path: str | Path, k: int) -> torch.Tensor:
 
 
 def resolve_scales(model: DiffusionModel, k: int, spec: str = "surrogate", *, family: str = "sde",
-                   surrogate: SurrogateConfig = SurrogateConfig(), data=None, device=None, progress: bool = False,
+                   surrogate: SurrogateConfig = SurrogateConfig(), device=None, progress: bool = False,
                    use_cache: bool = True) -> ScaleTable:
     """The lambda table for the first k steps from ``spec`` (surrogate | analytic | path), with the analytic beside it."""
     from .io import atomic_write_json
@@ -164,7 +143,7 @@ def resolve_scales(model: DiffusionModel, k: int, spec: str = "surrogate", *, fa
         return ScaleTable(analytic.clone(), f"analytic-{family}", ts, analytic)
     if spec != "surrogate":
         return ScaleTable(load_scales_file(spec, k), f"file:{spec}", ts, analytic)
-    key = f"{model.content_hash()}-K{k}-{surrogate.key()}-{'data' if data else 'self'}"
+    key = f"{model.content_hash()}-K{k}-{surrogate.key()}"  # the key covers a --data folder's files too
     f = cache_dir() / "scales" / f"{key}.json"
     if use_cache and f.is_file():
         try:
@@ -174,7 +153,7 @@ def resolve_scales(model: DiffusionModel, k: int, spec: str = "surrogate", *, fa
                               cached=True, info={**obj.get("calibration", {}), "cache_file": str(f)})
         except (OSError, ValueError, KeyError):
             log.warning("ignoring unreadable scale cache %s", f)
-    lam, info = surrogate_scales(model, k, surrogate, data=data, device=device, progress=progress)
+    lam, info = surrogate_scales(model, k, surrogate, device=device, progress=progress)
     if not torch.isfinite(lam).all():
         raise PdfastError("surrogate calibration produced non-finite scales; use --scales analytic")
     if use_cache:

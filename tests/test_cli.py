@@ -177,3 +177,126 @@ def test_errors(models, tmp_path):
 def test_cuda_without_gpu(models, tmp_path):
     fails(["train", "--arch", "tiny", "--size", 8, "--device", "cuda", "--out", tmp_path / "t"], tmp_path / "t")
     fails(["sample", "--model", models["D"], "--device", "cuda", "--out", tmp_path / "x.png"], tmp_path / "x.png")
+
+
+# ---------- --out checked before any work; outputs shareable, labelled, and never lost ----------
+
+import os  # noqa: E402
+import stat  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """The first step of every command's work records its call here instead of running: loading a model (invert,
+    detect, evaluate, sample, attack), getting data or building a network (train), drawing a pattern (preview)."""
+    import pdfast.data
+    import pdfast.loading
+    import pdfast.patterns
+    import pdfast.train
+
+    calls = []
+    for mod, name in ((pdfast.loading, "load_model"), (pdfast.data, "get_data"), (pdfast.train, "make_unet"),
+                      (pdfast.train, "train_ddpm"), (pdfast.patterns, "load_pattern")):
+        monkeypatch.setattr(mod, name, lambda *a, _n=name, **k: calls.append(_n))
+    return calls
+
+
+def test_unwritable_out_fails_before_any_work(tmp_path, no_work):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    bads = [blocker / "out", blocker] + (["/proc/forbidden/x"] if os.path.isdir("/proc/self") else [])
+    for out in bads:
+        for args in (["invert"], ["detect"], ["train", "--arch", "tiny", "--size", 8],
+                     ["attack", "baddiffusion", "--trigger", "BOX_14", "--target", "HAT"], ["evaluate", "-n", 2]):
+            msg = fails([*args, "--out", out, "--no-progress", "--device", "cpu"])
+            assert str(out) in msg and ("cannot be written" in msg or "is a file" in msg), (args, msg)
+        for args in (["sample"], ["preview", "BOX_14"]):
+            png = Path(out) / "x.png"
+            msg = fails([*args, "--out", png])
+            assert str(png) in msg and "cannot be written" in msg, (args, msg)
+    msg = fails(["sample", "--out", tmp_path])
+    assert msg == f"error: --out {tmp_path} is a folder; give a file path"
+    assert no_work == []  # no model loaded, nothing trained, inverted, sampled or drawn
+    assert [p.name for p in tmp_path.iterdir()] == ["file"] and blocker.read_text() == "x"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_unwritable_out_subprocess():
+    """The user's report: `pdfast invert --out /proc/forbidden/x` ran minutes, then a traceback. Now: at once,
+    exit 2, one line."""
+    r = subprocess.run([sys.executable, "-m", "pdfast.cli", "invert", "--out", "/proc/forbidden/x"],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 2 and r.stdout == "", r
+    assert r.stderr == ("error: --out /proc/forbidden/x cannot be written (No such file or directory: "
+                        "/proc/forbidden); choose a folder you can create and write to\n"), r.stderr
+
+
+def _mode(p):
+    return stat.S_IMODE(os.stat(p).st_mode)
+
+
+def _label_strip_is_inked(png, panels):
+    """trigger.png: at least 400 px wide, a label strip over the panels with dark text over each one."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(png) as im:
+        arr = np.asarray(im.convert("RGB"))
+    assert arr.shape[1] >= 400, arr.shape
+    scale = arr.shape[1] // (panels * 9 + 1)  # 8 px panels, 1 px (upscaled) padding
+    assert arr.shape[1] == scale * (panels * 9 + 1)
+    strip = arr.shape[0] - 10 * scale
+    assert strip >= 16, arr.shape
+    for i in range(panels):
+        x0 = (1 + i * 9) * scale
+        assert (arr[:strip, x0:x0 + 8 * scale].min(-1) < 100).sum() > 30, i
+
+
+def test_outputs_are_shareable_and_labelled(models, tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "det"
+        r = ok(["detect", "--model", models["D2"], "--trigger", "BOX_14", "--threshold", 10, "--out", out, *FAST])
+    finally:
+        os.umask(old)
+    assert json.loads(r.stdout)["kind"] == "given-trigger"
+    names = ["pattern_samples.png", "report.json", "samples.png", "trigger.png", "trigger.safetensors"]
+    assert {p.name: _mode(p) for p in out.iterdir()} == dict.fromkeys(names, 0o644)
+    assert _mode(out) == 0o755
+    _label_strip_is_inked(out / "trigger.png", 3)  # given trigger, pattern, ground truth (D2 has backdoor.json)
+
+
+def test_rescue_keeps_the_trigger_when_out_vanishes(models, tmp_path, monkeypatch):
+    """The job succeeds, but --out's folder is gone (and a file took its place) when the outputs are written: they
+    go to a rescue folder in the current folder, and the one error line says where."""
+    import pdfast.report
+    from safetensors.torch import load_file
+
+    real_report, got = pdfast.report.inversion_report, {}
+
+    def lose_the_folder_then_report(res):  # save_result builds the report just before it writes
+        if "res" not in got:
+            got["res"] = res
+            (tmp_path / "runs" / "keep.txt").unlink()
+            (tmp_path / "runs").rmdir()
+            (tmp_path / "runs").write_text("not a folder any more")
+        return real_report(res)
+
+    monkeypatch.setattr(pdfast.report, "inversion_report", lose_the_folder_then_report)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "keep.txt").write_text("x")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    out = tmp_path / "runs" / "inv"
+    msg = fails(["invert", "--model", models["D2"], "--scales", "analytic", "--steps", 1, "--epochs", 1,
+                 "--refine-epochs", 0, "--batch", 2, "--out", out, *FAST], out)
+    [kept] = list((tmp_path / "cwd").iterdir())
+    assert kept.name.startswith("pdfast-rescued-inv-")
+    assert msg == (f"error: could not write the outputs to {out} (File exists: {tmp_path / 'runs'}); the result was "
+                   f"kept in {kept} instead")
+    assert sorted(p.name for p in kept.iterdir()) == ["pattern_samples.png", "report.json", "samples.png",
+                                                      "trigger.png", "trigger.safetensors"]
+    torch.testing.assert_close(load_file(str(kept / "trigger.safetensors"))["trigger"], got["res"].trigger.cpu())
+    assert json.loads((kept / "report.json").read_text())["kind"] == "inversion"
+    _label_strip_is_inked(kept / "trigger.png", 3)  # inverted, pattern, ground truth

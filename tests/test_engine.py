@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from pdfast.engine import make_engine
-from pdfast.engine.fast import FastEngine, _NoiseStream
+from pdfast.chain import DDPMSampler, GeneratorNoise
+from pdfast.engine.fast import FastEngine
 from pdfast.engine.memory import PeakMemory, saved_tensor_bytes
 from pdfast.errors import PdfastError
 from pdfast.model import DiffusionModel
+from pdfast.objectives import ShiftObjective
 from pdfast.schedule import Schedule
 
 
@@ -21,8 +23,14 @@ def chain_inputs(model, batch, k, seed=1, device="cpu"):
     noise = torch.randn(batch, *shape, generator=g).to(device)
     zs = [torch.randn(batch, *shape, generator=g).to(device) for _ in range(k)]
     delta = (0.5 * torch.randn(*shape, generator=g)).to(device)
-    return dict(delta=delta, noise=noise, zs=zs, timesteps=model.schedule.timesteps(k),
+    return dict(delta=delta, noise=noise, zs=zs, sampler=DDPMSampler(model.schedule, k),
                 lambdas=model.schedule.analytic_scales(k).tolist())
+
+
+def with_objective(inp, norm, relative=False):
+    """The engine's arguments: the chain inputs and eq. 17 (or its relative form) over their lambda table."""
+    args = {k: v for k, v in inp.items() if k != "lambdas"}
+    return dict(args, objective=ShiftObjective(inp["lambdas"], norm, relative))
 
 
 def rel(a, b):
@@ -33,10 +41,10 @@ def cosine(a, b):
     return float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
 
 
-def assert_matches(model, engine, k, loss_steps, norm, batch=3, tol=1e-5, device="cpu"):
-    inp = chain_inputs(model, batch, k, device=device)
-    want_loss, want_grad = make_engine("reference", model).loss_and_grad(**inp, loss_steps=loss_steps, norm=norm)
-    loss, grad = engine.loss_and_grad(**inp, loss_steps=loss_steps, norm=norm)
+def assert_matches(model, engine, k, loss_steps, norm, batch=3, tol=1e-5, device="cpu", relative=False):
+    inp = with_objective(chain_inputs(model, batch, k, device=device), norm, relative)
+    want_loss, want_grad = make_engine("reference", model).loss_and_grad(**inp, loss_steps=loss_steps)
+    loss, grad = engine.loss_and_grad(**inp, loss_steps=loss_steps)
     assert grad.shape == inp["delta"].shape and grad.dtype == inp["delta"].dtype
     assert abs(loss - want_loss) <= tol * abs(want_loss)
     assert rel(grad, want_grad) <= tol
@@ -71,12 +79,21 @@ def test_graphed_paths_emulated_match_reference(tiny_unet, clip):
             assert info["graphed_backward"] and info["graphs_forward"] == 1
 
 
-@pytest.mark.parametrize("kernels", ["auto", False])
-def test_clip_sample_schedule(tiny_unet, kernels):
+def test_clip_sample_schedule(tiny_unet):
     model = DiffusionModel(tiny_unet, Schedule.from_config({"clip_sample": True, "variance_type": "fixed_large"}),
                            sample_size=8).frozen()
     for budget in (None, 0):
-        assert_matches(model, FastEngine(model, memory_budget=budget, kernels=kernels), 4, [1, 3], "l1")
+        assert_matches(model, FastEngine(model, memory_budget=budget), 4, [1, 3], "l1")
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2"])
+@pytest.mark.parametrize("graphs", [False, "emulate"])
+def test_relative_objective_through_the_checkpointed_chain(tiny_model, norm, graphs):
+    """total(M, delta) = M / n(delta) is applied by autograd on top of the engine's adjoint: same as the reference's
+    autograd through the whole graph, for every memory plan."""
+    for budget in (None, 0):
+        assert_matches(tiny_model, FastEngine(tiny_model, memory_budget=budget, cuda_graphs=graphs), 4, [1, 3], norm,
+                       relative=True)
 
 
 @pytest.mark.triton_interpreter
@@ -86,9 +103,9 @@ def test_triton_kernels_through_interpreter(tiny_model, monkeypatch):
     if not interpreting():
         pytest.skip("TRITON_INTERPRET is off (a real-GPU run): CPU tensors cannot take the Triton path")
     inp = chain_inputs(tiny_model, 3, 3)
-    want = make_engine("reference", tiny_model).loss_and_grad(**inp, loss_steps=[0, 2], norm="l1")
+    want = make_engine("reference", tiny_model).loss_and_grad(**with_objective(inp, "l1"), loss_steps=[0, 2])
     monkeypatch.setenv("PDFAST_FORCE_TRITON", "1")  # TRITON_INTERPRET=1 is set by conftest
-    loss, grad = FastEngine(tiny_model, memory_budget=0).loss_and_grad(**inp, loss_steps=[0, 2], norm="l1")
+    loss, grad = FastEngine(tiny_model, memory_budget=0).loss_and_grad(**with_objective(inp, "l1"), loss_steps=[0, 2])
     assert abs(loss - want[0]) <= 1e-5 * want[0] and rel(grad, want[1]) <= 1e-5
 
 
@@ -97,9 +114,9 @@ def test_triton_kernels_through_interpreter(tiny_model, monkeypatch):
 def test_bf16_close_to_fp32_reference(tiny_model, dtype, norm):
     # batch 8: at batch 3 a few elements of mean_b eps - lam delta sit near 0 and flip the L1 sign in bf16
     inp = chain_inputs(tiny_model, 8, 3)
-    want_loss, want_grad = make_engine("reference", tiny_model).loss_and_grad(**inp, loss_steps=[2], norm=norm)
+    want_loss, want_grad = make_engine("reference", tiny_model).loss_and_grad(**with_objective(inp, norm), loss_steps=[2])
     engine = FastEngine(tiny_model, dtype=dtype, memory_budget=0)
-    loss, grad = engine.loss_and_grad(**inp, loss_steps=[2], norm=norm)
+    loss, grad = engine.loss_and_grad(**with_objective(inp, norm), loss_steps=[2])
     assert engine.describe()["dtype"] == dtype
     assert abs(loss - want_loss) <= 1e-2 * abs(want_loss)
     assert cosine(grad, want_grad) > 0.99
@@ -123,8 +140,9 @@ def test_sampling_matches_reference_sampler(tiny_unet, graphs):
 def test_chunked_noise_equals_per_step_draws(shape):
     g = torch.Generator().manual_seed(0)
     want = [torch.randn(shape, generator=g) for _ in range(7)]
-    stream = _NoiseStream(torch.Generator().manual_seed(0), shape, 7, torch.device("cpu"), chunk=3)
-    got = [stream.next() for _ in range(7)]
+    stream = GeneratorNoise(torch.Generator().manual_seed(0), "cpu", chunk=3)
+    stream.plan(7)
+    got = [stream.z(i, shape) for i in range(7)]
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
@@ -134,7 +152,7 @@ def test_callers_network_is_not_modified(tiny_unet):
     flags = {n: p.requires_grad for n, p in tiny_unet.named_parameters()}
     before = {n: p.detach().clone() for n, p in tiny_unet.named_parameters()}
     engine = FastEngine(model, dtype="bfloat16", memory_budget=0)
-    engine.loss_and_grad(**chain_inputs(model, 3, 2), loss_steps=[1], norm="l1")
+    engine.loss_and_grad(**with_objective(chain_inputs(model, 3, 2), "l1"), loss_steps=[1])
     engine.sample(1, steps=2)
     assert tiny_unet.training
     for n, p in tiny_unet.named_parameters():
@@ -149,7 +167,7 @@ def test_memory_bounded_with_budget_zero_while_reference_grows(tiny_model):
         for name, engine in [("reference", make_engine("reference", tiny_model)),
                              ("fast", FastEngine(tiny_model, memory_budget=0))]:
             with PeakMemory("cpu", exclude=[tiny_model.net, getattr(engine, "net", None)]) as pm:
-                engine.loss_and_grad(**inp, loss_steps=[k - 1], norm="l1")
+                engine.loss_and_grad(**with_objective(inp, "l1"), loss_steps=[k - 1])
             peaks[name, k] = pm.peak_bytes
     assert peaks["fast", 8] <= 1.5 * peaks["fast", 2]
     assert peaks["reference", 8] > 3 * peaks["reference", 2]
@@ -169,11 +187,13 @@ def test_bad_input_and_delta_shapes(tiny_model):
     inp = chain_inputs(tiny_model, 3, 2)
     engine = FastEngine(tiny_model)
     with pytest.raises(PdfastError, match="unknown norm"):
-        engine.loss_and_grad(**inp, loss_steps=[1], norm="l3")
+        engine.loss_and_grad(**with_objective(inp, "l3"), loss_steps=[1])
+    with pytest.raises(PdfastError, match="no options"):
+        make_engine("reference", tiny_model, dtype="bfloat16")
     with pytest.raises(PdfastError, match="dtype"):
         FastEngine(tiny_model, dtype="float16")
     inp["delta"] = inp["delta"][None]
-    loss, grad = engine.loss_and_grad(**inp, loss_steps=[1], norm="l2")
+    loss, grad = engine.loss_and_grad(**with_objective(inp, "l2"), loss_steps=[1])
     assert grad.shape == (1, *tiny_model.shape)
     assert make_engine("fast", tiny_model).name == "fast"
 
@@ -221,10 +241,10 @@ def test_gpu_fp32_graphs_and_kernels_match_reference(cuda_model, no_tf32):
 def test_gpu_default_engine_close_to_reference(cuda_model):
     engine = FastEngine(cuda_model)  # bf16, compiled, graphs, Triton kernels, budget from free memory
     inp = chain_inputs(cuda_model, 8, 4, device="cuda")
-    want_loss, want_grad = make_engine("reference", cuda_model).loss_and_grad(**inp, loss_steps=[3], norm="l2")
+    want_loss, want_grad = make_engine("reference", cuda_model).loss_and_grad(**with_objective(inp, "l2"), loss_steps=[3])
     for budget in (None, 0):
         engine.memory_budget = budget
-        loss, grad = engine.loss_and_grad(**inp, loss_steps=[3], norm="l2")
+        loss, grad = engine.loss_and_grad(**with_objective(inp, "l2"), loss_steps=[3])
         assert abs(loss - want_loss) <= 2e-2 * abs(want_loss) and cosine(grad, want_grad) > 0.99
     info = engine.describe()
     assert info["dtype"] == "bfloat16" and info["compiled"], info
@@ -239,3 +259,35 @@ def test_gpu_sampling_matches_reference_sampler(tiny_unet, no_tf32):
     want = sample(model, 5, seed=3, batch=4)
     got = FastEngine(model, dtype="float32", compile=False).sample(5, seed=3, batch=4)
     assert (got - want).abs().max() <= 1e-4
+
+
+class _Spread:
+    """A new objective in a few lines, with no hand-written gradient: the batch spread of eps_theta at each loss
+    step (a denoising-consistency-like term) plus eq. 17's shift term, scaled by (1 + mean delta^2)."""
+
+    def __init__(self, lambdas):
+        self.lambdas = lambdas
+
+    def params(self, i):
+        return (float(self.lambdas[i]),)
+
+    def term(self, eps, delta, params):
+        lam = params[0]
+        r = eps.float().mean(0) - lam * delta.float().reshape(eps.shape[1:])
+        return eps.float().var(0).mean() + r.abs().mean()
+
+    def total(self, mean_term, delta):
+        return mean_term * (1 + delta.float().pow(2).mean())
+
+
+@pytest.mark.parametrize("graphs", [False, "emulate"])
+def test_a_new_objective_is_differentiated_by_autograd_through_every_engine(tiny_model, graphs):
+    inp = chain_inputs(tiny_model, 4, 4)
+    args = {k: v for k, v in inp.items() if k != "lambdas"}
+    objective = _Spread(inp["lambdas"])
+    want_loss, want_grad = make_engine("reference", tiny_model).loss_and_grad(**args, objective=objective,
+                                                                             loss_steps=[1, 3])
+    for budget in (None, 0):
+        engine = FastEngine(tiny_model, memory_budget=budget, cuda_graphs=graphs)
+        loss, grad = engine.loss_and_grad(**args, objective=objective, loss_steps=[1, 3])
+        assert abs(loss - want_loss) <= 1e-5 * abs(want_loss) and rel(grad, want_grad) <= 1e-5

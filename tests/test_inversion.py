@@ -6,11 +6,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from pdfast.api import invert
+from pdfast.chain import DDPMSampler
+from pdfast.config import InversionConfig
 from pdfast.engine import make_engine
 from pdfast.engine.reference import chain_loss
 from pdfast.errors import PdfastError
-from pdfast.inversion import InversionConfig, invert, run_inversion
+from pdfast.inversion import run_inversion
 from pdfast.model import DiffusionModel
+from pdfast.objectives import ShiftObjective
 from pdfast.scales import ScaleTable, estimate_scales, load_scales_file, resolve_scales
 from pdfast.schedule import Schedule
 
@@ -39,7 +43,7 @@ def test_elijah_loss_and_grad_by_hand(norm):
     n = torch.randn(5, 3, 4, 4, generator=g)
     d = torch.randn(1, 3, 4, 4, generator=g)
     eng = make_engine("reference", m)
-    loss, grad = eng.loss_and_grad(d, n, [], SCHED.timesteps(1), [0.5], [0], norm)
+    loss, grad = eng.loss_and_grad(d, n, [], DDPMSampler(SCHED, 1), ShiftObjective([0.5], norm), [0])
     r = a * n.mean(0) + (a - 0.5) * d[0]
     want = r.abs().mean() if norm == "l1" else (r * r).mean()
     dr = torch.sign(r) / r.numel() if norm == "l1" else 2 * r / r.numel()
@@ -59,7 +63,7 @@ def test_puredif_two_step_loss_and_grad_by_hand(norm):
     z = torch.randn(6, 3, 4, 4, generator=g)
     d = torch.randn(1, 3, 4, 4, generator=g)
     eng = make_engine("reference", m)
-    loss, grad = eng.loss_and_grad(d, n, [z], [t0, t1], [0.0, lam], [1], norm)
+    loss, grad = eng.loss_and_grad(d, n, [z], DDPMSampler(SCHED, 2), ShiftObjective([0.0, lam], norm), [1])
     B = a * c1 * (1 - c2 * a)
     r = B * n.mean(0) + a * s * z.mean(0) + (B - lam) * d[0]
     want = r.abs().mean() if norm == "l1" else (r * r).mean()
@@ -73,9 +77,9 @@ def test_all_steps_loss_is_mean_of_single_step_losses():
     g = torch.Generator().manual_seed(2)
     n, d = torch.randn(3, 3, 4, 4, generator=g), torch.randn(1, 3, 4, 4, generator=g)
     zs = [torch.randn(3, 3, 4, 4, generator=g) for _ in range(2)]
-    ts, lam = SCHED.timesteps(3), [0.5, 0.45, 0.4]
-    each = [float(chain_loss(m, d, n, zs, ts, lam, [k], "l2")) for k in range(3)]
-    both = float(chain_loss(m, d, n, zs, ts, lam, [0, 1, 2], "l2"))
+    sampler, objective = DDPMSampler(SCHED, 3), ShiftObjective([0.5, 0.45, 0.4], "l2")
+    each = [float(chain_loss(m, d, n, zs, sampler, objective, [k])) for k in range(3)]
+    both = float(chain_loss(m, d, n, zs, sampler, objective, [0, 1, 2]))
     assert both == pytest.approx(sum(each) / 3, rel=1e-6)
 
 
@@ -128,7 +132,7 @@ def test_scales_sources(tmp_path, tiny_model, monkeypatch):
 def test_surrogate_calibration_is_cached_and_leaves_model_untouched(tmp_path, tiny_model, monkeypatch):
     from dataclasses import replace
 
-    from pdfast.scales import SurrogateConfig
+    from pdfast.config import SurrogateConfig
 
     monkeypatch.setenv("PDFAST_CACHE_DIR", str(tmp_path / "cache"))
     before = {k: v.clone() for k, v in tiny_model.net.state_dict().items()}
@@ -264,9 +268,10 @@ def test_antithetic_noise_cancels_the_noise_floor():
 
 
 def test_relative_objective_value_and_gradient():
-    """relative = L / n(delta): on eps = a x it is |a - lambda| whatever delta (zero gradient); the quotient-rule
-    gradient matches autograd for both norms."""
-    from pdfast.inversion import _relative
+    """relative = L / n(delta): on eps = a x it is |a - lambda| whatever delta (zero gradient), so Adam leaves delta
+    where it started; the closed form the fast engine uses (chain_rule -> total_and_grad) and the autograd chain rule
+    both give autograd's gradient of M / n."""
+    from pdfast.objectives import autograd_chain_rule, chain_rule
 
     a, lam = 0.3, 0.5
     table = ScaleTable(torch.full((1,), lam), "test", SCHED.timesteps(1), torch.full((1,), lam))
@@ -283,9 +288,10 @@ def test_relative_objective_value_and_gradient():
         (g_base,) = torch.autograd.grad(base, d, retain_graph=True)
         n = d.abs().mean() if norm == "l1" else d.pow(2).mean()
         (g_want,) = torch.autograd.grad(base / n, d)
-        loss, grad = _relative(float(base), g_base, d.detach(), norm)
-        assert abs(loss - float(base / n)) < 1e-6
-        torch.testing.assert_close(grad, g_want, rtol=1e-5, atol=1e-7)
+        for rule in (chain_rule, autograd_chain_rule):
+            loss, grad = rule(ShiftObjective([lam], norm, relative=True), float(base.detach()), g_base, d.detach())
+            assert abs(loss - float(base / n)) < 1e-6
+            torch.testing.assert_close(grad, g_want, rtol=1e-5, atol=1e-7)
 
 
 def test_warm_start_and_new_bad_inputs(tiny_model):

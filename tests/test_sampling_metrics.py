@@ -1,4 +1,4 @@
-"""The reference DDPM/DDIM samplers and the METHOD.md section 7 metrics (checked against brute force)."""
+"""The reference DDPM/DDIM samplers and the docs/method.md section 7 metrics (checked against brute force)."""
 import json
 import math
 
@@ -63,13 +63,32 @@ def test_trigger_shifts_first_input(short):
     torch.testing.assert_close(first[1] - first[0], g.expand(2, 3, 4, 4))
 
 
-def test_ddim_sample(tiny20):
-    from pdfast.sampling import ddim_sample
+class PointMass:
+    """The exact eps-prediction for data that is one image x0: eps(x_t, t) = (x_t - sqrt(abar_t) x0)/sqrt(1-abar_t)."""
 
-    out = ddim_sample(tiny20, 3, steps=4, seed=0, batch=2)
-    assert out.shape == (3, 3, 8, 8) and out.min() >= -1 and out.max() <= 1
-    assert torch.equal(out, ddim_sample(tiny20, 3, steps=4, seed=0, batch=2))
-    assert out.std() > 0
+    def __init__(self, schedule, x0):
+        self.abar, self.x0 = schedule.abar.to(torch.float32), x0
+
+    def __call__(self, x, t):
+        ab = self.abar[int(t)]
+        return (x - ab.sqrt() * self.x0) / (1 - ab).sqrt()
+
+
+@pytest.mark.parametrize("steps", [1, 4, 20])
+def test_ddim_and_ddpm_recover_a_point_mass(steps):
+    """With the exact eps of a one-image data set, DDIM (eta = 0) predicts x0 at every step and returns it; the
+    ancestral DDPM chain ends on it too (sigma_0 = 0). Deterministic per seed."""
+    from pdfast.model import DiffusionModel
+    from pdfast.sampling import ddim_sample, sample
+    from pdfast.schedule import Schedule
+
+    sched = Schedule.from_config({"clip_sample": False, "num_train_timesteps": 20})
+    x0 = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    m = DiffusionModel(PointMass(sched, x0), sched, 4, 3)
+    out = ddim_sample(m, 3, steps=steps, seed=0, batch=2)
+    torch.testing.assert_close(out, x0.expand(3, 3, 4, 4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(sample(m, 3, seed=1, batch=2), x0.expand(3, 3, 4, 4), atol=1e-4, rtol=0)
+    assert torch.equal(out, ddim_sample(m, 3, steps=steps, seed=0, batch=2))
 
 
 # ---------- metrics ----------
@@ -81,7 +100,7 @@ def test_l2_distance():
     from pdfast.metrics import l2_distance
 
     a = torch.zeros(3, 32, 32)
-    assert l2_distance(a + 0.5, a) == pytest.approx(math.sqrt(3072) * 0.5)  # METHOD.md: about 27.7
+    assert l2_distance(a + 0.5, a) == pytest.approx(math.sqrt(3072) * 0.5)  # docs/method.md section 7: about 27.7
     assert l2_distance(a, a) == 0.0
     b = torch.randn(3, 4, 4)
     assert l2_distance(b, b.reshape(1, 3, 4, 4) * 0) == pytest.approx(float(b.norm()), rel=1e-6)
@@ -126,7 +145,7 @@ def test_uniformity_brute_force():
 
 
 def _trimmed_brute(imgs, trim=4):
-    """METHOD.md section 7: per row (self pair left out) sort, drop the ``trim`` smallest and largest, average;
+    """docs/method.md section 7: per row (self pair left out) sort, drop the ``trim`` smallest and largest, average;
     sort the row means, drop ``trim`` at each end, average."""
     d = _pairs(imgs)
     n = len(d)
@@ -190,7 +209,7 @@ def test_evaluate_trigger_on_backdoor_folder(tmp_path, tiny20):
     rep = evaluate_trigger(model, gt, n=4, out=tmp_path / "ev")
     for k in ("asr", "uniformity", "uniformity_trimmed", "l2", "kl_mean", "kl_var", "clean_uniformity", "clean_asr"):
         assert k in rep and rep[k] is not None, k
-    assert rep["l2"] == 0.0 and 0 <= rep["asr"] <= 1 and rep["uniformity"] >= 0 and rep["n"] == 4
+    assert rep["l2"] == 0.0 and rep["n"] == 4
     assert (tmp_path / "ev" / "samples.png").is_file() and (tmp_path / "ev" / "clean_samples.png").is_file()
     on_disk = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert on_disk["asr"] == rep["asr"] and on_disk["l2"] == 0.0
@@ -200,6 +219,19 @@ def test_evaluate_trigger_on_backdoor_folder(tmp_path, tiny20):
     assert evaluate_trigger(model, torch.zeros_like(gt), n=2, clean=False)["l2"] > 0
     none = evaluate_trigger(model, None, n=2, clean=False)
     assert none["l2"] is None and "kl_mean" not in none
+
+
+def test_evaluate_trigger_scores_a_model_that_always_makes_the_target(short):
+    """A model whose data is the target alone: every sample is the target (ASR 1, uniformity 0); against another
+    target nothing hits (ASR 0)."""
+    from pdfast.evaluation import evaluate_trigger
+    from pdfast.patterns import draw_target
+
+    y = draw_target("HAT", 8)
+    m = DiffusionModel(PointMass(short, y), short, 8, 3)
+    rep = evaluate_trigger(m, torch.zeros(3, 8, 8), target=y, n=4, clean=False)
+    assert rep["asr"] == 1.0 and rep["uniformity"] < 1e-8
+    assert evaluate_trigger(m, None, target=torch.ones(3, 8, 8), n=4, clean=False)["asr"] == 0.0
 
 
 def test_trigger_pattern_removes_the_flat_part_and_keeps_the_energy():

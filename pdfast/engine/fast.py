@@ -3,7 +3,7 @@
 One inversion iteration runs the chain x_0 = noise + delta, x_{i+1} = step(x_i, eps_theta(x_i, t_i), z_i) and the
 shift loss L = (1/|S|) sum_{i in S} || mean_b eps_theta(x_i, t_i) - lambda_i delta || (S = loss_steps), then
 backpropagates to delta. The reference keeps the whole autograd graph: about 1.7 GiB per step at batch 40 on the
-CIFAR-10 UNet (METHOD.md section 9). This engine instead:
+CIFAR-10 UNet (docs/method.md section 9). This engine instead:
 
 1. Checkpoints across timesteps, by hand. A forward pass without grad stores only the fp32 chain states
    x_0..x_last. The backward pass walks i = last..0, recomputes eps_i = eps_theta(x_i, t_i) with grad, rebuilds
@@ -20,8 +20,8 @@ CIFAR-10 UNet (METHOD.md section 9). This engine instead:
 4. On CUDA, captures CUDA graphs by hand (static input buffers, copy_ then replay) for the no-grad network call
    and for one whole recomputed step with its vector-Jacobian product: at batch 40 the UNet is launch-bound.
    torch.compile's mode='reduce-overhead' is not used: its graphs overwrite outputs on the chain x = f(f(x)).
-5. Uses the fused kernels ``ddpm_update`` and ``shift_loss`` (pdfast.kernels, Triton on CUDA, their torch
-   references on CPU) for the update and the loss.
+5. Runs the chain and the loss through pdfast.chain and the objective's terms, whose fused ops (``ddpm_update``,
+   ``shift_loss``) pick their backend per device in pdfast.kernels (native or Triton where built, torch otherwise).
 
 The caller's network is never modified: the engine works on a frozen copy (eval, requires_grad off, cast to the
 engine dtype) taken at construction; build a new engine after changing the weights.
@@ -37,15 +37,15 @@ from typing import Sequence
 
 import torch
 
+from .. import chain
+from ..chain import ROW_KEYS, ReplayNoise, step_from_row
 from ..errors import PdfastError
 from ..model import DiffusionModel
+from ..objectives import chain_rule
 from . import memory
-from .base import register, shift_loss_torch
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "bf16-autocast": "bf16-autocast", "autocast": "bf16-autocast"}
-# Column order of the per-step coefficient rows used inside CUDA graphs (one copy_ per step fills them all).
-_ROW = ("c1", "c2", "sigma", "sqrt_abar", "sqrt_one_minus_abar", "a0", "at", "lam", "w")
 
 
 def _sync(device: torch.device) -> None:
@@ -108,21 +108,6 @@ def frozen_copy(net, mode: str):
     return net, mode
 
 
-def update_from_row(x: torch.Tensor, eps: torch.Tensor, row: torch.Tensor, z: torch.Tensor,
-                    clip: bool, clip_range: float) -> torch.Tensor:
-    """The DDPM step with its coefficients in a tensor row (layout ``_ROW``), so one CUDA graph serves every t.
-
-    x_{t-1} = c1 (x_t - c2 eps) + sigma z, or with clip_sample the x0 form
-    x0 = clamp((x_t - sqrt(1-abar_t) eps)/sqrt(abar_t)), x_{t-1} = a0 x0 + at x_t + sigma z  (pdfast.schedule.step).
-    """
-    if clip:
-        x0 = ((x - row[4] * eps) / row[3]).clamp(-clip_range, clip_range)
-        mean = row[5] * x0 + row[6] * x
-    else:
-        mean = row[0] * (x - row[1] * eps)
-    return mean + row[2] * z
-
-
 class _GraphedForward:
     """One no-grad network call captured in a CUDA graph: copy x and t into static buffers, replay, clone eps.
 
@@ -158,18 +143,19 @@ class _GraphedForward:
 class _GraphedBackwardStep:
     """One recomputed chain step and its vector-Jacobian product, captured in a CUDA graph.
 
-    Replays eps = eps_theta(x_i, t_i); x_{i+1} = update(x_i, eps); L_i = w || mean_b eps - lam delta || and
-    returns (a_i, dL_i/d delta, L_i) with a_i = (d x_{i+1}/d x_i)^T a_{i+1} + dL_i/d x_i. The coefficients, lam
-    and the loss weight w (1 in S, 0 outside) live in a static row, so one graph serves every timestep.
+    Replays eps = eps_theta(x_i, t_i); x_{i+1} = step(x_i, eps); L_i = w term(eps, delta, params_i) and returns
+    (a_i, dL_i/d delta, L_i) with a_i = (d x_{i+1}/d x_i)^T a_{i+1} + dL_i/d x_i. The step coefficients, the
+    objective's per-step params and the loss weight w (1 in S, 0 outside) live in one static row (sampler
+    coefficients, then params, then w), so one graph serves every timestep.
     """
 
-    def __init__(self, fn, x: torch.Tensor, delta: torch.Tensor, norm: str, clip: bool, clip_range: float,
-                 capture: bool = True, warmup: int = 3):
-        self.fn, self.norm, self.clip, self.clip_range = fn, norm, clip, clip_range
+    def __init__(self, fn, objective, x: torch.Tensor, delta: torch.Tensor, row_len: int, clip: bool,
+                 clip_range: float, capture: bool = True, warmup: int = 3):
+        self.fn, self.objective, self.clip, self.clip_range = fn, objective, clip, clip_range
         dev = x.device
         self.x, self.z, self.a = (torch.zeros_like(x) for _ in range(3))
         self.t = torch.zeros((), dtype=torch.long, device=dev)
-        self.row = torch.zeros(len(_ROW), dtype=torch.float32, device=dev)
+        self.row = torch.zeros(row_len, dtype=torch.float32, device=dev)
         self.row[0] = self.row[3] = 1.0  # c1 = sqrt_abar = 1: a finite warm-up step
         self.delta = torch.zeros_like(delta)
         self.graph = None
@@ -190,8 +176,8 @@ class _GraphedBackwardStep:
             x = self.x.detach().requires_grad_(True)
             d = self.delta.detach().requires_grad_(True)
             eps = self.fn(x, self.t)
-            x_next = update_from_row(x, eps, self.row, self.z, self.clip, self.clip_range)
-            loss = self.row[8] * shift_loss_torch(eps, d, self.row[7], self.norm)
+            x_next = step_from_row(x, eps, self.row, self.z, self.clip, self.clip_range)
+            loss = self.row[-1] * self.objective.term(eps, d, self.row[len(ROW_KEYS):-1])
             gx, gd = torch.autograd.grad([x_next, loss], [x, d], [self.a, torch.ones_like(loss)])
         return gx, gd, loss.detach()
 
@@ -200,14 +186,11 @@ class _GraphedBackwardStep:
         self.t.copy_(t)
         self.row.copy_(row)
         self.delta.copy_(delta)
-        if z is None:
-            self.z.zero_()
-        else:
-            self.z.copy_(z)
-        if a is None:
-            self.a.zero_()
-        else:
-            self.a.copy_(a)
+        for buf, val in ((self.z, z), (self.a, a)):
+            if val is None:
+                buf.zero_()
+            else:
+                buf.copy_(val)
         if self.graph is None:
             return self._body()
         self.graph.replay()
@@ -215,37 +198,6 @@ class _GraphedBackwardStep:
         return gx.clone(), gd.clone(), loss.clone()
 
 
-class _NoiseStream:
-    """The per-step DDPM noise z_t of pdfast.sampling.sample, drawn from the same CPU generator in the same order.
-
-    torch.randn of shape (k, *S) from a CPU generator equals k successive draws of shape S when S has a multiple
-    of 16 elements (the vectorised normal fill works in blocks of 16; tested), so those draws come in chunks and go
-    to the GPU in one pinned, non-blocking copy instead of one blocking copy per step.
-    """
-
-    def __init__(self, gen: torch.Generator, shape: tuple, n_draws: int, device: torch.device,
-                 chunk: int | None = None):
-        self.gen, self.shape, self.left, self.device = gen, tuple(shape), n_draws, device
-        if chunk is None:
-            chunk = 64 if device.type == "cuda" else 1
-        self.chunk = chunk if math.prod(self.shape) % 16 == 0 else 1
-        self.buf: list[torch.Tensor] = []
-
-    def next(self) -> torch.Tensor:
-        if not self.buf:
-            k = min(self.chunk, self.left)
-            if k <= 1:
-                self.left -= 1
-                return torch.randn(self.shape, generator=self.gen).to(self.device)
-            block = torch.randn((k, *self.shape), generator=self.gen)
-            if self.device.type == "cuda":
-                block = block.pin_memory()
-            self.buf = list(block.to(self.device, non_blocking=True).unbind(0))
-        self.left -= 1
-        return self.buf.pop(0)
-
-
-@register("fast")
 class FastEngine:
     """Checkpointed, compiled, bf16, CUDA-graphed chain engine; same loss and gradient as ``reference``.
 
@@ -254,14 +206,14 @@ class FastEngine:
     memory_budget: bytes for the stored chain states plus kept activations; None = on CUDA 80% of the free memory,
     on CPU half of the available RAM (short chains: no recomputation); 0 = recompute every step.
     cuda_graphs: "auto" (on CUDA), False, or "emulate" (the graphed code paths run eagerly on any device, without
-    capture: how the tests check them on CPU). kernels: "auto"/True use pdfast.kernels (Triton on CUDA tensors, their
-    torch references on CPU); False uses the pdfast.schedule and shift_loss_torch formulas.
+    capture: how the tests check them on CPU). The step and the loss terms run the fused ops of pdfast.kernels, whose
+    backend (native, Triton or torch) is chosen per device there (PDFAST_KERNELS overrides it).
     """
 
     name = "fast"
 
     def __init__(self, model: DiffusionModel, *, dtype="auto", compile="auto", memory_budget=None,
-                 cuda_graphs="auto", kernels="auto"):
+                 cuda_graphs="auto"):
         self.model = model
         on_cuda = model.device.type == "cuda"
         if dtype == "auto":
@@ -280,10 +232,6 @@ class FastEngine:
         if cuda_graphs == "auto":
             cuda_graphs = on_cuda
         self.cuda_graphs = "emulate" if cuda_graphs == "emulate" else bool(cuda_graphs)
-        self.use_kernels = kernels in ("auto", True)
-        coef = model.schedule.step_coefficients()  # float64, per t
-        self._coef = {k: v.tolist() for k, v in coef.items()}
-        self._rows64 = torch.stack([coef[k] for k in _ROW[:7]], dim=1)  # (T, 7)
         self._compiled = None  # torch.compile(self.net), made at the first call
         self._compiled_keys: set = set()
         self.compile_seconds = 0.0
@@ -347,32 +295,14 @@ class FastEngine:
             warnings.warn(f"CUDA graph capture of the {what} step failed ({_first_line(err)}); running it without graphs")
             return None
 
-    # ---------------------------------------------------------------- step and loss
-    def _update(self, x: torch.Tensor, eps: torch.Tensor, t: int, z: torch.Tensor | None) -> torch.Tensor:
-        """x_{t-1} = c1 (x_t - c2 eps) + sigma_t z: the fused kernel, or pdfast.schedule.step (always with clip_sample)."""
-        schedule = self.model.schedule
-        if self.use_kernels and not schedule.clip_sample:
-            from pdfast.kernels import ddpm_update
-
-            c = self._coef
-            return ddpm_update(x, eps, c["c1"][t], c["c2"][t], c["sigma"][t], noise=z if t > 0 else None)
-        return schedule.step(x, eps, t, z)
-
-    def _loss_term(self, eps: torch.Tensor, delta: torch.Tensor, lam: float, norm: str) -> torch.Tensor:
-        """L_i = || mean_b eps - lam delta || (mean over elements; l1 or squared l2), PureDiffusion eq. 16-17."""
-        if self.use_kernels:
-            from pdfast.kernels import shift_loss
-
-            return shift_loss(eps, delta, lam, norm)
-        return shift_loss_torch(eps, delta, lam, norm)
-
-    def _step_with_grad(self, i, x_state, t_dev, t, z, delta, lam, in_loss: bool, last: int, norm: str):
+    # ---------------------------------------------------------------- one step
+    def _step_with_grad(self, i, x_state, t_dev, sampler, noise, d, objective, in_loss: bool, last: int):
         """Step i with autograd: (x_i leaf, x_{i+1} or None at the last step, L_i or None outside the loss steps)."""
         with torch.enable_grad():
             x = x_state.detach().requires_grad_(True)
             eps = self._eps(x, t_dev)
-            x_next = self._update(x, eps, t, z) if i < last else None
-            loss = self._loss_term(eps, delta, lam, norm) if in_loss else None
+            x_next = sampler.step(i, x, eps, _z(sampler, noise, i, x)) if i < last else None
+            loss = objective.term(eps, d, objective.params(i)) if in_loss else None
         return x, x_next, loss
 
     # ---------------------------------------------------------------- memory plan
@@ -403,159 +333,98 @@ class FastEngine:
         return int(max(0, min(n_calls, spare // act)))
 
     # ---------------------------------------------------------------- one iteration
-    def loss_and_grad(self, delta: torch.Tensor, noise: torch.Tensor, zs: Sequence[torch.Tensor | None],
-                      timesteps: Sequence[int], lambdas: Sequence[float], loss_steps: Sequence[int],
-                      norm: str) -> tuple[float, torch.Tensor]:
-        """Loss L = (1/|S|) sum_{i in S} || mean_b eps_theta(x_i, t_i) - lambda_i delta || and dL/d delta.
-
-        Same semantics as the reference engine; see the module docstring for the checkpointed backward pass.
+    def loss_and_grad(self, delta: torch.Tensor, noise: torch.Tensor, zs: Sequence[torch.Tensor | None], sampler,
+                      objective, loss_steps: Sequence[int]) -> tuple[float, torch.Tensor]:
+        """The objective's value and d/d delta, the chain run from x_0 = noise + delta (see the module docstring):
+        the mean of the terms over the loss steps by the checkpointed adjoint, then ``objective.total`` by autograd.
         """
-        if norm not in ("l1", "l2"):
-            raise PdfastError(f"unknown norm '{norm}'; use l1 or l2")
         wanted = set(int(i) for i in loss_steps)
-        last = max(wanted)
-        n_calls = last + 1
-        device = noise.device
-        shape = noise.shape[1:]
-        d = delta.detach().to(device, torch.float32).reshape(1, *shape).clone().requires_grad_(True)
-        t_dev = torch.as_tensor(list(timesteps[:n_calls]), dtype=torch.long, device=device)
-
-        def z_at(i):
-            z = zs[i] if i < len(zs) else None
-            return None if z is None else z.to(device, torch.float32, non_blocking=True)
-
-        x0 = (noise.to(torch.float32) + d.detach())
-        n_keep = self.plan(n_calls, x0, t_dev[0])
-        states: list[torch.Tensor | None] = [x0]
+        last, device = max(wanted), noise.device
+        d = delta.detach().to(device, torch.float32).reshape(1, *noise.shape[1:]).clone().requires_grad_(True)
+        t_dev = torch.as_tensor(list(sampler.timesteps[:last + 1]), dtype=torch.long, device=device)
+        replay = ReplayNoise(noise, zs)
+        x0 = noise.to(torch.float32) + d.detach()
+        n_keep = self.plan(last + 1, x0, t_dev[0])
         kept: dict[int, tuple] = {}
         memory.hold([x0])
 
-        # forward: the first n_keep steps keep their graphs, the others store only the next state
-        for i in range(n_calls):
-            t = int(timesteps[i])
-            if i < n_keep:  # kept: no recomputation in the backward pass
-                kept[i] = self._step_with_grad(i, states[i], t_dev[i], t, z_at(i), d, float(lambdas[i]),
-                                               i in wanted, last, norm)
-                x_next = kept[i][1]
-            elif i < last:
+        def forward(i, x):  # the first n_keep steps keep their graphs, the others store only the next state
+            if i < n_keep:
+                kept[i] = self._step_with_grad(i, x, t_dev[i], sampler, replay, d, objective, i in wanted, last)
+                x_next = kept[i][1].detach()
+            else:
                 with torch.no_grad():
-                    x_next = self._update(states[i], self._eps_nograd(states[i], t_dev[i]), t, z_at(i))
-            else:
-                break  # the last step only feeds the loss: its network call happens in the backward pass
-            if i < last:
-                states.append(x_next.detach())
-                memory.hold(states[-1:])
+                    x_next = sampler.step(i, x, self._eps_nograd(x, t_dev[i]), _z(sampler, replay, i, x))
+            memory.hold([x_next])
+            return x_next
 
-        # backward: a = dLsum/dx_{i+1}, walked from the last step to the first (Lsum = |S| L)
-        graphed = self._backward_graph(states[0], d, norm) if n_keep < n_calls else None
-        rows = self._rows(timesteps, lambdas, wanted, n_calls, device) if graphed is not None else None
-        a = None
-        g_direct = torch.zeros_like(d)
-        total = torch.zeros((), dtype=torch.float32, device=device)
-        for i in range(last, -1, -1):
-            t = int(timesteps[i])
-            if i not in kept and graphed is not None:
-                a, gd, loss_i = graphed(states[i], t_dev[i], z_at(i) if t > 0 else None, a, rows[i], d.detach())
-                g_direct += gd
-                total += loss_i
-            else:
-                x, x_next, loss_i = kept.pop(i) if i in kept else self._step_with_grad(
-                    i, states[i], t_dev[i], t, z_at(i), d, float(lambdas[i]), i in wanted, last, norm)
-                outs, grads = [], []
-                if x_next is not None:
-                    outs.append(x_next)
-                    grads.append(a)
-                if loss_i is not None:
-                    outs.append(loss_i)
-                    grads.append(torch.ones_like(loss_i))  # upstream 1 per term; 1/|S| is applied at the end
-                    total += loss_i.detach()
-                torch.autograd.backward(outs, grads, inputs=[x, d] if loss_i is not None else [x])
-                a = x.grad
-                del x, x_next, loss_i, outs, grads
-            states[i] = None  # x_i is no longer needed: a_i now carries its gradient
+        states = chain.unroll(forward, x0, last)
+        if last < n_keep:  # the last step only feeds the loss
+            kept[last] = self._step_with_grad(last, states[last], t_dev[last], sampler, replay, d, objective, True, last)
+        backward = _Backward(self, states, kept, t_dev, sampler, replay, d, objective, wanted, last)
+        a = chain.walk_back(backward.vjp, last)
         if d.grad is not None:
-            g_direct += d.grad
-        grad = (a.sum(0, keepdim=True) + g_direct) / len(wanted)
-        self._last = {
+            backward.g_direct += d.grad
+        grad = (a.sum(0, keepdim=True) + backward.g_direct) / len(wanted)
+        self._last = self._plan_report(n_keep, last + 1, x0, backward.graphed is not None)
+        value, grad = chain_rule(objective, float(backward.total / len(wanted)), grad, d.detach())
+        return value, grad.reshape(delta.shape).to(delta.dtype)
+
+    def _plan_report(self, n_keep: int, n_calls: int, x0: torch.Tensor, graphed: bool) -> dict:
+        budget = self._budget_bytes(x0.device)
+        return {
             "kept_steps": n_keep, "recomputed_steps": n_calls - n_keep,
             # forward: n_keep calls with grad + (last - n_keep) without; backward: n_calls - n_keep recomputed
             "network_calls": n_calls if n_keep == n_calls else 2 * n_calls - 1 - n_keep,
-            "graphed_backward": graphed is not None,
-            "activation_bytes_per_step": self._act_bytes.get((tuple(x0.shape), device)),
+            "graphed_backward": graphed,
+            "activation_bytes_per_step": self._act_bytes.get((tuple(x0.shape), x0.device)),
             "state_bytes": x0.numel() * 4,
-            "memory_budget_bytes": None if math.isinf(budget := self._budget_bytes(device)) else int(budget),
+            "memory_budget_bytes": None if math.isinf(budget) else int(budget),
         }
-        return float(total / len(wanted)), grad.reshape(delta.shape).to(delta.dtype)
 
-    def _rows(self, timesteps, lambdas, wanted, n_calls, device) -> torch.Tensor:
-        """Per-step coefficient rows (layout _ROW) for the graphed backward step, moved to the device at once."""
-        ts = torch.as_tensor(list(timesteps[:n_calls]), dtype=torch.long)
-        lam = torch.as_tensor([float(v) for v in lambdas[:n_calls]], dtype=torch.float64)
-        w = torch.as_tensor([1.0 if i in wanted else 0.0 for i in range(n_calls)], dtype=torch.float64)
-        rows = torch.cat([self._rows64[ts], lam[:, None], w[:, None]], dim=1)
-        return rows.to(device, torch.float32)
+    def _rows(self, sampler, objective, wanted, n_calls, device) -> torch.Tensor:
+        """Per-step rows (sampler coefficients, objective params, loss weight) for the graphed backward step."""
+        params = torch.as_tensor([objective.params(i) for i in range(n_calls)], dtype=torch.float64)
+        w = torch.as_tensor([[1.0 if i in wanted else 0.0] for i in range(n_calls)], dtype=torch.float64)
+        return torch.cat([sampler.rows(n_calls), params, w], dim=1).to(device, torch.float32)
 
-    def _backward_graph(self, x: torch.Tensor, d: torch.Tensor, norm: str):
-        """The captured backward step for this shape and norm (CUDA only), or None."""
-        if not self._graphs_on(x):
+    def backward_graph(self, x: torch.Tensor, d: torch.Tensor, sampler, objective):
+        """The captured backward step for this shape and objective (CUDA, or emulated), or None."""
+        if not self._graphs_on(x) or not hasattr(sampler, "rows"):
             return None
         schedule = self.model.schedule
-        key = (tuple(x.shape), x.device, norm)
+        key = (tuple(x.shape), x.device, type(objective).__name__, getattr(objective, "norm", None))
         if key not in self._graphs_bwd:
             clip, rng = schedule.clip_sample, schedule.clip_sample_range
-            t0 = torch.tensor(schedule.T - 1, device=x.device)
-            row = self._rows([schedule.T - 1], [0.5], {0}, 1, x.device)[0]
-            probe_a = torch.randn_like(x)
-            probe_z = torch.randn_like(x)
-            probe_d = torch.randn_like(d) * 0.1
+            t0 = torch.tensor(sampler.timesteps[0], device=x.device)
+            row = self._rows(sampler, objective, {0}, 1, x.device)[0]
+            probe_a, probe_z, probe_d = torch.randn_like(x), torch.randn_like(x), torch.randn_like(d) * 0.1
+            n_row = len(row)
 
             def eager():
                 with torch.enable_grad():
                     xx = x.detach().requires_grad_(True)
                     dd = probe_d.detach().requires_grad_(True)
                     eps = self._eps(xx, t0)
-                    x_next = update_from_row(xx, eps, row, probe_z, clip, rng)
-                    loss = shift_loss_torch(eps, dd, row[7], norm)
+                    x_next = step_from_row(xx, eps, row, probe_z, clip, rng)
+                    loss = objective.term(eps, dd, row[len(ROW_KEYS):-1])
                     return torch.autograd.grad([x_next, loss], [xx, dd], [probe_a, torch.ones_like(loss)])
 
             self._graphs_bwd[key] = self._capture(
-                lambda: _GraphedBackwardStep(self._eps, x, d, norm, clip, rng, self.cuda_graphs != "emulate"),
+                lambda: _GraphedBackwardStep(self._eps, objective, x, d, n_row, clip, rng,
+                                             self.cuda_graphs != "emulate"),
                 lambda g: g(x, t0, probe_z, probe_a, row, probe_d)[:2], eager, "backward")
         return self._graphs_bwd[key]
 
     # ---------------------------------------------------------------- sampling
-    @torch.no_grad()
     def sample(self, n: int, trigger: torch.Tensor | None = None, seed: int = 0, batch: int = 64,
                progress: bool = False, steps: int | None = None) -> torch.Tensor:
-        """n images of the DDPM chain x_T = eps + trigger, x_{t-1} = c1 (x_t - c2 eps_theta) + sigma z; in [-1, 1].
+        """n images of the DDPM chain x_T = eps + trigger (pdfast.chain.sample, the same seeding as every sampler of
+        pdfast), with this engine's network call: compiled, bf16 and CUDA-graphed where those are on."""
+        from ..chain import DDPMSampler
 
-        Same seeding as pdfast.sampling.sample (one CPU generator: the batch's noise, then z per step), so in fp32
-        without compile the images match it; on CUDA with the compiled bf16 network, graphs and the fused update.
-        """
-        from tqdm.auto import tqdm
-
-        device = self.model.device
-        schedule = self.model.schedule
-        shape = self.model.shape
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        ts = schedule.timesteps(steps) if steps else schedule.timesteps()
-        t_dev = torch.as_tensor(ts, dtype=torch.long, device=device)
-        out = []
-        for start in range(0, n, batch):
-            b = min(batch, n - start)
-            x = torch.randn((b, *shape), generator=gen).to(device)
-            if trigger is not None:
-                x = x + trigger.to(device, x.dtype).reshape(1, *shape)
-            noise = _NoiseStream(gen, (b, *shape), sum(1 for t in ts if t > 0), device)
-            bar = tqdm(range(len(ts)), desc=f"sample {start + b}/{n}", disable=not progress, mininterval=1.0,
-                       leave=False)
-            for i in bar:
-                t = ts[i]
-                eps = self._eps_nograd(x, t_dev[i])
-                z = noise.next() if t > 0 else None
-                x = self._update(x, eps, t, z)
-            out.append(x.clamp(-1, 1).cpu())
-        return torch.cat(out)
+        return chain.sample(self._eps_nograd, DDPMSampler(self.model.schedule, steps), self.model.shape, n,
+                            trigger=trigger, seed=seed, batch=batch, device=self.model.device, progress=progress)
 
     # ---------------------------------------------------------------- report
     def describe(self) -> dict:
@@ -570,8 +439,68 @@ class FastEngine:
             "cuda_graphs": self.cuda_graphs,
             "graphs_forward": sum(g is not None for g in self._graphs_fwd.values()),
             "graphs_backward": sum(g is not None for g in self._graphs_bwd.values()),
-            "kernels": "pdfast.kernels" if self.use_kernels else "torch",
+            "kernels": _kernel_backends(self.model.device),
             "checkpointing": True,
             "memory_budget": self.memory_budget,
             **self._last,
         }
+
+
+def _z(sampler, noise, i: int, x: torch.Tensor):
+    """z_i for step i, or None where the sampler adds no noise."""
+    return noise.z(i, x.shape) if sampler.needs_noise(i) else None
+
+
+def _kernel_backends(device: torch.device) -> dict | str:
+    """Which backend each fused op uses on this device (pdfast.kernels), for the report."""
+    try:
+        from pdfast.kernels import backends
+    except ImportError:
+        return "pdfast.kernels"
+    return backends(device)
+
+
+class _Backward:
+    """The adjoint walk of one iteration: vjp(i, a_{i+1}) -> a_i, accumulating the loss and dL/d delta directly.
+
+    a_i = (d x_{i+1}/d x_i)^T a_{i+1} + sum of dL_i/d x_i; a step keeps its forward graph if the memory plan allowed,
+    else it is recomputed from the stored state x_i (replaying the same z_i, so exactly), graphed on CUDA.
+    """
+
+    def __init__(self, engine, states, kept, t_dev, sampler, noise, d, objective, wanted, last):
+        self.engine, self.states, self.kept, self.t_dev = engine, states, kept, t_dev
+        self.sampler, self.noise, self.d, self.objective, self.wanted, self.last = (
+            sampler, noise, d, objective, wanted, last)
+        self.g_direct = torch.zeros_like(d)
+        self.total = torch.zeros((), dtype=torch.float32, device=d.device)
+        recompute = len(kept) < last + 1
+        self.graphed = engine.backward_graph(states[0], d, sampler, objective) if recompute else None
+        self.rows = (engine._rows(sampler, objective, wanted, last + 1, d.device) if self.graphed is not None
+                     else None)
+
+    def vjp(self, i: int, a):
+        if i not in self.kept and self.graphed is not None:
+            x = self.states[i]
+            a, gd, loss_i = self.graphed(x, self.t_dev[i], _z(self.sampler, self.noise, i, x), a, self.rows[i],
+                                         self.d.detach())
+            self.g_direct += gd
+            self.total += loss_i
+        else:
+            a = self._autograd_step(i, a)
+        self.states[i] = None  # x_i is no longer needed: a_i now carries its gradient
+        return a
+
+    def _autograd_step(self, i: int, a):
+        x, x_next, loss_i = self.kept.pop(i) if i in self.kept else self.engine._step_with_grad(
+            i, self.states[i], self.t_dev[i], self.sampler, self.noise, self.d, self.objective, i in self.wanted,
+            self.last)
+        outs, grads = [], []
+        if x_next is not None:
+            outs.append(x_next)
+            grads.append(a)
+        if loss_i is not None:
+            outs.append(loss_i)
+            grads.append(torch.ones_like(loss_i))  # upstream 1 per term; 1/|S| is applied at the end
+            self.total += loss_i.detach()
+        torch.autograd.backward(outs, grads, inputs=[x, self.d] if loss_i is not None else [x])
+        return x.grad

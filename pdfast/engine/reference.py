@@ -8,46 +8,50 @@ from typing import Sequence
 
 import torch
 
+from .. import chain
+from ..errors import PdfastError
 from ..model import DiffusionModel
-from .base import register, shift_loss_torch
 
 
 def chain_loss(model: DiffusionModel, delta: torch.Tensor, noise: torch.Tensor, zs: Sequence[torch.Tensor | None],
-               timesteps: Sequence[int], lambdas: Sequence[float], loss_steps: Sequence[int], norm: str) -> torch.Tensor:
-    """Differentiable loss of one iteration: chain from x_T = noise + delta through timesteps[0..max(loss_steps)]."""
-    last = max(loss_steps)
-    wanted = set(loss_steps)
-    x = noise + delta.reshape(1, *noise.shape[1:])
-    total = x.new_zeros(())
-    for i in range(last + 1):
-        t = timesteps[i]
-        eps = model.eps(x, torch.tensor(t, device=x.device))
+               sampler, objective, loss_steps: Sequence[int]) -> torch.Tensor:
+    """Differentiable objective of one iteration: total(mean_{i in S} L_i, delta), the chain run from
+    x_0 = noise + delta through step max(S)."""
+    wanted = set(int(i) for i in loss_steps)
+    terms: list[torch.Tensor] = []
+
+    def on_step(i, x, eps):
         if i in wanted:
-            total = total + shift_loss_torch(eps, delta, float(lambdas[i]), norm)
-        if i < last:
-            x = model.schedule.step(x, eps, t, zs[i])
-    return total / len(wanted)
+            terms.append(objective.term(eps, delta, objective.params(i)))
+
+    x0 = noise + delta.reshape(1, *noise.shape[1:])
+    chain.run(model.eps, x0, sampler, chain.ReplayNoise(noise, zs), n=max(wanted) + 1, update_last=False,
+              callback=on_step)
+    return objective.total(sum(terms) / len(wanted), delta)
 
 
-@register("reference")
 class ReferenceEngine:
-    """Plain eager fp32 autograd; ``sample`` is pdfast.sampling.sample."""
+    """Plain eager fp32 autograd; ``sample`` is pdfast.chain.sample with the model as is."""
 
     name = "reference"
 
-    def __init__(self, model: DiffusionModel, **_ignored):
+    def __init__(self, model: DiffusionModel, **options):
+        if options:
+            raise PdfastError(f"the reference engine takes no options (got {', '.join(sorted(options))}); "
+                              "use --engine fast for dtype, compile, memory budget or CUDA graphs")
         self.model = model
 
-    def loss_and_grad(self, delta, noise, zs, timesteps, lambdas, loss_steps, norm):
+    def loss_and_grad(self, delta, noise, zs, sampler, objective, loss_steps):
         d = delta.detach().clone().requires_grad_(True)
-        loss = chain_loss(self.model, d, noise, zs, timesteps, lambdas, loss_steps, norm)
+        loss = chain_loss(self.model, d, noise, zs, sampler, objective, loss_steps)
         (grad,) = torch.autograd.grad(loss, d)
         return float(loss.detach()), grad
 
-    def sample(self, n, trigger=None, seed=0, batch=64, progress=False):
-        from ..sampling import sample
+    def sample(self, n, trigger=None, seed=0, batch=64, progress=False, steps=None):
+        from ..chain import DDPMSampler
 
-        return sample(self.model, n, trigger=trigger, seed=seed, batch=batch, device=self.model.device, progress=progress)
+        return chain.sample(self.model.eps, DDPMSampler(self.model.schedule, steps), self.model.shape, n,
+                            trigger=trigger, seed=seed, batch=batch, device=self.model.device, progress=progress)
 
     def describe(self) -> dict:
         return {"engine": self.name, "dtype": "float32", "checkpointing": False, "compiled": False}

@@ -1,0 +1,226 @@
+"""The denoising chain: samplers, the noise they consume, and the only loops over timesteps in pdfast.
+
+A chain starts at x_T = eps + delta (the trigger delta, 0 for clean sampling) and applies a sampler's step
+x_{i+1} = step_i(x_i, eps_theta(x_i, t_i), z_i) (docs/method.md section 1). Everything that walks down a chain
+(sampling, the surrogate's lambda estimate, the engines' forward and backward passes) calls ``run``, ``unroll`` or
+``walk_back`` here with its own per-step function, so a new sampler (DDIM now, others later) or a new way of
+executing the chain is written once. The noise is explicit: ``GeneratorNoise`` draws x_T's noise and then z_i step
+by step from one CPU generator (so a chain can be replayed exactly), ``ReplayNoise`` hands out given tensors.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+from .schedule import Schedule
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# ---------------------------------------------------------------- samplers
+class Sampler(Protocol):
+    """One reverse-process update per chain index i (timestep ``timesteps[i]``)."""
+
+    timesteps: list[int]
+
+    def needs_noise(self, i: int) -> bool: ...
+
+    def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor: ...
+
+
+class DDPMSampler:
+    """The ancestral DDPM step x_{t-1} = c1 (x_t - c2 eps) + sigma_t z, c1 = 1/sqrt(alpha_t), c2 = beta_t/sqrt(1-abar_t);
+    with clip_sample the x0 form mean = a0 clamp(x0_hat) + at x_t (docs/method.md section 1).
+
+    The unclipped form runs the fused ``ddpm_update`` op (pdfast.kernels: native, Triton or its torch reference).
+    """
+
+    def __init__(self, schedule: Schedule, steps: int | None = None, *, kernels: bool = True):
+        self.schedule = schedule
+        self.timesteps = schedule.timesteps(steps)
+        self.kernels = kernels
+        self.coef = schedule._step_table  # python floats per t, computed once per schedule
+
+    def needs_noise(self, i: int) -> bool:
+        return self.timesteps[i] > 0
+
+    def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        t = self.timesteps[i]
+        if self.kernels and not self.schedule.clip_sample:
+            from .kernels import ddpm_update
+
+            c = self.coef
+            return ddpm_update(x, eps, c["c1"][t], c["c2"][t], c["sigma"][t], noise=z if t > 0 else None)
+        return self.schedule.step(x, eps, t, z)
+
+    def rows(self, n: int) -> torch.Tensor:
+        """(n, 7) float64 coefficients c1, c2, sigma, sqrt_abar, sqrt_1m_abar, a0, at of the first n steps, so that
+        one captured CUDA graph serves every step (``step_from_row``)."""
+        coef = self.schedule.step_coefficients()
+        ts = torch.as_tensor(self.timesteps[:n], dtype=torch.long)
+        return torch.stack([coef[k][ts] for k in ROW_KEYS], dim=1)
+
+
+ROW_KEYS = ("c1", "c2", "sigma", "sqrt_abar", "sqrt_one_minus_abar", "a0", "at")
+
+
+def step_from_row(x: torch.Tensor, eps: torch.Tensor, row: torch.Tensor, z: torch.Tensor, clip: bool,
+                  clip_range: float) -> torch.Tensor:
+    """DDPMSampler.step with its coefficients in a tensor row (ROW_KEYS order): the form a CUDA graph replays."""
+    if clip:
+        x0 = ((x - row[4] * eps) / row[3]).clamp(-clip_range, clip_range)
+        return row[5] * x0 + row[6] * x + row[2] * z
+    return row[0] * (x - row[1] * eps) + row[2] * z
+
+
+class DDIMSampler:
+    """Deterministic DDIM (eta = 0) on ``steps`` evenly spaced timesteps:
+    x0_hat = clamp((x_t - sqrt(1-abar_t) eps)/sqrt(abar_t)), x_s = sqrt(abar_s) x0_hat + sqrt(1-abar_s) eps; the last
+    step returns x0_hat."""
+
+    def __init__(self, schedule: Schedule, steps: int = 100):
+        T = schedule.T
+        self.timesteps = torch.linspace(T - 1, 0, steps).round().long().tolist()
+        self.abar = schedule.abar.to(torch.float32)
+
+    def needs_noise(self, i: int) -> bool:
+        return False
+
+    def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        ab, t = self.abar, self.timesteps[i]
+        x0 = ((x - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()).clamp(-1, 1)
+        if i + 1 == len(self.timesteps):
+            return x0
+        s = self.timesteps[i + 1]
+        return ab[s].sqrt() * x0 + (1 - ab[s]).sqrt() * eps
+
+
+# ---------------------------------------------------------------- noise
+class GeneratorNoise:
+    """x_T's noise, then one z_i per noisy step, drawn in chain order from one CPU generator (replayable by seed).
+
+    torch.randn of shape (k, *S) from a CPU generator equals k successive draws of shape S when S has a multiple of
+    16 elements (the vectorised normal fill works in blocks of 16; tested), so on CUDA the z_i come in chunks of
+    ``chunk`` through one pinned, non-blocking copy instead of one blocking copy per step.
+    """
+
+    def __init__(self, gen: torch.Generator, device: torch.device | str = "cpu", chunk: int | None = None):
+        self.gen, self.device = gen, torch.device(device)
+        self.chunk = chunk if chunk is not None else (64 if self.device.type == "cuda" else 1)
+        self.buf: list[torch.Tensor] = []
+        self.left = 0
+
+    def initial(self, shape: Sequence[int]) -> torch.Tensor:
+        """The noise eps of x_T = eps + delta (drops any z_i buffered for an earlier chain)."""
+        self.buf = []
+        return torch.randn(tuple(shape), generator=self.gen).to(self.device)
+
+    def plan(self, n_draws: int) -> None:
+        """Say how many z_i the chain will draw, so that chunks never draw past the chain's end."""
+        self.left = n_draws
+
+    def z(self, i: int, shape: Sequence[int]) -> torch.Tensor:
+        shape = tuple(shape)
+        if not self.buf:
+            k = min(self.chunk, self.left) if math.prod(shape) % 16 == 0 else 1
+            if k <= 1:
+                self.left -= 1
+                return torch.randn(shape, generator=self.gen).to(self.device)
+            block = torch.randn((k, *shape), generator=self.gen)
+            if self.device.type == "cuda":
+                block = block.pin_memory()
+            self.buf = list(block.to(self.device, non_blocking=True).unbind(0))
+        self.left -= 1
+        return self.buf.pop(0)
+
+
+class ReplayNoise:
+    """Given noise: x_T's ``noise`` and ``zs[i]`` for step i (None where the step adds none)."""
+
+    def __init__(self, noise: torch.Tensor, zs: Sequence[torch.Tensor | None]):
+        self.noise, self.zs = noise, list(zs)
+
+    def initial(self, shape=None) -> torch.Tensor:
+        return self.noise
+
+    def z(self, i: int, shape=None) -> torch.Tensor | None:
+        z = self.zs[i] if i < len(self.zs) else None
+        return None if z is None else z.to(self.noise.device, torch.float32, non_blocking=True)
+
+
+# ---------------------------------------------------------------- the loops
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def run(eps_fn: EpsFn, x: torch.Tensor, sampler: Sampler, noise, *, n: int | None = None, update_last: bool = True,
+        callback: StepCallback | None = None, step: Callable | None = None) -> torch.Tensor:
+    """Walk n chain steps from x: eps_i = eps_fn(x_i, t_i), callback(i, x_i, eps_i), x_{i+1} = step(i, x_i, eps_i, z_i).
+
+    z_i is drawn from ``noise`` only for steps that add noise and are applied; with ``update_last`` False the
+    n-th update (and its z) is skipped and x_{n-1} is returned. ``step`` replaces ``sampler.step`` (an engine's
+    fused or graphed form of the same update).
+    """
+    n = len(sampler.timesteps) if n is None else n
+    step = step or sampler.step
+    t_dev = torch.as_tensor(sampler.timesteps[:n], dtype=torch.long, device=x.device)
+    for i in range(n):
+        eps = eps_fn(x, t_dev[i])
+        if callback is not None:
+            callback(i, x, eps)
+        if i + 1 < n or update_last:
+            z = noise.z(i, x.shape) if sampler.needs_noise(i) else None
+            x = step(i, x, eps, z)
+    return x
+
+
+def unroll(step: Callable[[int, torch.Tensor], torch.Tensor], x0: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """States x_0..x_n of x_{i+1} = step(i, x_i) (an engine's forward pass that stores the chain for its backward)."""
+    states = [x0]
+    for i in range(n):
+        states.append(step(i, states[-1]))
+    return states
+
+
+def walk_back(vjp: Callable[[int, torch.Tensor | None], torch.Tensor], last: int) -> torch.Tensor:
+    """The adjoint a_i = vjp(i, a_{i+1}) from i = last down to 0 (a_{last+1} = None); returns a_0 = dL/dx_0."""
+    a = None
+    for i in range(last, -1, -1):
+        a = vjp(i, a)
+    return a
+
+
+@torch.no_grad()
+def sample(eps_fn: EpsFn, sampler: Sampler, shape: Sequence[int], n: int, *, trigger: torch.Tensor | None = None,
+           seed: int = 0, batch: int = 64, device: torch.device | str = "cpu", progress: bool = False,
+           step: Callable | None = None, clamp: bool = True, callback: StepCallback | None = None) -> torch.Tensor:
+    """n images of the chain x_T = eps + trigger (docs/method.md section 1), in batches, on CPU; in [-1, 1] with
+    ``clamp``. One generator per call: batch b's x_T noise, then its z_i, then batch b+1's. ``callback(i, x, eps)``
+    is called at every step."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    noise = GeneratorNoise(torch.Generator(device="cpu").manual_seed(seed), device)
+    n_noisy = sum(1 for i in range(len(sampler.timesteps)) if sampler.needs_noise(i))
+    out = []
+    for start in range(0, n, batch):
+        b = min(batch, n - start)
+        x = noise.initial((b, *shape))
+        if trigger is not None:
+            x = x + trigger.to(device, x.dtype).reshape(1, *shape)
+        noise.plan(n_noisy)
+        bar = tqdm(total=len(sampler.timesteps), desc=f"sample {start + b}/{n}", disable=not progress,
+                   mininterval=1.0, leave=False)
+        x = run(eps_fn, x, sampler, noise, step=step, callback=_progress(bar, callback))
+        bar.close()
+        out.append((x.clamp(-1, 1) if clamp else x).cpu())
+    return torch.cat(out)
+
+
+def _progress(bar, callback: StepCallback | None) -> StepCallback:
+    def on_step(i, x, eps):
+        bar.update()
+        if callback is not None:
+            callback(i, x, eps)
+    return on_step

@@ -1,0 +1,265 @@
+"""Every option of an inversion, defined once: the dataclasses below make the library's keyword arguments, the CLI's
+options (``click_options``) and their validation (``resolved``).
+
+A field's metadata (``opt``) holds its help text and choices; nested configs (engine, surrogate) are flattened with
+a prefix, so ``InversionConfig.surrogate.steps`` is ``surrogate_steps=`` in Python and ``--surrogate-steps`` on the
+command line. ``from_options`` refuses unknown names instead of ignoring them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import PdfastError
+
+METHODS = ("puredif", "elijah")
+NOISE_MODES = ("antithetic", "fresh", "fixed")
+OBJECTIVES = ("relative", "absolute")
+
+
+def opt(help: str, *, choices: tuple | None = None, cli: str | None = None, short: str | None = None,
+        kind: type | None = None) -> dict:
+    """Field metadata: the option's help, its choices, its CLI name when not the field name, its value type."""
+    return {"help": help, "choices": choices, "cli": cli, "short": short, "kind": kind}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the chain is executed and differentiated (pdfast.engine)."""
+
+    name: str = field(default="fast", metadata=opt(
+        "reference: eager fp32 autograd; fast: checkpointed, compiled and bf16 on GPU.", choices=("fast", "reference"),
+        cli="engine"))
+    dtype: str = field(default="auto", metadata=opt(
+        "Network precision of the fast engine: auto (bf16 weights on CUDA, fp32 on CPU).",
+        choices=("auto", "float32", "bfloat16", "bf16-autocast")))
+    compile: str = field(default="auto", metadata=opt(
+        "torch.compile the network in the fast engine: auto (on CUDA only), on, off.", choices=("auto", "on", "off")))
+    memory_budget_gib: float | None = field(default=None, metadata=opt(
+        "GiB for stored chain states and kept activations (fast engine); 0 recomputes every step; default: 80% of "
+        "free GPU memory, half the free RAM on CPU.", kind=float))
+    cuda_graphs: str = field(default="auto", metadata=opt(
+        "CUDA graphs for the network call and the backward step (fast engine): auto (on CUDA), on, off.",
+        choices=("auto", "on", "off")))
+
+    def engine_options(self) -> dict:
+        """Keyword options for make_engine; the reference engine refuses any that differ from the defaults."""
+        if self.name == "reference":
+            changed = [f.name for f in fields(self) if f.name != "name" and getattr(self, f.name) != f.default]
+            if changed:
+                raise PdfastError(f"--{changed[0].replace('_', '-')} applies to the fast engine only; drop it or use "
+                                  "--engine fast")
+            return {}
+        tri = {"auto": "auto", "on": True, "off": False}
+        budget = None if self.memory_budget_gib is None else self.memory_budget_gib * 2 ** 30
+        if budget is not None and not budget >= 0:
+            raise PdfastError(f"--memory-budget-gib {self.memory_budget_gib} must be 0 or more")
+        return {"dtype": self.dtype, "compile": tri[self.compile], "memory_budget": budget,
+                "cuda_graphs": tri[self.cuda_graphs]}
+
+
+@dataclass(frozen=True)
+class SurrogateConfig:
+    """How the surrogate backdoor is planted in a copy of the suspect model (the defender's trigger and target)."""
+
+    trigger: str = field(default="GLASSES", metadata=opt("Surrogate trigger (a built-in name or an image file)."))
+    target: str = field(default="CORNER", metadata=opt("Surrogate target (a built-in name or an image file)."))
+    steps: int = field(default=300, metadata=opt("Fine-tune steps of the surrogate backdoor."))
+    batch: int = field(default=32, metadata=opt("Batch of the surrogate fine-tune."))
+    lr: float = field(default=5e-4, metadata=opt("Learning rate of the surrogate fine-tune."))
+    poison_rate: float = field(default=0.5, metadata=opt("Poisoned share of the surrogate's batches."))
+    n_images: int = field(default=256, metadata=opt("Images the suspect model generates for the surrogate's data."))
+    pool_steps: int = field(default=50, metadata=opt("DDIM steps for those images."))
+    calib_batch: int = field(default=64, metadata=opt("Noise batch for the lambda estimate along the chain."))
+    seed: int = field(default=1234, metadata=opt("Seed of the surrogate's data, fine-tune and estimate."))
+    data: str | None = field(default=None, metadata=opt(
+        "Folder of clean images for the surrogate backdoor; default: images the model generates itself.", cli="data"))
+
+    def key(self) -> str:
+        """Cache key: every setting, and for a data folder its file list with sizes and modification times."""
+        d = asdict(self)
+        if self.data:
+            d["data"] = _folder_fingerprint(self.data)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _folder_fingerprint(path: str) -> str:
+    p = Path(path).resolve()
+    if not p.is_dir():
+        return str(p)
+    h = hashlib.sha256(str(p).encode())
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    """Every knob of an inversion, defaults in one place. ``None`` means the method's own default (``resolved``)."""
+
+    method: str = field(default="puredif", metadata=opt(
+        "puredif: PureDiffusion multi-timestep inversion; elijah: the baseline (t = T only, lambda 0.5).",
+        choices=METHODS))
+    steps: int = field(default=10, metadata=opt("K: denoising steps the trigger is learned over.", short="-K"))
+    scales: str = field(default="surrogate", metadata=opt(
+        "lambda_t source: surrogate (calibrated on a surrogate-backdoored copy), analytic, or a JSON table file."))
+    sampler_family: str = field(default="sde", metadata=opt(
+        "Backdoor family for analytic scales: sde (BadDiffusion) or ode (x2, VillanDiffusion ODE samplers).",
+        choices=("sde", "ode")))
+    epochs: int | None = field(default=None, metadata=opt("Adam steps (default: 30 puredif, 100 elijah).", kind=int))
+    refine_epochs: int | None = field(default=None, metadata=opt(
+        "Then Adam steps on eq. 17 from the trigger's pattern (default: 30 puredif, 0 elijah).", kind=int))
+    batch: int | None = field(default=None, metadata=opt("Noise batch (default: 40 puredif, 100 elijah).", kind=int))
+    lr: float = field(default=0.1, metadata=opt("Adam learning rate on the trigger."))
+    norm: str | None = field(default=None, metadata=opt("Loss norm (default: l1).", choices=("l1", "l2")))
+    noise: str | None = field(default=None, metadata=opt(
+        "antithetic: fresh pairs (eps, -eps) whose mean is exactly 0; fresh: a new batch each iteration; fixed: one "
+        "batch drawn once (default: antithetic puredif, fixed elijah).", choices=NOISE_MODES))
+    init: str = field(default="uniform", metadata=opt("Trigger init: -U(0,1) (uniform) or zeros.",
+                                                      choices=("uniform", "zeros")))
+    objective: str | None = field(default=None, metadata=opt(
+        "relative: ||mean eps_theta - lambda delta|| / n(delta), n = mean |delta| (l1) or mean delta^2 (l2), so "
+        "shrinking delta to 0 does not win (default puredif); absolute: eq. 17 as printed (default elijah).",
+        choices=OBJECTIVES))
+    loss_steps: str = field(default="sampled", metadata=opt(
+        "sampled: one step drawn from the first K per iteration (the paper); all: the mean over all K.",
+        choices=("sampled", "all")))
+    seed: int = field(default=0, metadata=opt("Seed of the initial trigger and the noise."))
+    clip_sample: str = field(default="auto", metadata=opt(
+        "Clip the predicted x0 to [-1, 1] in every DDPM step (inversion and verdict): auto follows the model's "
+        "scheduler config; the BadDiffusion and Elijah codes sample with it off.", choices=("auto", "on", "off")))
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
+
+    def resolved(self) -> "InversionConfig":
+        """Fill the method defaults and validate. Elijah (docs/method.md section 4): batch 100, 100 iterations,
+        fixed noise, L1, absolute, no refinement. PureDiffusion: batch 40, 30 epochs, L1, antithetic noise, relative
+        objective, then 30 refinement epochs on eq. 17 (pdfast's choices, docs/method.md section 5)."""
+        if self.method not in METHODS:
+            raise PdfastError(f"unknown method '{self.method}'; use one of: {', '.join(METHODS)}")
+        if self.method == "elijah":
+            c = replace(self, steps=1, batch=self.batch or 100, epochs=self.epochs or 100, norm=self.norm or "l1",
+                        noise=self.noise or "fixed", objective=self.objective or "absolute", scales="elijah-0.5",
+                        loss_steps="sampled", refine_epochs=self.refine_epochs or 0)
+        else:
+            c = replace(self, batch=self.batch or 40, epochs=self.epochs or 30, norm=self.norm or "l1",
+                        noise=self.noise or "antithetic", objective=self.objective or "relative",
+                        refine_epochs=30 if self.refine_epochs is None else self.refine_epochs)
+        c.validate()
+        return c
+
+    def validate(self) -> None:
+        """Check every value (choices from the field metadata, then the ranges); a PdfastError names the option."""
+        for name, path, f in flat_fields(type(self)):
+            value = _get(self, path)
+            choices = f.metadata.get("choices")
+            if choices and value is not None and value not in choices:
+                raise PdfastError(f"unknown {name.replace('_', ' ')} '{value}'; use one of: {', '.join(choices)}")
+        if self.steps < 1:
+            raise PdfastError(f"--steps {self.steps} must be at least 1")
+        if self.noise == "antithetic" and self.batch % 2:
+            raise PdfastError(f"--noise antithetic needs an even --batch (got {self.batch})")
+        if self.batch < 1 or self.epochs < 1:
+            raise PdfastError("--batch and --epochs must be positive")
+        if self.refine_epochs < 0:
+            raise PdfastError(f"--refine-epochs {self.refine_epochs} must be 0 (no refinement) or more")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise PdfastError(f"--lr {self.lr} must be a positive number")
+        if self.surrogate.steps < 1:
+            raise PdfastError("--surrogate-steps must be positive")
+        if self.scales not in ("surrogate", "analytic", "elijah-0.5") and not Path(self.scales).is_file():
+            raise PdfastError(f"--scales {self.scales}: not surrogate, analytic or an existing JSON table file")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_options(cls, base: "InversionConfig | None" = None, **options) -> "InversionConfig":
+        """A config from flat option names (``steps=50, surrogate_steps=100, dtype="bfloat16"``) over ``base``."""
+        return with_options(base or cls(), options)
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """How the verdict is reached from a trigger (pdfast.detection)."""
+
+    threshold: float | None = field(default=None, metadata=opt(
+        "Pattern-uniformity threshold for the verdict; default: the shipped clean-model calibration.", kind=float))
+    n_eval: int = field(default=16, metadata=opt("Samples drawn from eps + trigger (and its pattern) for the verdict."))
+    eval_seed: int = field(default=0, metadata=opt("Seed of those samples."))
+
+
+# ---------------------------------------------------------------- flattening
+def flat_fields(cls, prefix: str = "") -> Iterator[tuple[str, tuple[str, ...], Any]]:
+    """(flat option name, attribute path, field) of every leaf option of a config class."""
+    for f in fields(cls):
+        sub = _nested_type(f)
+        if sub is not None:
+            pre = "" if sub is EngineConfig else f"{f.name}_"
+            for name, path, leaf in flat_fields(sub, prefix + pre):
+                yield name, (f.name, *path), leaf
+        else:
+            yield f.metadata.get("cli") or prefix + f.name, (f.name,), f
+
+
+def _nested_type(f):
+    if f.default_factory is not MISSING:  # type: ignore[misc]
+        value = f.default_factory()  # type: ignore[misc]
+        if is_dataclass(value):
+            return type(value)
+    return None
+
+
+def _get(obj, path: tuple[str, ...]):
+    for p in path:
+        obj = getattr(obj, p)
+    return obj
+
+
+def with_options(config, options: dict):
+    """``config`` with flat options applied; an unknown name is an error that lists the valid ones."""
+    known = {name: path for name, path, _ in flat_fields(type(config))}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise PdfastError(f"unknown option '{unknown[0]}'; valid options: {', '.join(sorted(known))}")
+    for name, value in options.items():
+        config = _set(config, known[name], value)
+    return config
+
+
+def _set(obj, path: tuple[str, ...], value):
+    if len(path) == 1:
+        return replace(obj, **{path[0]: value})
+    return replace(obj, **{path[0]: _set(getattr(obj, path[0]), path[1:], value)})
+
+
+def option_names(*classes) -> list[str]:
+    """The flat option names of config classes, in definition order."""
+    return [name for cls in classes for name, _, _ in flat_fields(cls)]
+
+
+def click_options(*classes):
+    """A decorator adding one click option per leaf field of the config classes (name, default, type, choices, help
+    all from the field), so the CLI and the library share one definition."""
+    import click
+
+    def deco(fn):
+        params = []
+        for cls in classes:
+            defaults = cls()
+            for name, path, f in flat_fields(cls):
+                default = _get(defaults, path)
+                kind = f.metadata.get("kind") or (type(default) if default is not None else str)
+                ptype = click.Choice(list(f.metadata["choices"])) if f.metadata.get("choices") else kind
+                decls = [f"--{name.replace('_', '-')}"] + ([f.metadata["short"]] if f.metadata.get("short") else [])
+                params.append(click.option(*decls, name, type=ptype, default=default, show_default=True,
+                                           help=f.metadata.get("help", "")))
+        for p in reversed(params):
+            fn = p(fn)
+        return fn
+    return deco

@@ -1,0 +1,122 @@
+"""The library entry points as other defense tools call them: pdfast.invert / pdfast.detect, Ctrl-C, the verdict's
+calibration fallback, and the surrogate-scale cache keyed by the data it was calibrated on."""
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import pdfast
+from pdfast.errors import PdfastError
+
+FAST = dict(steps=2, scales="analytic", epochs=2, refine_epochs=1, batch=4, n_eval=4)
+
+
+def test_detect_api_inverts_or_judges_a_given_trigger(tiny_model):
+    det = pdfast.detect(tiny_model, **FAST)
+    assert det.verdict in ("backdoored", "clean") and det.backdoored == (det.verdict == "backdoored")
+    assert det.inversion.metrics["n_samples"] == 4 and len(det.inversion.losses) == 3
+    # a given trigger: judged, not inverted; a huge threshold calls anything backdoored, a tiny one nothing
+    g = torch.zeros(tiny_model.shape)
+    hi = pdfast.detect(tiny_model, trigger=g, threshold=10.0, n_eval=4)
+    lo = pdfast.detect(tiny_model, trigger=g, threshold=0.0, n_eval=4)
+    assert hi.backdoored and not lo.backdoored and hi.inversion.given_trigger and hi.inversion.losses == []
+    assert hi.inversion.metrics["detection"]["value"] == lo.inversion.metrics["detection"]["value"]
+    with pytest.raises(PdfastError, match="'epochs' has no effect when a trigger is given"):
+        pdfast.detect(tiny_model, trigger=g, epochs=5)
+    with pytest.raises(PdfastError, match="the model needs"):
+        pdfast.detect(tiny_model, trigger=torch.zeros(3, 5, 5))
+
+
+def test_invert_options_apply_over_a_config_and_unknown_ones_are_refused(tiny_model):
+    from pdfast.config import InversionConfig
+
+    cfg = InversionConfig(steps=2, scales="analytic", epochs=3, batch=4, refine_epochs=0)
+    res = pdfast.invert(tiny_model, config=cfg, epochs=1, evaluate=False)
+    assert res.config.epochs == 1 and res.config.steps == 2 and len(res.losses) == 1
+    with pytest.raises(PdfastError, match="unknown option 'kernel'"):
+        pdfast.invert(tiny_model, config=cfg, kernel="x", evaluate=False)
+    with pytest.raises(PdfastError, match="fast engine only"):
+        pdfast.invert(tiny_model, config=cfg, engine="reference", dtype="bfloat16", evaluate=False)
+
+
+def test_ctrl_c_keeps_the_trigger_and_exits_130(tmp_path, monkeypatch):
+    """Ctrl-C during the optimisation: the trigger so far is written, the report says interrupted, exit code 130."""
+    from test_inversion import _tiny_backdoored_folder
+
+    from pdfast.cli import main
+    from pdfast.engine.fast import FastEngine
+
+    b = _tiny_backdoored_folder(tmp_path)
+    real = FastEngine.loss_and_grad
+    calls = []
+
+    def interrupt_on_third(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FastEngine, "loss_and_grad", interrupt_on_third)
+    out = tmp_path / "inv"
+    res = CliRunner().invoke(main, ["invert", "--model", str(b), "--steps", "2", "--scales", "analytic", "--epochs",
+                                    "5", "--batch", "2", "--out", str(out), "--no-progress", "--device", "cpu"])
+    assert res.exit_code == 130, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["interrupted"] is True and len(rep["loss"]["history"]) == 2
+    assert (out / "trigger.safetensors").is_file()
+
+
+def test_missing_calibration_falls_back_to_the_same_statistic(tmp_path, tiny_model, monkeypatch):
+    from pdfast import detection
+
+    shipped = detection.calibration()
+    fallback = detection.calibration(tmp_path / "missing.json")
+    assert fallback["statistic"] == shipped["statistic"] == "pattern_uniformity"
+    assert "uncalibrated" in fallback["provenance"]
+    monkeypatch.setattr(detection, "CALIBRATION_FILE", tmp_path / "missing.json")
+    det = pdfast.detect(tiny_model, trigger=torch.zeros(tiny_model.shape), n_eval=4).inversion.metrics["detection"]
+    assert det["statistic"] == "pattern_uniformity" and det["threshold"] == fallback["threshold"]
+    assert det["threshold_source"].startswith("uncalibrated")
+
+
+def test_surrogate_cache_is_keyed_by_the_data_folder(tmp_path, tiny_model, monkeypatch):
+    """Two --data folders (or one whose files changed) never share a cached lambda table."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from pdfast.config import SurrogateConfig
+    from pdfast.scales import resolve_scales
+
+    monkeypatch.setenv("PDFAST_CACHE_DIR", str(tmp_path / "cache"))
+    folders = []
+    for i, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
+        f = tmp_path / f"data{i}"
+        f.mkdir()
+        for j in range(4):
+            Image.new("RGB", (8, 8), tuple(min(255, c + 10 * j) for c in colour)).save(f / f"{j}.png")
+        folders.append(f)
+    sc = replace(SurrogateConfig(), steps=2, calib_batch=4, batch=4)
+    a = resolve_scales(tiny_model, 2, "surrogate", surrogate=replace(sc, data=str(folders[0])))
+    b = resolve_scales(tiny_model, 2, "surrogate", surrogate=replace(sc, data=str(folders[1])))
+    again = resolve_scales(tiny_model, 2, "surrogate", surrogate=replace(sc, data=str(folders[0])))
+    assert not a.cached and not b.cached and again.cached
+    assert a.info["cache_file"] != b.info["cache_file"]
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(folders[0] / "new.png")
+    assert not resolve_scales(tiny_model, 2, "surrogate", surrogate=replace(sc, data=str(folders[0]))).cached
+
+
+def test_clip_sample_option_changes_the_chain_not_the_callers_model(tiny_model):
+    """--clip-sample on/off overrides the scheduler config for the run only: the chain differs (another model hash,
+    other losses once the clipped x0 bites), and the caller's schedule is untouched."""
+    assert tiny_model.schedule.clip_sample is False
+    opts = dict(steps=3, scales="analytic", epochs=2, refine_epochs=0, batch=4, evaluate=False, loss_steps="all")
+    off = pdfast.invert(tiny_model, clip_sample="off", **opts)
+    auto = pdfast.invert(tiny_model, **opts)
+    on = pdfast.invert(tiny_model, clip_sample="on", **opts)
+    assert off.model_hash == auto.model_hash != on.model_hash and off.losses == auto.losses
+    assert on.losses != off.losses
+    assert tiny_model.schedule.clip_sample is False
+    with pytest.raises(PdfastError, match="unknown clip sample 'maybe'"):
+        pdfast.invert(tiny_model, clip_sample="maybe", **opts)
