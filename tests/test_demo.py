@@ -3,8 +3,9 @@
 These tests run the full 1000-step chain on CPU (about a minute each on 2 cores): marked slow, run in CI.
 """
 import json
+from pathlib import Path
+
 import pytest
-import torch
 
 import pdfast
 from pdfast.demo import demo_path
@@ -40,20 +41,47 @@ def test_demo_ground_truth_trigger_fires(demo):
     assert rep["clean_uniformity"] >= 10 * rep["uniformity"], rep
 
 
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def assert_golden(folder: Path, name: str) -> None:
+    """Trigger, loss history, drawn steps, lambda table and verdict equal the recording (tests/golden/record.py)."""
+    from safetensors.torch import load_file
+
+    want = json.loads((GOLDEN / f"{name}.json").read_text())
+    rep = json.loads((folder / "report.json").read_text())
+    got_t, want_t = (load_file(str(f))["trigger"] for f in (folder / "trigger.safetensors",
+                                                            GOLDEN / f"{name}.safetensors"))
+    assert (got_t - want_t).abs().max() <= 1e-6, float((got_t - want_t).abs().max())
+    hist = rep["loss"]["history"]
+    assert len(hist) == len(want["loss_history"])
+    assert max(abs(a - b) for a, b in zip(hist, want["loss_history"])) <= 1e-6
+    assert rep["loss"]["drawn_steps"] == want["drawn_steps"]
+    assert max(abs(a - b) for a, b in zip(rep["scales"]["lambda"], want["lambda"])) <= 1e-6
+    det = rep["metrics"]["detection"]
+    assert det["verdict"] == want["detection"]["verdict"]
+    assert abs(det["value"] - want["detection"]["value"]) <= 1e-6
+
+
 def test_puredif_is_closer_to_the_truth_than_elijah_on_the_demo(tmp_path, monkeypatch):
     """`pdfast invert --steps 10` against `--method elijah` on the demo: PureDiffusion's trigger is nearer the truth,
-    it fires the backdoor (ASR >= 0.8), and the verdict is "backdoored" (bench/results/demo-methods.md)."""
+    it fires the backdoor (ASR >= 0.8), and the verdict is "backdoored" (bench/results/demo-methods.md).
+
+    Golden: both runs equal, to 1e-6, what the same commands gave before the one-chain restructuring (fp32 on CPU,
+    the fused ops on their torch references)."""
     from click.testing import CliRunner
 
     from pdfast.cli import main
 
     monkeypatch.setenv("PDFAST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PDFAST_KERNELS", "torch")
     r = CliRunner()
     out = {}
     for method in ("puredif", "elijah"):
         res = r.invoke(main, ["invert", "--method", method, "--steps", "10", "--out", str(tmp_path / method),
                               "--json", "--no-progress", "--device", "cpu"])
         assert res.exit_code == 0, res.output
+        assert_golden(tmp_path / method, f"demo-k10-{method}")
         out[method] = json.loads((tmp_path / method / "report.json").read_text())["metrics"]
     for m in out.values():
         assert {"asr", "l2", "uniformity", "kl_mean", "detection"} <= set(m)

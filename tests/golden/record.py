@@ -1,0 +1,27 @@
+"""Record a golden result from a `pdfast invert --out DIR` folder: the trigger, the loss history and the verdict.
+
+    python tests/golden/record.py DIR tests/golden/NAME
+
+The files in this folder were recorded with `pdfast invert --steps 10 [--method elijah] --device cpu` on the demo
+model at commit 4a26fcf (before the one-chain restructuring), fp32 on CPU, kernels on their torch references; the
+golden test (tests/test_demo.py) re-runs the same commands and asserts the same numbers to 1e-6.
+"""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+
+def main(src: str, dst: str) -> None:
+    src_p, dst_p = Path(src), Path(dst)
+    rep = json.loads((src_p / "report.json").read_text())
+    keep = {"config": rep["config"], "loss_history": rep["loss"]["history"], "drawn_steps": rep["loss"]["drawn_steps"],
+            "lambda": rep["scales"]["lambda"], "detection": rep["metrics"]["detection"],
+            "pattern_uniformity": rep["metrics"]["pattern_uniformity"], "uniformity": rep["metrics"]["uniformity"]}
+    dst_p.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{dst}.json").write_text(json.dumps(keep, indent=1))
+    shutil.copyfile(src_p / "trigger.safetensors", f"{dst}.safetensors")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
