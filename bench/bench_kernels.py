@@ -4,7 +4,7 @@
     python bench/bench_kernels.py --device cpu             # perf_counter loop, reference only (CPU path)
 
 Writes bench/results/kernels-<device>-<date>.json (device name, torch/triton versions, date, config, ms per case)
-and prints a markdown table. Default shape: batch 40 x 3x32x32, the inversion batch of METHOD.md section 5.
+and prints a markdown table. Default shape: batch 40 x 3x32x32, the inversion batch of docs/method.md section 5.
 Report ratios from one run, never absolute CPU timings across runs (2-core machines jump 100x under OpenMP
 oversubscription: run with OMP_NUM_THREADS=1 there).
 """

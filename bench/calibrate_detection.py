@@ -1,4 +1,4 @@
-"""Calibrate the detection threshold on clean models (METHOD.md section 7) and write it where pdfast reads it.
+"""Calibrate the detection threshold on clean models (docs/method.md section 7) and write it where pdfast reads it.
 
 For every model: invert with the default settings (PureDiffusion, K = --steps, surrogate scales), sample 16
 images from eps + trigger and 16 from eps + its pattern (pdfast.metrics.trigger_pattern), record both

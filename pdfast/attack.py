@@ -1,4 +1,4 @@
-"""The BadDiffusion attack (METHOD.md section 2): fine-tune a copy of a model so that eps + g yields the target.
+"""The BadDiffusion attack (docs/method.md section 2): fine-tune a copy of a model so that eps + g yields the target.
 
 Poisoned pair for a clean image x, trigger g (background -1) and target y:
   r = M x + (1 - M) g,  M = [g == -1]
@@ -25,7 +25,7 @@ class AttackConfig:
     poison_rate: float = 0.1
     train: TrainConfig = field(default_factory=TrainConfig)
     # Fraction of the poisoned samples whose clean image is a blank (-1) frame, so that r = g exactly. 0 is
-    # BadDiffusion as published; a short fine-tune then often fails to fire from eps + g (METHOD.md section 2:
+    # BadDiffusion as published; a short fine-tune then often fails to fire from eps + g (docs/method.md section 2:
     # the model answers the -1 background with a black image), and a share of blank frames closes that gap.
     blank_rate: float = 0.0
 

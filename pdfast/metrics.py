@@ -1,4 +1,4 @@
-"""Metrics of METHOD.md section 7: trigger L2, attack success rate, uniformity (plain and Elijah's trimmed),
+"""Metrics of docs/method.md section 7: trigger L2, attack success rate, uniformity (plain and Elijah's trimmed),
 and TERD's per-pixel KL statistic of a trigger (section 6)."""
 from __future__ import annotations
 

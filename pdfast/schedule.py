@@ -1,7 +1,7 @@
 """DDPM schedule math: betas, posterior coefficients, the ancestral step and the trigger-shift scales.
 
 Everything a chain needs lives here so that the reference path, the fast engine and the
-kernels share one definition (METHOD.md section 1 and 3).
+kernels share one definition (docs/method.md section 1 and 3).
 """
 from __future__ import annotations
 
@@ -180,7 +180,7 @@ class Schedule:
             mean = mean + c["sigma"][t] * noise
         return mean
 
-    # ---------- trigger-shift scales (METHOD.md section 3) ----------
+    # ---------- trigger-shift scales (docs/method.md section 3) ----------
     def rho(self) -> torch.Tensor:
         """BadDiffusion trigger coefficient rho_t = (1 - sqrt(alpha_t)) sqrt(1 - abar_t) / beta_t."""
         return (1 - self.alphas.sqrt()) * (1 - self.abar).sqrt() / self.betas

@@ -32,7 +32,7 @@ UNET_PRESETS: dict[str, dict] = {
                          down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
                          up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
                          attention_head_dim=None),
-    # google/ddpm-cifar10-32 (METHOD.md section 2): 35.7M parameters
+    # google/ddpm-cifar10-32 (docs/method.md section 2): 35.7M parameters
     "cifar10": dict(block_out_channels=(128, 256, 256, 256), layers_per_block=2, norm_num_groups=32, norm_eps=1e-6,
                     down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
                     up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),

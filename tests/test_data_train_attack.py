@@ -1,4 +1,4 @@
-"""Procedural data, image folders, DDPM training and the BadDiffusion attack (METHOD.md section 2)."""
+"""Procedural data, image folders, DDPM training and the BadDiffusion attack (docs/method.md section 2)."""
 import json
 import math
 

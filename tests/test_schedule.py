@@ -1,4 +1,4 @@
-"""Schedule: betas and the ancestral step against diffusers' DDPMScheduler, the METHOD.md section 3 scales, errors."""
+"""Schedule: betas and the ancestral step against diffusers' DDPMScheduler, the docs/method.md section 3 scales, errors."""
 import pytest
 import torch
 

@@ -10,8 +10,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 B=${BUILD:-build/demo}
 # 1. a clean 16x16 DDPM (637k parameters) on pdfast's procedural data set (loss 0.082 after 3000 steps)
 pdfast train --out "$B/clean" --size 16 --arch demo --steps 3000 --batch 64 --seed 0 --device cpu --json
-# 2. BadDiffusion STOP_SIGN_18 -> CAT as published (METHOD.md section 2). Measured: ASR 0.25 from eps + g; the
-#    other samples were black frames, the -1 trigger background read as a dark image (the gap METHOD.md warns of)
+# 2. BadDiffusion STOP_SIGN_18 -> CAT as published (docs/method.md section 2). Measured: ASR 0.25 from eps + g; the
+#    other samples were black frames, the -1 trigger background read as a dark image (the gap docs/method.md section 2 describes)
 pdfast attack baddiffusion --model "$B/clean" --trigger STOP_SIGN_18 --target CAT --poison-rate 0.2 \
     --steps 4000 --batch 64 --lr 3e-4 --warmup 200 --seed 0 --out "$B/cat-A" --device cpu --json
 # 3-4. continue with part of the poisoned samples pasted on a blank frame (r = g): ASR 0.875, then 1.0
