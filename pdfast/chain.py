@@ -191,31 +191,56 @@ def walk_back(vjp: Callable[[int, torch.Tensor | None], torch.Tensor], last: int
     return a
 
 
-@torch.no_grad()
 def sample(eps_fn: EpsFn, sampler: Sampler, shape: Sequence[int], n: int, *, trigger: torch.Tensor | None = None,
            seed: int = 0, batch: int = 64, device: torch.device | str = "cpu", progress: bool = False,
            step: Callable | None = None, clamp: bool = True, callback: StepCallback | None = None) -> torch.Tensor:
     """n images of the chain x_T = eps + trigger (docs/method.md section 1), in batches, on CPU; in [-1, 1] with
     ``clamp``. One generator per call: batch b's x_T noise, then its z_i, then batch b+1's. ``callback(i, x, eps)``
     is called at every step."""
+    return sample_together(eps_fn, sampler, shape, n, [trigger], seed=seed, batch=batch, device=device,
+                           progress=progress, step=step, clamp=clamp, callback=callback)[0]
+
+
+@torch.no_grad()
+def sample_together(eps_fn: EpsFn, sampler: Sampler, shape: Sequence[int], n: int,
+                    triggers: Sequence[torch.Tensor | None], *, seed: int = 0, batch: int = 64,
+                    device: torch.device | str = "cpu", progress: bool = False, step: Callable | None = None,
+                    clamp: bool = True, callback: StepCallback | None = None) -> list[torch.Tensor]:
+    """``sample`` for several triggers from the same noise, as one chain: each batch of b noises runs as one
+    network batch of len(triggers) * b (every trigger sees the same eps and z_i). Image j of trigger k equals
+    ``sample(..., trigger=triggers[k])``'s image j: the same draws in the same order (per-image network results do
+    not depend on the batch they run in, tested), at fewer, larger network calls."""
     from tqdm.auto import tqdm
 
     device = torch.device(device)
     noise = GeneratorNoise(torch.Generator(device="cpu").manual_seed(seed), device)
     n_noisy = sum(1 for i in range(len(sampler.timesteps)) if sampler.needs_noise(i))
-    out = []
+    k = len(triggers)
+    out: list[list[torch.Tensor]] = [[] for _ in triggers]
     for start in range(0, n, batch):
         b = min(batch, n - start)
-        x = noise.initial((b, *shape))
-        if trigger is not None:
-            x = x + trigger.to(device, x.dtype).reshape(1, *shape)
+        x0 = noise.initial((b, *shape))
+        x = torch.cat([x0 if g is None else x0 + g.to(device, x0.dtype).reshape(1, *shape) for g in triggers])
         noise.plan(n_noisy)
-        bar = tqdm(total=len(sampler.timesteps), desc=f"sample {start + b}/{n}", disable=not progress,
-                   mininterval=1.0, leave=False)
-        x = run(eps_fn, x, sampler, noise, step=step, callback=_progress(bar, callback))
+        bar = tqdm(total=len(sampler.timesteps), desc=f"sample {start + b}/{n}" + (f" x{k}" if k > 1 else ""),
+                   disable=not progress, mininterval=1.0, leave=False)
+        x = run(eps_fn, x, sampler, _Tiled(noise, k), step=step, callback=_progress(bar, callback))
         bar.close()
-        out.append((x.clamp(-1, 1) if clamp else x).cpu())
-    return torch.cat(out)
+        for j, part in enumerate(x.chunk(k)):
+            out[j].append((part.clamp(-1, 1) if clamp else part).cpu())
+    return [torch.cat(o) for o in out]
+
+
+class _Tiled:
+    """One noise stream for k copies of a batch: each z_i drawn once (at the copy's shape) and repeated k times."""
+
+    def __init__(self, noise: GeneratorNoise, k: int):
+        self.noise, self.k = noise, k
+
+    def z(self, i: int, shape: Sequence[int]) -> torch.Tensor:
+        shape = tuple(shape)
+        z = self.noise.z(i, (shape[0] // self.k, *shape[1:]))
+        return z if self.k == 1 else torch.cat([z] * self.k)
 
 
 def _progress(bar, callback: StepCallback | None) -> StepCallback:

@@ -17,6 +17,9 @@ from typing import Any, Iterator
 from .errors import PdfastError
 
 METHODS = ("puredif", "elijah")
+# PureDiffusion presets, as data. "paper": what the paper describes (a fresh noise batch each iteration, eq. 17 as
+# printed, no refinement); "pdfast": pdfast's additions (docs/method.md section 5). Explicit options win.
+PRESETS = {"pdfast": {}, "paper": {"noise": "fresh", "objective": "absolute", "refine_epochs": 0}}
 NOISE_MODES = ("antithetic", "fresh", "fixed")
 OBJECTIVES = ("relative", "absolute")
 
@@ -105,6 +108,9 @@ class InversionConfig:
     method: str = field(default="puredif", metadata=opt(
         "puredif: PureDiffusion multi-timestep inversion; elijah: the baseline (t = T only, lambda 0.5).",
         choices=METHODS))
+    preset: str = field(default="pdfast", metadata=opt(
+        "PureDiffusion settings: pdfast (antithetic noise, relative objective, refinement from the pattern) or paper "
+        "(fresh noise, eq. 17 as printed, no refinement); explicit options override it.", choices=tuple(PRESETS)))
     steps: int = field(default=10, metadata=opt("K: denoising steps the trigger is learned over.", short="-K"))
     scales: str = field(default="surrogate", metadata=opt(
         "lambda_t source: surrogate (calibrated on a surrogate-backdoored copy), analytic, or a JSON table file."))
@@ -147,9 +153,13 @@ class InversionConfig:
                         noise=self.noise or "fixed", objective=self.objective or "absolute", scales="elijah-0.5",
                         loss_steps="sampled", refine_epochs=self.refine_epochs or 0)
         else:
-            c = replace(self, batch=self.batch or 40, epochs=self.epochs or 30, norm=self.norm or "l1",
-                        noise=self.noise or "antithetic", objective=self.objective or "relative",
-                        refine_epochs=30 if self.refine_epochs is None else self.refine_epochs)
+            if self.preset not in PRESETS:
+                raise PdfastError(f"unknown preset '{self.preset}'; use one of: {', '.join(PRESETS)}")
+            preset = {k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None}
+            c = replace(self, **preset)
+            c = replace(c, batch=c.batch or 40, epochs=c.epochs or 30, norm=c.norm or "l1",
+                        noise=c.noise or "antithetic", objective=c.objective or "relative",
+                        refine_epochs=30 if c.refine_epochs is None else c.refine_epochs)
         c.validate()
         return c
 

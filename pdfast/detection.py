@@ -49,9 +49,9 @@ def judge(result, model: DiffusionModel, engine, *, n: int = 16, seed: int = 0, 
 
     gt_trigger, gt_target = load_ground_truth(model)
     t0 = time.perf_counter()
-    imgs = engine.sample(n, trigger=result.trigger.to(model.device), seed=seed, progress=progress)
     pattern = metrics.trigger_pattern(result.trigger)
-    pattern_imgs = engine.sample(n, trigger=pattern.to(model.device), seed=seed, progress=progress)
+    imgs, pattern_imgs = engine.sample_together(n, [result.trigger.to(model.device), pattern.to(model.device)],
+                                                seed=seed, progress=progress)
     m: dict = {"n_samples": n, "sample_seed": seed, "sampling_seconds": round(time.perf_counter() - t0, 3)}
     m.update(metrics.evaluate_images(imgs, None))
     m["image_contrast"] = metrics.image_contrast(imgs)

@@ -120,3 +120,31 @@ def test_clip_sample_option_changes_the_chain_not_the_callers_model(tiny_model):
     assert tiny_model.schedule.clip_sample is False
     with pytest.raises(PdfastError, match="unknown clip sample 'maybe'"):
         pdfast.invert(tiny_model, clip_sample="maybe", **opts)
+
+
+def test_paper_preset_and_explicit_options_over_it():
+    """--preset paper is the paper's PureDiffusion (fresh noise, eq. 17 as printed, no refinement); an option given
+    explicitly wins over the preset; Elijah is unaffected."""
+    from pdfast.config import InversionConfig
+
+    paper = InversionConfig.from_options(preset="paper").resolved()
+    assert (paper.noise, paper.objective, paper.refine_epochs) == ("fresh", "absolute", 0)
+    mine = InversionConfig().resolved()
+    assert (mine.noise, mine.objective, mine.refine_epochs) == ("antithetic", "relative", 30)
+    mixed = InversionConfig.from_options(preset="paper", refine_epochs=5, noise="antithetic").resolved()
+    assert (mixed.noise, mixed.objective, mixed.refine_epochs) == ("antithetic", "absolute", 5)
+    assert InversionConfig.from_options(preset="paper", method="elijah").resolved().noise == "fixed"
+    with pytest.raises(PdfastError, match="unknown preset 'fast'"):
+        InversionConfig.from_options(preset="fast").resolved()
+
+
+def test_cli_detect_with_a_trigger_refuses_inversion_flags(tmp_path):
+    from test_inversion import _tiny_backdoored_folder
+
+    from pdfast.cli import main
+
+    b = _tiny_backdoored_folder(tmp_path)
+    res = CliRunner().invoke(main, ["detect", "--model", str(b), "--trigger", "BOX_14", "--epochs", "3",
+                                    "--out", str(tmp_path / "d"), "--no-progress", "--device", "cpu"])
+    assert res.exit_code == 2 and "'epochs' has no effect when a trigger is given" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "d").exists()

@@ -30,3 +30,24 @@ class Engine(Protocol):
 
 
 ENGINE_NAMES = ("fast", "reference")
+
+
+class ChainSampling:
+    """``sample`` and ``sample_together`` for an engine: pdfast.chain's DDPM sampling with the engine's own no-grad
+    network call, the method ``eps_nograd(x, t)`` every engine defines (eager, or compiled, bf16 and CUDA-graphed in
+    the fast engine)."""
+
+    model: DiffusionModel
+
+    def sample(self, n: int, trigger: torch.Tensor | None = None, seed: int = 0, batch: int = 64,
+               progress: bool = False, steps: int | None = None) -> torch.Tensor:
+        """n images of the DDPM chain x_T = eps + trigger, in [-1, 1], on CPU."""
+        return self.sample_together(n, [trigger], seed=seed, batch=batch, progress=progress, steps=steps)[0]
+
+    def sample_together(self, n: int, triggers, seed: int = 0, batch: int = 64, progress: bool = False,
+                        steps: int | None = None) -> list[torch.Tensor]:
+        """n images for each trigger from the same noise, in one chain (pdfast.chain.sample_together)."""
+        from ..chain import DDPMSampler, sample_together
+
+        return sample_together(self.eps_nograd, DDPMSampler(self.model.schedule, steps), self.model.shape, n,
+                               triggers, seed=seed, batch=batch, device=self.model.device, progress=progress)

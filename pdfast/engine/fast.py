@@ -39,6 +39,7 @@ import torch
 
 from .. import chain
 from ..chain import ROW_KEYS, ReplayNoise, step_from_row
+from .base import ChainSampling
 from ..errors import PdfastError
 from ..model import DiffusionModel
 from ..objectives import chain_rule
@@ -198,7 +199,7 @@ class _GraphedBackwardStep:
         return gx.clone(), gd.clone(), loss.clone()
 
 
-class FastEngine:
+class FastEngine(ChainSampling):
     """Checkpointed, compiled, bf16, CUDA-graphed chain engine; same loss and gradient as ``reference``.
 
     dtype: "auto" (bf16 weights on CUDA, fp32 on CPU), "float32", "bfloat16", "bf16-autocast".
@@ -267,8 +268,9 @@ class FastEngine:
     def _graphs_on(self, x: torch.Tensor) -> bool:
         return self.cuda_graphs == "emulate" or (self.cuda_graphs and x.is_cuda)
 
-    def _eps_nograd(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """A no-grad network call, replayed from a CUDA graph where one is captured for this shape."""
+    def eps_nograd(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """A no-grad network call, replayed from a CUDA graph where one is captured for this shape (sampling runs
+        through this: ChainSampling)."""
         if self._graphs_on(x):
             key = (tuple(x.shape), x.device)
             if key not in self._graphs_fwd:
@@ -354,7 +356,7 @@ class FastEngine:
                 x_next = kept[i][1].detach()
             else:
                 with torch.no_grad():
-                    x_next = sampler.step(i, x, self._eps_nograd(x, t_dev[i]), _z(sampler, replay, i, x))
+                    x_next = sampler.step(i, x, self.eps_nograd(x, t_dev[i]), _z(sampler, replay, i, x))
             memory.hold([x_next])
             return x_next
 
@@ -415,16 +417,6 @@ class FastEngine:
                                              self.cuda_graphs != "emulate"),
                 lambda g: g(x, t0, probe_z, probe_a, row, probe_d)[:2], eager, "backward")
         return self._graphs_bwd[key]
-
-    # ---------------------------------------------------------------- sampling
-    def sample(self, n: int, trigger: torch.Tensor | None = None, seed: int = 0, batch: int = 64,
-               progress: bool = False, steps: int | None = None) -> torch.Tensor:
-        """n images of the DDPM chain x_T = eps + trigger (pdfast.chain.sample, the same seeding as every sampler of
-        pdfast), with this engine's network call: compiled, bf16 and CUDA-graphed where those are on."""
-        from ..chain import DDPMSampler
-
-        return chain.sample(self._eps_nograd, DDPMSampler(self.model.schedule, steps), self.model.shape, n,
-                            trigger=trigger, seed=seed, batch=batch, device=self.model.device, progress=progress)
 
     # ---------------------------------------------------------------- report
     def describe(self) -> dict:

@@ -11,6 +11,7 @@ import torch
 from .. import chain
 from ..errors import PdfastError
 from ..model import DiffusionModel
+from .base import ChainSampling
 
 
 def chain_loss(model: DiffusionModel, delta: torch.Tensor, noise: torch.Tensor, zs: Sequence[torch.Tensor | None],
@@ -30,8 +31,8 @@ def chain_loss(model: DiffusionModel, delta: torch.Tensor, noise: torch.Tensor, 
     return objective.total(sum(terms) / len(wanted), delta)
 
 
-class ReferenceEngine:
-    """Plain eager fp32 autograd; ``sample`` is pdfast.chain.sample with the model as is."""
+class ReferenceEngine(ChainSampling):
+    """Plain eager fp32 autograd; sampling is pdfast.chain's with the model as is."""
 
     name = "reference"
 
@@ -47,11 +48,8 @@ class ReferenceEngine:
         (grad,) = torch.autograd.grad(loss, d)
         return float(loss.detach()), grad
 
-    def sample(self, n, trigger=None, seed=0, batch=64, progress=False, steps=None):
-        from ..chain import DDPMSampler
-
-        return chain.sample(self.model.eps, DDPMSampler(self.model.schedule, steps), self.model.shape, n,
-                            trigger=trigger, seed=seed, batch=batch, device=self.model.device, progress=progress)
+    def eps_nograd(self, x, t):
+        return self.model.eps(x, t)
 
     def describe(self) -> dict:
         return {"engine": self.name, "dtype": "float32", "checkpointing": False, "compiled": False}
