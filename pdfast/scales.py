@@ -25,6 +25,10 @@ from .model import DiffusionModel
 
 log = logging.getLogger(__name__)
 
+# Bump when anything that computes a surrogate table changes its numbers (the chain, the attack, the estimate), so
+# that a table cached by older code is not reused.
+CALIBRATION_VERSION = 2
+
 
 @dataclass
 class ScaleTable:
@@ -143,7 +147,8 @@ def resolve_scales(model: DiffusionModel, k: int, spec: str = "surrogate", *, fa
         return ScaleTable(analytic.clone(), f"analytic-{family}", ts, analytic)
     if spec != "surrogate":
         return ScaleTable(load_scales_file(spec, k), f"file:{spec}", ts, analytic)
-    key = f"{model.content_hash()}-K{k}-{surrogate.key()}"  # the key covers a --data folder's files too
+    # the key covers a --data folder's files too; CALIBRATION_VERSION changes with the calibration's arithmetic
+    key = f"{model.content_hash()}-K{k}-{surrogate.key()}-v{CALIBRATION_VERSION}"
     f = cache_dir() / "scales" / f"{key}.json"
     if use_cache and f.is_file():
         try:

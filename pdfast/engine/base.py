@@ -24,8 +24,13 @@ class Engine(Protocol):
         ...
 
     def sample(self, n: int, trigger: torch.Tensor | None = None, seed: int = 0, batch: int = 64,
-               progress: bool = False) -> torch.Tensor:
-        """n images of the full DDPM chain from eps + trigger, in [-1, 1], on CPU."""
+               progress: bool = False, steps: int | None = None) -> torch.Tensor:
+        """n images of the DDPM chain (all T steps, or the first ``steps``) from eps + trigger, in [-1, 1], on CPU."""
+        ...
+
+    def sample_together(self, n: int, triggers, seed: int = 0, batch: int = 64, progress: bool = False,
+                        steps: int | None = None) -> list[torch.Tensor]:
+        """``sample`` for several triggers from the same noise, in one chain."""
         ...
 
 

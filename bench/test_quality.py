@@ -1,0 +1,185 @@
+"""bench/quality.py end to end on a micro zoo (8x8 tiny UNets, a 20-step schedule, smoke-sized inversions), and its
+fidelity measures on hand-made triggers."""
+import json
+
+import pytest
+import torch
+
+import quality
+
+
+def _save_zoo_json(folder, recipe):
+    (folder / "zoo.json").write_text(json.dumps({"recipe": recipe, "ground_truth": {}}))
+
+
+@pytest.fixture(scope="module")
+def micro_zoo(tmp_path_factory):
+    """models/c8 (clean, dev), models/bd8 (BOX_14 -> HAT ground truth, dev), models/c8t (clean, test). Untrained
+    weights: the script's plumbing is under test, not the backdoor."""
+    from diffusers import UNet2DModel
+
+    from pdfast.attack import save_backdoored
+    from pdfast.model import DiffusionModel
+    from pdfast.patterns import draw_target, draw_trigger
+    from pdfast.schedule import Schedule
+
+    root = tmp_path_factory.mktemp("qz")
+    zoo = root / "models"
+    torch.manual_seed(0)
+    net = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(4, 8), layers_per_block=1,
+                      down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                      norm_num_groups=4)
+    clean = DiffusionModel(net, Schedule.from_config({"num_train_timesteps": 20, "clip_sample": False}), 8)
+    clean.save(zoo / "c8")
+    _save_zoo_json(zoo / "c8", {"name": "c8", "split": "dev", "kind": "clean"})
+    bad = clean.copy()
+    with torch.no_grad():
+        for p in bad.net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_backdoored(bad, zoo / "bd8", {"attack": "baddiffusion", "trigger": "BOX_14", "target": "HAT"},
+                    draw_trigger("BOX_14", 8), draw_target("HAT", 8))
+    _save_zoo_json(zoo / "bd8", {"name": "bd8", "split": "dev", "kind": "baddiffusion", "trigger": "BOX_14",
+                                 "target": "HAT", "poison_rate": 0.1, "steps": 0, "base": "c8"})
+    other = clean.copy()
+    with torch.no_grad():
+        for p in other.net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    other.save(zoo / "c8t")
+    _save_zoo_json(zoo / "c8t", {"name": "c8t", "split": "test", "kind": "clean"})
+    return root
+
+
+def _args(root, *extra):
+    return ["--zoo", str(root / "models"), "--out", str(root / "out"), "--smoke", "--n-samples", "4", "--ks", "2",
+            "--threads", "1", *extra]
+
+
+def test_fidelity_measures_by_hand():
+    g = -torch.ones(3, 4, 4)
+    g[:, 1:3, 1:3] = 0.5                       # a 2x2 picture on the -1 background: footprint 3 x 4 elements
+    assert quality.pattern_cosine(2 * g + 0.3, g) == pytest.approx(1.0)    # scale and offset do not matter
+    assert quality.pattern_cosine(-g, g) == pytest.approx(-1.0)
+    assert quality.pattern_cosine(torch.full_like(g, -1.0), g) == 0.0      # a flat trigger has no pattern
+    s = quality.trigger_stats(torch.full_like(g, -1.0), g)
+    # off the footprint the all -1 frame is exact, so its footprint L2 is its whole L2: sqrt(12 * 1.5^2)
+    assert s["footprint_elements"] == 12
+    assert s["footprint_l2"] == pytest.approx(s["l2"]) and s["l2"] == pytest.approx((12 * 1.5 ** 2) ** 0.5)
+    t = g.clone()
+    t[:, 0, 0] = 1.0                            # wrong only OFF the footprint: footprint L2 0, L2 sqrt(3 * 2^2)
+    s = quality.trigger_stats(t, g)
+    assert s["footprint_l2"] == 0.0 and s["l2"] == pytest.approx(12 ** 0.5)
+
+
+def test_quality_end_to_end_resume_and_report(micro_zoo, capsys):
+    root = micro_zoo
+    out = root / "out"
+    assert quality.main(_args(root)) == 0
+    err = capsys.readouterr().err
+    assert "2 models (dev), 15 units, 15 to run" in err           # the test-split model is not run
+    for f in ("results.md", "quality.json", "quality-triggers.png"):
+        assert (out / f).is_file(), f
+    rep = json.loads((out / "quality.json").read_text())
+    got = {(e["model"], e["method"], e["k"]) for e in rep["entries"]}
+    want = {(m, meth, 2) for m in ("c8", "bd8") for meth in ("pdfast", "paper")}
+    want |= {(m, "elijah", None) for m in ("c8", "bd8")} | {("bd8", "truth", None)}
+    want |= {(m, f"trivial:{t}", None) for m in ("c8", "bd8") for t in quality.TRIVIAL}
+    assert got == want
+    e = {(x["model"], x["method"], x["k"]): x for x in rep["entries"]}
+    assert not any(x["stale"] for x in rep["entries"])
+    truth = e["bd8", "truth", None]["trigger"]
+    assert truth["l2"] == 0.0 and truth["footprint_l2"] == 0.0 and truth["pattern_cos"] == pytest.approx(1.0)
+    flat = e["bd8", "trivial:flat-1", None]["trigger"]
+    assert flat["pattern_cos"] == 0.0 and flat["footprint_l2"] == pytest.approx(flat["l2"])
+    # ASR with its count and Wilson interval over n = 4; a clean model has no target
+    asr = e["bd8", "pdfast", 2]["samples"]["all"]["asr"]
+    assert asr["n"] == 4 and 0 <= asr["k"] <= 4 and len(asr["ci95"]) == 2
+    assert "asr" not in e["c8", "pdfast", 2]["samples"]["all"]
+    # a flat trigger's pattern is the zero trigger: the same samples as the all-0 baseline
+    zeros = e["bd8", "trivial:zeros", None]["samples"]["all"]["uniformity"]
+    assert e["bd8", "trivial:flat-1", None]["pattern_samples"]["all"]["uniformity"] == zeros
+    # inversions carry their timings and the resolved options of their method
+    inv = e["bd8", "paper", 2]
+    assert inv["timing"]["inversion_seconds"] > 0
+    assert inv["inversion"]["config"]["noise"] == "fresh" and inv["inversion"]["config"]["objective"] == "absolute"
+    assert inv["inversion"]["config"]["refine_epochs"] == 0
+    assert e["bd8", "pdfast", 2]["inversion"]["config"]["noise"] == "antithetic"
+
+    # the '(verdict)' statistics are exactly what pdfast's own verdict computes for that trigger
+    import pdfast
+    from safetensors.torch import load_file
+
+    ent = e["bd8", "pdfast", 2]
+    trig = load_file(str((out / "quality" / ent["file"]).with_suffix(".safetensors")))["trigger"]
+    det = pdfast.detect(str(root / "models" / "bd8"), trigger=trig, n_eval=4)
+    m = det.inversion.metrics
+    assert m["pattern_uniformity"] == pytest.approx(ent["pattern_samples"]["verdict"]["uniformity"], rel=1e-6)
+    assert m["uniformity"] == pytest.approx(ent["samples"]["verdict"]["uniformity"], rel=1e-6)
+    assert m["kl_mean"] == pytest.approx(ent["trigger"]["kl_mean"], rel=1e-9)
+
+    # detection: dev only (the test model is in no dev score), AUC as stats.auc of the rows
+    d = rep["detection"]["dev"]["pdfast-K2"]
+    s = d["auc"]["pattern_uniformity (verdict)"]
+    assert s["n_backdoored"] == 1 and s["n_clean"] == 1
+    rows = {r["model"]: r["pattern_uniformity (verdict)"] for r in d["models"]}
+    assert s["auc"] == quality.stats.auc([-rows["bd8"]], [-rows["c8"]])
+    sh = d["shipped_threshold"]
+    assert sh["tpr"]["n"] == 1 and sh["tnr"]["n"] == 1
+    assert rep["detection"]["test"] == {}
+    assert rep["coverage"]["test"]["done"] == 0 and rep["coverage"]["dev"]["done"] == 15
+    md = (out / "results.md").read_text()
+    assert "## Split: dev" in md and "## Split: test" in md and "SMOKE" in md and "#### bd8" in md
+
+    # resume: nothing to do; a lost unit is the only one redone
+    files = sorted((out / "quality" / "entries").rglob("*.json"))
+    before = {f: f.stat().st_mtime_ns for f in files}
+    assert quality.main(_args(root)) == 0
+    assert "15 units, 0 to run" in capsys.readouterr().err
+    assert {f: f.stat().st_mtime_ns for f in files} == before
+    lost = next(f for f in files if "paper-K2" in f.name and f.parent.name == "c8")
+    lost.unlink()
+    assert quality.main(_args(root, "--dry-run")) == 0
+    cap = capsys.readouterr()
+    assert "15 units planned, 14 cached, 1 to run" in cap.out and "paper-K2" in cap.out
+    assert quality.main(_args(root)) == 0
+    assert "15 units, 1 to run" in capsys.readouterr().err
+    assert lost.is_file()
+    assert all(f.stat().st_mtime_ns == t for f, t in before.items() if f != lost)
+    # --report-only regenerates the outputs from the cache alone
+    (out / "results.md").unlink()
+    assert quality.main(_args(root, "--report-only")) == 0
+    assert (out / "results.md").is_file()
+
+
+def test_smoke_refuses_the_repository_outputs(micro_zoo):
+    assert quality.main(["--zoo", str(micro_zoo / "models"), "--smoke", "--dry-run"]) == 2
+
+
+def test_failed_inversion_is_recorded_and_a_held_unit_skipped(micro_zoo, capsys, monkeypatch):
+    import pdfast
+
+    root = micro_zoo
+    args = ["--zoo", str(root / "models"), "--out", str(root / "out-fail"), "--smoke", "--n-samples", "4",
+            "--methods", "elijah", "--threads", "1"]
+
+    def diverged(*a, **k):
+        raise pdfast.PdfastError("the inversion diverged (loss nan) at iteration 0")
+    monkeypatch.setattr(pdfast, "invert", diverged)
+    # another live process (this one) holds bd8's unit: it is skipped, c8's fails and is recorded
+    cache = root / "out-fail" / "quality"
+    settings = quality.Settings(n=4, verdict_n=16, verdict_seed=0, asr_threshold=0.1, smoke=True)
+    models = quality.scan_zoo(root / "models")
+    code = quality.code_version()["id"]
+    units = quality.plan([m for m in models if m.name == "bd8"], ["elijah"], [10], set(), settings, cache, code)
+    lock = quality.take_lock(cache, units[0])
+    assert lock is not None and quality.take_lock(cache, units[0]) is None
+    assert quality.main(args) == 0
+    err = capsys.readouterr().err
+    assert "skip bd8 elijah: another run holds it" in err and "failed c8 elijah" in err
+    rep = json.loads((root / "out-fail" / "quality.json").read_text())
+    assert [(e["model"], e["error"]) for e in rep["entries"]] == [("c8", "the inversion diverged (loss nan) at "
+                                                                          "iteration 0")]
+    assert "failed: the inversion diverged" in (root / "out-fail" / "results.md").read_text()
+    lock.unlink()
+    monkeypatch.undo()
+    assert quality.main(args + ["--dry-run"]) == 0
+    assert "2 units planned, 1 cached, 1 to run" in capsys.readouterr().out   # the failure is a result, not retried
