@@ -1,14 +1,19 @@
-"""pdfast.kernels: fused Triton kernels for the inversion hot loop, each with its plain-torch reference beside it.
+"""pdfast.kernels: fused ops for the inversion hot loop (Triton kernels, an optional native C++/CUDA build, and the
+plain-torch reference of each beside it).
 
-Public functions run the Triton kernel for CUDA tensors (or anywhere with PDFAST_FORCE_TRITON=1, used by the tests
-under TRITON_INTERPRET=1) and the torch reference otherwise. Importing this package never imports triton: kernels
-are jitted at their first launch. The functions shadow their same-named modules as attributes of this package:
-reach a module with importlib.import_module("pdfast.kernels.ddpm_update").
+Public functions pick a backend per op and device (select_backend, `backends(device)` reports it): Triton for CUDA
+tensors (or anywhere with PDFAST_FORCE_TRITON=1, used by the tests under TRITON_INTERPRET=1), the native library for
+CPU tensors when it is built (`python -m pdfast.kernels.native_build`, docs/native.md), the torch reference
+otherwise; PDFAST_KERNELS=torch|native|triton forces one. Importing this package never imports triton nor loads the
+native library: kernels are jitted at their first launch, the library is loaded at the first CPU dispatch. The
+functions shadow their same-named modules as attributes of this package: reach a module with
+importlib.import_module("pdfast.kernels.ddpm_update").
 """
-from ._dispatch import use_triton
+from . import native
+from ._dispatch import KernelSettingError, NativeUnavailableError, backends, select_backend, use_triton
 from .ddpm_update import ddpm_update, ddpm_update_ref
 from .lstsq import lstsq_scale, lstsq_scale_ref
 from .shift_loss import shift_loss, shift_loss_ref
 
-__all__ = ["ddpm_update", "ddpm_update_ref", "lstsq_scale", "lstsq_scale_ref", "shift_loss", "shift_loss_ref",
-           "use_triton"]
+__all__ = ["KernelSettingError", "NativeUnavailableError", "backends", "ddpm_update", "ddpm_update_ref", "lstsq_scale",
+           "lstsq_scale_ref", "native", "select_backend", "shift_loss", "shift_loss_ref", "use_triton"]

@@ -1,8 +1,14 @@
-"""Shared launcher helpers: the Triton-or-reference decision, lazy @triton.jit, block sizes.
+"""Shared launcher helpers: the backend choice per op and device, lazy @triton.jit, block sizes.
 
 Nothing here imports triton at module import: `import pdfast.kernels` must work on a machine without triton, and
 TRITON_INTERPRET is read by triton when a kernel is jitted, so jitting at the first launch (not at import) lets the
-interpreter be switched on any time before the first launch.
+interpreter be switched on any time before the first launch. Nor is the native library loaded at import: the first
+CPU dispatch loads it (pdfast.kernels.native).
+
+Backends: "native" (the optional C++/CUDA library), "triton" (the fused kernels here), "torch" (the references).
+PDFAST_KERNELS=auto (default) picks Triton for CUDA tensors, native for CPU tensors when the library is built, torch
+otherwise; PDFAST_KERNELS=torch|native|triton forces one. PDFAST_FORCE_TRITON=1 (the interpreter tests) means
+triton wherever PDFAST_KERNELS is auto.
 """
 from __future__ import annotations
 
@@ -12,17 +18,131 @@ import threading
 
 import torch
 
+from ..errors import PdfastError
+from . import native
+
 FORCE_ENV = "PDFAST_FORCE_TRITON"
+KERNELS_ENV = "PDFAST_KERNELS"
+BACKENDS = ("native", "triton", "torch")
+OPS = ("ddpm_update", "shift_loss", "lstsq_scale")
+
+
+class KernelSettingError(PdfastError, ValueError):
+    """PDFAST_KERNELS is not one of auto, native, triton, torch (a one-line message: the CLI prints it as is)."""
+
+
+class NativeUnavailableError(PdfastError, RuntimeError):
+    """PDFAST_KERNELS=native, but the native library is not built, does not load, or lacks the device's kernel."""
+
+
+def _env_key(name: str):
+    try:
+        return os.environ.encodekey(name)
+    except AttributeError:  # os.environ is not CPython's _Environ
+        return name
+
+
+_ENV_KEYS = {KERNELS_ENV: _env_key(KERNELS_ENV), FORCE_ENV: _env_key(FORCE_ENV)}
+
+
+def getenv(name: str) -> str | None:
+    """os.environ.get(name) for the two settings above, read on every op call. os.environ.get raises and catches a
+    KeyError for an unset variable, which costs microseconds: as much as a small native op. CPython's os.environ
+    keeps its variables in the dict `_data` (updated by os.environ[...] = ... and monkeypatch.setenv alike); read it
+    directly, falling back to os.environ.get elsewhere."""
+    data = getattr(os.environ, "_data", None)
+    if type(data) is not dict:
+        return os.environ.get(name)
+    value = data.get(_ENV_KEYS[name])
+    return None if value is None else os.environ.decodevalue(value)
+
+
+def requested_backend() -> str:
+    """PDFAST_KERNELS: "auto" (unset or empty) or a forced backend; KernelSettingError for anything else."""
+    value = (getenv(KERNELS_ENV) or "").strip().lower() or "auto"
+    if value != "auto" and value not in BACKENDS:
+        raise KernelSettingError(f"{KERNELS_ENV} must be one of auto, {', '.join(BACKENDS)}; "
+                                 f"got {os.environ[KERNELS_ENV]!r}")
+    return value
+
+
+def _device_type(tensors) -> str:
+    """"cuda" if any tensor is on CUDA, else the device type of the non-CPU tensors if any, else "cpu"."""
+    device_type = "cpu"
+    for t in tensors:
+        if t is not None:
+            if t.is_cuda:
+                return "cuda"
+            if not t.is_cpu:
+                device_type = t.device.type
+    return device_type
+
+
+def _choose(op: str | None, device_type: str) -> str:
+    requested = requested_backend()
+    if requested == "native":
+        if op is not None and not native.has_kernel(op, device_type):
+            why = native.status() if not native.available() else f"it has no {device_type} kernels (built for: " \
+                f"{', '.join(native.devices()) or 'none'})"
+            raise NativeUnavailableError(f"{KERNELS_ENV}=native but the native library cannot run {op} on "
+                                         f"{device_type}: {why}")
+        return "native"
+    if requested != "auto":
+        return requested
+    if getenv(FORCE_ENV) == "1" or device_type == "cuda":
+        return "triton"
+    if op is not None and native.has_kernel(op, device_type):
+        return "native"
+    return "torch"
+
+
+def select_backend(op: str, *tensors: torch.Tensor | None) -> str:
+    """The backend `op` runs on for these tensors: "native", "triton" or "torch" (see the module docstring).
+
+    Raises KernelSettingError (a ValueError) for a bad PDFAST_KERNELS and NativeUnavailableError (a RuntimeError)
+    when PDFAST_KERNELS=native cannot be honoured; both are PdfastError, one line each.
+    """
+    if getenv(KERNELS_ENV):
+        return _choose(op, _device_type(tensors))
+    # PDFAST_KERNELS unset: the hot path of every op call, the same decisions as _choose's auto branch, cheaper.
+    if getenv(FORCE_ENV) == "1":
+        return "triton"
+    on_cpu = True
+    for t in tensors:
+        if t is not None:
+            if t.is_cuda:
+                return "triton"
+            on_cpu = on_cpu and t.is_cpu
+    return "native" if on_cpu and native.has_kernel(op, "cpu") else "torch"
 
 
 def use_triton(*tensors: torch.Tensor | None) -> bool:
-    """Triton path for CUDA tensors, or everywhere when PDFAST_FORCE_TRITON=1 (tests under TRITON_INTERPRET=1).
+    """Triton path for CUDA tensors, or everywhere when PDFAST_FORCE_TRITON=1 / PDFAST_KERNELS=triton.
 
     Never dispatch on whether triton imports: on a CPU machine the import succeeds and every launch fails.
     """
-    if os.environ.get(FORCE_ENV, "") == "1":
-        return True
-    return any(t is not None and t.is_cuda for t in tensors)
+    return _choose(None, _device_type(tensors)) == "triton"
+
+
+def backends(device: torch.device | str = "cpu") -> dict[str, str]:
+    """Which backend each fused op uses on `device` under the current settings, e.g. {"ddpm_update": "native", ...}.
+
+    Never raises (for `pdfast env` and reports): a bad PDFAST_KERNELS reads "error: bad PDFAST_KERNELS" and a forced
+    native backend that cannot run reads "error: native unavailable" (native.status() says why).
+    """
+    try:
+        device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    except (RuntimeError, TypeError):
+        return dict.fromkeys(OPS, f"error: unknown device {device!r}")
+    out = {}
+    for op in OPS:
+        try:
+            out[op] = _choose(op, device_type)
+        except KernelSettingError:
+            out[op] = f"error: bad {KERNELS_ENV}"
+        except NativeUnavailableError:
+            out[op] = "error: native unavailable"
+    return out
 
 
 def interpreting() -> bool:

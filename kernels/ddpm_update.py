@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ._dispatch import batch_loop_launch, cdiv, compute_dtype, elementwise_launch, lazy_jit, result_dtype, use_triton
+from . import native
+from ._dispatch import (batch_loop_launch, cdiv, compute_dtype, elementwise_launch, lazy_jit, result_dtype,
+                        select_backend)
 
 if TYPE_CHECKING:  # bound at the first launch by lazy_jit: importing this module never imports triton
     import triton.language as tl
@@ -143,6 +145,9 @@ def ddpm_update(x, eps, c1: float, c2: float, sigma: float, noise=None, delta=No
     """DDPM step x_prev = c1 (x + delta - c2 eps) + sigma z (Ho et al. 2020 Alg. 2; c1 = 1/sqrt(alpha_t),
     c2 = beta_t/sqrt(1-abar_t)); delta (optional) is the trigger broadcast over the batch, noise=None drops z."""
     _check(x, eps, noise, delta)
-    if use_triton(x, eps, noise, delta):
+    backend = select_backend("ddpm_update", x, eps, noise, delta)
+    if backend == "triton":
         return _DDPMUpdateFunction.apply(x, eps, noise, delta, float(c1), float(c2), float(sigma))
+    if backend == "native":
+        return native.ddpm_update(x, eps, float(c1), float(c2), float(sigma), noise, delta)
     return ddpm_update_ref(x, eps, c1, c2, sigma, noise=noise, delta=delta)

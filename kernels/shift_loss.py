@@ -1,7 +1,8 @@
 """Fused trigger-shift loss L = mean |mean_b eps_hat_b - lam delta| (or its square), forward and backward.
 
-One pass over eps_hat forward (batch mean, shift, per-block partial sums) and one write pass backward; d = m - lam
-delta (C*H*W fp32, 12 KiB at CIFAR size) is saved for the backward so eps_hat is never re-read.
+One pass over eps_hat forward (batch mean, shift, per-block partial sums: the kernel in _batch_mean.py, shared with
+lstsq_scale) and one write pass backward; d = m - lam delta (C*H*W fp32, 12 KiB at CIFAR size) is saved for the
+backward so eps_hat is never re-read.
 """
 from __future__ import annotations
 
@@ -9,32 +10,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ._dispatch import batch_loop_launch, cdiv, compute_dtype, lazy_jit, use_triton
+from . import native
+from ._batch_mean import batch_mean_fwd
+from ._dispatch import batch_loop_launch, cdiv, compute_dtype, lazy_jit, select_backend
 
 if TYPE_CHECKING:  # bound at the first launch by lazy_jit: importing this module never imports triton
     import triton.language as tl
 
 NORMS = ("l1", "l2")
-
-
-@lazy_jit
-def _shift_loss_fwd_kernel(eps_ptr, delta_ptr, d_ptr, partial_ptr, n_batch, n_per_image, lam,
-                           L2: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n_per_image
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for _ in range(n_batch):
-        acc += tl.load(eps_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        eps_ptr += n_per_image  # pointer increments: 64-bit, no b * n_per_image overflow
-    delta = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    d = acc / n_batch - lam * delta  # masked lanes: 0 - lam * 0 = 0, so they add nothing below
-    tl.store(d_ptr + offs, d, mask=mask)
-    if L2:
-        v = d * d
-    else:
-        v = tl.abs(d)
-    tl.store(partial_ptr + pid, tl.sum(v, axis=0))
 
 
 @lazy_jit
@@ -62,15 +45,8 @@ def _shift_loss_bwd_kernel(g_ptr, d_ptr, geps_ptr, gdelta_ptr, n_batch, n_per_im
 
 def _shift_loss_fwd(eps_hat, delta, lam: float, l2: bool):
     """Returns (loss as 0-dim fp32, d as fp32 (C*H*W,))."""
-    eps_hat, delta = eps_hat.contiguous(), delta.contiguous()
-    n_batch, n_per_image = eps_hat.shape[0], delta.numel()
-    block, warps = batch_loop_launch(n_per_image)
-    grid = cdiv(n_per_image, block)
-    d = torch.empty(n_per_image, dtype=torch.float32, device=eps_hat.device)
-    partial = torch.empty(grid, dtype=torch.float32, device=eps_hat.device)
-    _shift_loss_fwd_kernel[(grid,)](eps_hat, delta, d, partial, n_batch, n_per_image, lam,
-                                    L2=l2, BLOCK=block, num_warps=warps)
-    return partial.sum() / n_per_image, d
+    partial, d = batch_mean_fwd(eps_hat, delta, "l2" if l2 else "l1", lam)
+    return partial.sum() / d.numel(), d
 
 
 def _shift_loss_bwd(g, d, n_batch, lam, l2, eps_shape, eps_dtype, delta_shape, delta_dtype, need_eps, need_delta):
@@ -125,8 +101,11 @@ def shift_loss_ref(eps_hat, delta, lam: float, norm: str = "l1"):
 
 def shift_loss(eps_hat, delta, lam: float, norm: str = "l1"):
     """Trigger-shift loss mean|mean_b eps_hat_b - lam delta| ("l1", Elijah with lam = 0.5) or its squared form
-    ("l2"), PureDiffusion eq. 16-17; a 0-dim fp32 tensor (fp64 for fp64 inputs on the reference path)."""
+    ("l2"), PureDiffusion eq. 16-17; a 0-dim fp32 tensor (fp64 for fp64 inputs on the torch and native paths)."""
     _check(eps_hat, delta, norm)
-    if use_triton(eps_hat, delta):
+    backend = select_backend("shift_loss", eps_hat, delta)
+    if backend == "triton":
         return _ShiftLossFunction.apply(eps_hat, delta, float(lam), norm == "l2")
+    if backend == "native":
+        return native.shift_loss(eps_hat, delta, float(lam), norm == "l2")
     return shift_loss_ref(eps_hat, delta, lam, norm)

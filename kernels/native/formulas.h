@@ -1,0 +1,90 @@
+// pdfast native ops: the per-element arithmetic written once for both backends, the CPU kernels (cpu_kernels.cpp's
+// scalar paths, ops_cpu.cpp's backward loops) and the CUDA kernels (ops_cuda.cu, where these are __host__
+// __device__). Plain arithmetic on pointers and scalars: no ATen, no threads, so the per-capability CPU files may
+// include it (cpu_kernels.h explains why they must not touch more).
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#ifdef __CUDACC__
+#define PDFAST_HOST_DEVICE __host__ __device__
+#else
+#define PDFAST_HOST_DEVICE
+#endif
+
+namespace pdfast {
+// An unnamed namespace on purpose: internal linkage, so each translation unit keeps its own copy. cpu_kernels.cpp is
+// compiled once per CPU capability with that capability's -m flags; shared (inline) copies could be merged by the
+// linker into one AVX512 copy that a DEFAULT caller would then run.
+namespace {
+
+// Calls f(std::bool_constant<NOISE>{}, std::bool_constant<DELTA>{}) for ddpm_update's optional terms, so the kernels
+// are compiled once per combination instead of testing the flags per element.
+template <typename F>
+void with_update_terms(bool noise, bool delta, F&& f) {
+  if (noise && delta) {
+    f(std::true_type{}, std::true_type{});
+  } else if (noise) {
+    f(std::true_type{}, std::false_type{});
+  } else if (delta) {
+    f(std::false_type{}, std::true_type{});
+  } else {
+    f(std::false_type{}, std::false_type{});
+  }
+}
+
+// ddpm_update at element i (delta at its per-image position j): c1 (x + delta - c2 eps) + sigma noise, the terms
+// that are off not read.
+template <typename T, bool NOISE, bool DELTA>
+PDFAST_HOST_DEVICE inline T ddpm_update_at(const T* x, const T* eps, const T* noise, const T* delta, int64_t i,
+                                           int64_t j, T c1, T c2, T sigma) {
+  T v = x[i];
+  if constexpr (DELTA) {
+    v = v + delta[j];
+  }
+  T o = c1 * (v - c2 * eps[i]);
+  if constexpr (NOISE) {
+    o = o + sigma * noise[i];
+  }
+  return o;
+}
+
+// The update's backward at element i: v = c1 g to gx, -c2 v to geps, sigma g to gnoise (each skipped when null);
+// returns v, the element's share of the trigger gradient (summed over the batch by the caller).
+template <typename T>
+PDFAST_HOST_DEVICE inline T ddpm_backward_at(const T* g, int64_t i, T* gx, T* geps, T* gnoise, T c1, T c2, T sigma) {
+  const T v = c1 * g[i];
+  if (gx != nullptr) {
+    gx[i] = v;
+  }
+  if (geps != nullptr) {
+    geps[i] = v * -c2;
+  }
+  if (gnoise != nullptr) {
+    gnoise[i] = sigma * g[i];
+  }
+  return v;
+}
+
+// shift_loss's gradient with respect to d at one position, gn = the upstream gradient / numel (the mean's backward):
+// gn sign(d) for l1 (sign(0) = 0, as torch.sign), gn 2 d for l2.
+template <typename T>
+PDFAST_HOST_DEVICE inline T shift_loss_grad(T gn, T d, bool l2) {
+  return l2 ? gn * (T(2) * d) : gn * static_cast<T>((d > T(0)) - (d < T(0)));
+}
+
+// lstsq_scale = <m, d> / <d, d>: its gradient with respect to delta at one position is scale (m - 2 lam d), with
+// scale = the upstream gradient / <d, d>; with respect to each eps_hat_b it is scale d / B (the batch mean's
+// backward).
+template <typename A>
+PDFAST_HOST_DEVICE inline A lstsq_delta_grad(A scale, A m, A d, A lam) {
+  return scale * (m - A(2) * lam * d);
+}
+template <typename A>
+PDFAST_HOST_DEVICE inline A lstsq_eps_grad(A scale, A d, A n_batch) {
+  return scale * d / n_batch;
+}
+
+}  // namespace
+}  // namespace pdfast
