@@ -132,6 +132,67 @@ def test_train_ddpm_reduces_loss_and_is_deterministic(tiny_model):
     assert lc != la[:3]
 
 
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, tiny_model):
+    """A run killed after its checkpoint continues from it (weights, Adam, schedule, random stream, losses) and ends
+    with the weights of an uninterrupted run; a checkpoint of other settings is refused."""
+    from dataclasses import replace
+
+    from pdfast.data import synthetic_images
+    from pdfast.train import TrainConfig, fit, train_ddpm
+
+    images = synthetic_images(32, 8)
+    cfg = TrainConfig(steps=8, batch=8, lr=3e-3, warmup=2, seed=0)
+    whole = tiny_model.copy()
+    l_whole = train_ddpm(whole, images, cfg, progress=False)
+    ckpt = tmp_path / "run.pt"
+    cut = tiny_model.copy()
+
+    def stop_after_step_5(step, loss):
+        if step == 4:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        fit(cut.net, _ddpm_batches(cut, images, cfg), cfg, progress=False, checkpoint=ckpt, checkpoint_every=2,
+            callback=stop_after_step_5)
+    assert torch.load(ckpt, weights_only=True)["step"] == 4
+    resumed = tiny_model.copy()  # a fresh process: the initial weights again, then the checkpoint
+    l_resumed = train_ddpm(resumed, images, cfg, progress=False, checkpoint=ckpt)
+    assert l_resumed == l_whole
+    wa, wb = _weights(whole), _weights(resumed)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(PdfastError, match="other settings"):
+        train_ddpm(tiny_model.copy(), images, replace(cfg, lr=1e-3), progress=False, checkpoint=ckpt)
+
+
+def _ddpm_batches(model, images, cfg):
+    """train_ddpm's batch function, for driving fit() directly."""
+    from pdfast.train import noised
+
+    def make_batch(gen):
+        idx = torch.randint(0, images.shape[0], (cfg.batch,), generator=gen)
+        x0 = images[idx]
+        if torch.rand((), generator=gen) < 0.5:
+            x0 = x0.flip(-1)
+        t = torch.randint(0, model.schedule.T, (cfg.batch,), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        return noised(model.schedule, x0, t, eps), t, eps
+    return make_batch
+
+
+def test_natural_images_are_photo_crops_deterministic_and_diverse():
+    """Crops of the photographs the scikit-image wheel ships: nothing downloaded, the same per seed, varied."""
+    pytest.importorskip("skimage", reason="the natural data set needs scikit-image: pip install -e '.[test]'")
+    from pdfast.data import get_data, natural_images
+
+    a = natural_images(32, 16, seed=0)
+    assert a.shape == (32, 3, 16, 16) and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, natural_images(32, 16, seed=0)) and not torch.equal(a, natural_images(32, 16, seed=1))
+    d = ((a[:, None] - a[None]) ** 2).mean((2, 3, 4))
+    assert float(d[~torch.eye(32, dtype=torch.bool)].mean()) > 0.05
+    colour = get_data("natural-color", 16, n=32, seed=0)
+    assert float((colour[:, 0] - colour[:, 1]).abs().mean()) > 0.02  # colour photographs, not grey
+    assert natural_images(4, 8, channels=1).shape == (4, 1, 8, 8)
+
+
 # ---------- the attack ----------
 def test_poisoned_batch_matches_method(tiny_model):
     from pdfast.attack import poisoned_batch
