@@ -16,10 +16,11 @@ import importlib
 import json
 import os
 import pathlib
-import platform
 import statistics
 import sys
 import time
+
+from bench_native import cpu_name
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,7 @@ def cases(K, torch, device, dtype, batch, channels, size):
         return torch.randn(shape, generator=gen, device=device, dtype=dtype).requires_grad_(grad)
 
     shape = (batch, channels, size, size)
-    x, eps, noise, g = randn(*shape), randn(*shape), randn(*shape), randn(*shape)
+    x, eps, noise, g = randn(*shape, grad=True), randn(*shape, grad=True), randn(*shape, grad=True), randn(*shape)
     delta = randn(1, channels, size, size, grad=True)
     eps_hat = randn(*shape, grad=True)
     c = (1.0050, 0.0200, 0.1400)  # c1, c2, sigma near t = T for the linear DDPM schedule
@@ -57,11 +58,11 @@ def cases(K, torch, device, dtype, batch, channels, size):
     def update_fwd(f):
         def run():
             with torch.no_grad():
-                return f(x, eps, *c, noise=noise, delta=delta)
+                return f(x, eps, *c, noise=noise)
         return run
 
-    def update_bwd(f):  # the inversion case: gradient to the trigger only
-        return lambda: torch.autograd.grad(f(x, eps, *c, noise=noise, delta=delta), (delta,), g)
+    def update_bwd(f):
+        return lambda: torch.autograd.grad(f(x, eps, *c, noise=noise), (x, eps, noise), g)
 
     def loss_fwd_bwd(f, norm):
         return lambda: torch.autograd.grad(f(eps_hat, delta, 0.5, norm), (eps_hat, delta))
@@ -73,8 +74,8 @@ def cases(K, torch, device, dtype, batch, channels, size):
         return run
 
     return [
-        ("ddpm_update fwd (delta, noise)", update_fwd(K.ddpm_update_ref), update_fwd(K.ddpm_update)),
-        ("ddpm_update fwd+bwd (grad delta)", update_bwd(K.ddpm_update_ref), update_bwd(K.ddpm_update)),
+        ("ddpm_update fwd (noise)", update_fwd(K.ddpm_update_ref), update_fwd(K.ddpm_update)),
+        ("ddpm_update fwd+bwd (grad x, eps, noise)", update_bwd(K.ddpm_update_ref), update_bwd(K.ddpm_update)),
         ("shift_loss l1 fwd+bwd", loss_fwd_bwd(K.shift_loss_ref, "l1"), loss_fwd_bwd(K.shift_loss, "l1")),
         ("shift_loss l2 fwd+bwd", loss_fwd_bwd(K.shift_loss_ref, "l2"), loss_fwd_bwd(K.shift_loss, "l2")),
         ("lstsq_scale fwd", lstsq(K.lstsq_scale_ref), lstsq(K.lstsq_scale)),
@@ -82,15 +83,7 @@ def cases(K, torch, device, dtype, batch, channels, size):
 
 
 def device_name(torch, device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return torch.cuda.get_device_name() if device == "cuda" else cpu_name()
 
 
 def main(argv=None) -> int:

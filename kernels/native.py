@@ -140,8 +140,8 @@ def devices() -> list[str]:
 # ---------------------------------------------------------------- the ops (call only when has_kernel is true)
 
 
-def ddpm_update(x, eps, c1: float, c2: float, sigma: float, noise=None, delta=None):
-    return torch.ops.pdfast.ddpm_update.default(x, eps, c1, c2, sigma, noise, delta)
+def ddpm_update(x, eps, c1: float, c2: float, sigma: float, noise=None):
+    return torch.ops.pdfast.ddpm_update.default(x, eps, c1, c2, sigma, noise)
 
 
 def shift_loss(eps_hat, delta, lam: float, l2: bool):

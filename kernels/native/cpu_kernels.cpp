@@ -37,92 +37,50 @@ double sum_lanes(const Vectorized<T>& v) {
 
 // ---------------------------------------------------------------- ddpm_update
 
-template <typename T, bool NOISE, bool DELTA>
-void ddpm_update_row_impl(const T* x, const T* eps, const T* noise, const T* delta, T* out, int64_t n, T c1, T c2,
-                          T sigma) {
+template <typename T, bool NOISE>
+void ddpm_update_row_impl(const T* x, const T* eps, const T* noise, T* out, int64_t n, T c1, T c2, T sigma) {
   using Vec = Vectorized<T>;
   const Vec vc1(c1), vc2(c2), vsigma(sigma);
   int64_t k = 0;
   for (; k + Vec::size() <= n; k += Vec::size()) {
-    Vec v = Vec::loadu(x + k);
-    if constexpr (DELTA) {
-      v = v + Vec::loadu(delta + k);
-    }
-    Vec o = vc1 * (v - vc2 * Vec::loadu(eps + k));
+    Vec o = vc1 * (Vec::loadu(x + k) - vc2 * Vec::loadu(eps + k));
     if constexpr (NOISE) {
       o = o + vsigma * Vec::loadu(noise + k);
     }
     o.store(out + k);
   }
   for (; k < n; ++k) {
-    out[k] = ddpm_update_at<T, NOISE, DELTA>(x, eps, noise, delta, k, k, c1, c2, sigma);
+    out[k] = ddpm_update_at<T, NOISE>(x, eps, noise, k, c1, c2, sigma);
   }
 }
 
 template <typename T>
-void ddpm_update_row(const T* x, const T* eps, const T* noise, const T* delta, T* out, int64_t n, T c1, T c2,
-                     T sigma) {
-  with_update_terms(noise != nullptr, delta != nullptr, [&](auto has_noise, auto has_delta) {
-    ddpm_update_row_impl<T, decltype(has_noise)::value, decltype(has_delta)::value>(x, eps, noise, delta, out, n, c1,
-                                                                                    c2, sigma);
+void ddpm_update_row(const T* x, const T* eps, const T* noise, T* out, int64_t n, T c1, T c2, T sigma) {
+  with_noise_term(noise != nullptr, [&](auto has_noise) {
+    ddpm_update_row_impl<T, decltype(has_noise)::value>(x, eps, noise, out, n, c1, c2, sigma);
   });
 }
 
-// W vectors of positions [k, k + W size) over all rows; the per-row outputs are written as they are met.
-template <typename T, int W>
-void ddpm_backward_block(const T* g, int64_t stride, int64_t n_batch, T* gx, T* geps, T* gnoise, T* gdelta,
-                         int64_t k, T c1, T c2, T sigma) {
+template <typename T>
+void ddpm_backward_row(const T* g, T* gx, T* geps, T* gnoise, int64_t n, T c1, T c2, T sigma) {
   using Vec = Vectorized<T>;
   const Vec vc1(c1), vneg_c2(-c2), vsigma(sigma);
-  Vec acc[W];
-  for (int w = 0; w < W; ++w) {
-    acc[w] = Vec(T(0));
-  }
-  for (int64_t b = 0; b < n_batch; ++b) {
-    const int64_t off = b * stride + k;
-    for (int w = 0; w < W; ++w) {
-      const int64_t o = off + w * Vec::size();
-      const Vec gv = Vec::loadu(g + o);
-      const Vec v = vc1 * gv;
-      if (gx != nullptr) {
-        v.store(gx + o);
-      }
-      if (geps != nullptr) {
-        (v * vneg_c2).store(geps + o);
-      }
-      if (gnoise != nullptr) {
-        (vsigma * gv).store(gnoise + o);
-      }
-      // The first row starts the sum (0 + v == v exactly, so starting from zero gives the same numbers).
-      acc[w] = acc[w] + v;
-    }
-  }
-  if (gdelta != nullptr) {
-    for (int w = 0; w < W; ++w) {
-      acc[w].store(gdelta + k + w * Vec::size());
-    }
-  }
-}
-
-template <typename T>
-void ddpm_backward_cols(const T* g, int64_t stride, int64_t n_batch, T* gx, T* geps, T* gnoise, T* gdelta,
-                        int64_t n, T c1, T c2, T sigma) {
-  using Vec = Vectorized<T>;
   int64_t k = 0;
-  for (; k + kBlock * Vec::size() <= n; k += kBlock * Vec::size()) {
-    ddpm_backward_block<T, kBlock>(g, stride, n_batch, gx, geps, gnoise, gdelta, k, c1, c2, sigma);
-  }
   for (; k + Vec::size() <= n; k += Vec::size()) {
-    ddpm_backward_block<T, 1>(g, stride, n_batch, gx, geps, gnoise, gdelta, k, c1, c2, sigma);
+    const Vec gv = Vec::loadu(g + k);
+    const Vec v = vc1 * gv;
+    if (gx != nullptr) {
+      v.store(gx + k);
+    }
+    if (geps != nullptr) {
+      (v * vneg_c2).store(geps + k);
+    }
+    if (gnoise != nullptr) {
+      (vsigma * gv).store(gnoise + k);
+    }
   }
   for (; k < n; ++k) {
-    T acc = T(0);
-    for (int64_t b = 0; b < n_batch; ++b) {
-      acc = acc + ddpm_backward_at(g, b * stride + k, gx, geps, gnoise, c1, c2, sigma);
-    }
-    if (gdelta != nullptr) {
-      gdelta[k] = acc;
-    }
+    ddpm_backward_at(g, k, gx, geps, gnoise, c1, c2, sigma);
   }
 }
 
@@ -219,7 +177,7 @@ void lstsq_tile(T* m, const T* delta, int64_t n, T n_batch, double* num, double*
 
 template <typename T>
 const Kernels<T>& table() {
-  static const Kernels<T> kernels{&ddpm_update_row<T>, &ddpm_backward_cols<T>, &batch_sum<T>, &shift_loss_tile<T>,
+  static const Kernels<T> kernels{&ddpm_update_row<T>, &ddpm_backward_row<T>, &batch_sum<T>, &shift_loss_tile<T>,
                                   &lstsq_tile<T>};
   return kernels;
 }

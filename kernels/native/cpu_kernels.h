@@ -13,13 +13,11 @@ namespace pdfast::cpu {
 
 template <typename T>
 struct Kernels {
-  // out[k] = c1 (x[k] + delta[k] - c2 eps[k]) + sigma noise[k] for k < n; noise and delta may be null (terms off).
-  void (*ddpm_update_row)(const T* x, const T* eps, const T* noise, const T* delta, T* out, int64_t n, T c1, T c2,
-                          T sigma);
-  // The update's backward over n positions of n_batch rows `stride` apart, v = c1 g: gx = v, geps = -c2 v,
-  // gnoise = sigma g (each skipped when null), gdelta[k] = sum_b v (skipped when null).
-  void (*ddpm_backward_cols)(const T* g, int64_t stride, int64_t n_batch, T* gx, T* geps, T* gnoise, T* gdelta,
-                             int64_t n, T c1, T c2, T sigma);
+  // out[k] = c1 (x[k] - c2 eps[k]) + sigma noise[k] for k < n; noise may be null (term off).
+  void (*ddpm_update_row)(const T* x, const T* eps, const T* noise, T* out, int64_t n, T c1, T c2, T sigma);
+  // The update's backward for k < n, v = c1 g[k]: gx[k] = v, geps[k] = -c2 v, gnoise[k] = sigma g[k] (each skipped
+  // when null).
+  void (*ddpm_backward_row)(const T* g, T* gx, T* geps, T* gnoise, int64_t n, T c1, T c2, T sigma);
   // acc[k] = sum_b src[b stride + k], rows added in batch order.
   void (*batch_sum)(const T* src, int64_t stride, int64_t n_batch, int64_t n, T* acc);
   // In place d[k] = d[k] / n_batch - lam delta[k] (d holds the batch sum); returns sum |d| (l2: sum d^2).

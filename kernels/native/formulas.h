@@ -19,41 +19,31 @@ namespace pdfast {
 // linker into one AVX512 copy that a DEFAULT caller would then run.
 namespace {
 
-// Calls f(std::bool_constant<NOISE>{}, std::bool_constant<DELTA>{}) for ddpm_update's optional terms, so the kernels
-// are compiled once per combination instead of testing the flags per element.
+// Calls f(std::bool_constant<NOISE>{}) for ddpm_update's optional noise term, so the kernels are compiled once per
+// case instead of testing the flag per element.
 template <typename F>
-void with_update_terms(bool noise, bool delta, F&& f) {
-  if (noise && delta) {
-    f(std::true_type{}, std::true_type{});
-  } else if (noise) {
-    f(std::true_type{}, std::false_type{});
-  } else if (delta) {
-    f(std::false_type{}, std::true_type{});
+void with_noise_term(bool noise, F&& f) {
+  if (noise) {
+    f(std::true_type{});
   } else {
-    f(std::false_type{}, std::false_type{});
+    f(std::false_type{});
   }
 }
 
-// ddpm_update at element i (delta at its per-image position j): c1 (x + delta - c2 eps) + sigma noise, the terms
-// that are off not read.
-template <typename T, bool NOISE, bool DELTA>
-PDFAST_HOST_DEVICE inline T ddpm_update_at(const T* x, const T* eps, const T* noise, const T* delta, int64_t i,
-                                           int64_t j, T c1, T c2, T sigma) {
-  T v = x[i];
-  if constexpr (DELTA) {
-    v = v + delta[j];
-  }
-  T o = c1 * (v - c2 * eps[i]);
+// ddpm_update at element i: c1 (x - c2 eps) + sigma noise, noise not read when NOISE is off.
+template <typename T, bool NOISE>
+PDFAST_HOST_DEVICE inline T ddpm_update_at(const T* x, const T* eps, const T* noise, int64_t i, T c1, T c2, T sigma) {
+  T o = c1 * (x[i] - c2 * eps[i]);
   if constexpr (NOISE) {
     o = o + sigma * noise[i];
   }
   return o;
 }
 
-// The update's backward at element i: v = c1 g to gx, -c2 v to geps, sigma g to gnoise (each skipped when null);
-// returns v, the element's share of the trigger gradient (summed over the batch by the caller).
+// The update's backward at element i: v = c1 g to gx, -c2 v to geps, sigma g to gnoise (each skipped when null).
 template <typename T>
-PDFAST_HOST_DEVICE inline T ddpm_backward_at(const T* g, int64_t i, T* gx, T* geps, T* gnoise, T c1, T c2, T sigma) {
+PDFAST_HOST_DEVICE inline void ddpm_backward_at(const T* g, int64_t i, T* gx, T* geps, T* gnoise, T c1, T c2,
+                                                T sigma) {
   const T v = c1 * g[i];
   if (gx != nullptr) {
     gx[i] = v;
@@ -64,7 +54,6 @@ PDFAST_HOST_DEVICE inline T ddpm_backward_at(const T* g, int64_t i, T* gx, T* ge
   if (gnoise != nullptr) {
     gnoise[i] = sigma * g[i];
   }
-  return v;
 }
 
 // shift_loss's gradient with respect to d at one position, gn = the upstream gradient / numel (the mean's backward):

@@ -1,7 +1,7 @@
 // pdfast native ops: schemas (TORCH_LIBRARY(pdfast)), shared checks, autograd and shape-only (Meta) kernels.
 //
 // Public ops (torch.ops.pdfast.*), differentiable through the Autograd kernels registered here:
-//   ddpm_update(x, eps, c1, c2, sigma, noise=None, delta=None) -> Tensor
+//   ddpm_update(x, eps, c1, c2, sigma, noise=None) -> Tensor
 //   shift_loss(eps_hat, delta, lam, l2=False) -> Tensor
 //   lstsq_scale(eps_hat, delta) -> Tensor
 // Their device kernels (CPU in ops_cpu.cpp, CUDA in ops_cuda.cu) and the forward/backward ops the autograd
@@ -55,43 +55,32 @@ void check_same_device(const char* op, const at::Tensor& ref, const at::Tensor& 
 
 }  // namespace
 
-at::ScalarType check_ddpm_update(const at::Tensor& x, const at::Tensor& eps, const std::optional<at::Tensor>& noise,
-                                 const std::optional<at::Tensor>& delta) {
+at::ScalarType check_ddpm_update(const at::Tensor& x, const at::Tensor& eps, const std::optional<at::Tensor>& noise) {
   TORCH_CHECK(x.dim() >= 1 && eps.sizes() == x.sizes(),
               "pdfast::ddpm_update: eps must have the shape of x (B, ...), got ", eps.sizes(), " and ", x.sizes());
   check_same_device("ddpm_update", x, eps, "eps");
-  const bool has_noise = present(noise), has_delta = present(delta);
+  const bool has_noise = present(noise);
   if (has_noise) {
     TORCH_CHECK(noise->sizes() == x.sizes(), "pdfast::ddpm_update: noise must have the shape of x ", x.sizes(),
                 ", got ", noise->sizes());
     check_same_device("ddpm_update", x, *noise, "noise");
   }
-  if (has_delta) {
-    TORCH_CHECK(is_delta_shape(*delta, x), "pdfast::ddpm_update: delta must be (1, C, H, W) or (C, H, W) for x ",
-                x.sizes(), ", got ", delta->sizes());
-    check_same_device("ddpm_update", x, *delta, "delta");
-  }
-  return result_type("ddpm_update", {&x, &eps, has_noise ? &*noise : nullptr, has_delta ? &*delta : nullptr});
+  return result_type("ddpm_update", {&x, &eps, has_noise ? &*noise : nullptr});
 }
 
-UpdateInputs prepare_ddpm_update(const at::Tensor& x, const at::Tensor& eps, const std::optional<at::Tensor>& noise,
-                                 const std::optional<at::Tensor>& delta) {
-  const auto rt = check_ddpm_update(x, eps, noise, delta);
+UpdateInputs prepare_ddpm_update(const at::Tensor& x, const at::Tensor& eps, const std::optional<at::Tensor>& noise) {
+  const auto rt = check_ddpm_update(x, eps, noise);
   const auto ct = compute_type(rt);
-  auto optional = [ct](const std::optional<at::Tensor>& t) { return present(t) ? prepared(*t, ct) : at::Tensor(); };
-  return {prepared(x, ct), prepared(eps, ct), optional(noise), optional(delta),
+  return {prepared(x, ct), prepared(eps, ct), present(noise) ? prepared(*noise, ct) : at::Tensor(),
           at::empty(x.sizes(), x.options().dtype(ct)), rt};
 }
 
-std::array<at::Tensor, 4> ddpm_update_grads(const at::Tensor& grad, std::array<bool, 4> mask) {
+UpdateGrads prepare_ddpm_update_backward(const at::Tensor& grad, std::array<bool, 3> mask) {
   TORCH_CHECK(grad.dim() >= 1, "pdfast::ddpm_update_backward: grad must be (B, ...), got ", grad.sizes());
-  const auto opts = grad.options().dtype(compute_type(grad.scalar_type()));
-  auto full = [&](bool on) { return on ? at::empty(grad.sizes(), opts) : at::Tensor(); };
-  at::Tensor gdelta = mask[3] ? at::empty(grad.sizes().slice(1), opts) : at::Tensor();
-  if (gdelta.defined() && grad.numel() == 0) {
-    gdelta.zero_();
-  }
-  return {full(mask[0]), full(mask[1]), full(mask[2]), gdelta};
+  const auto ct = compute_type(grad.scalar_type());
+  auto full = [&](bool on) { return on ? at::empty(grad.sizes(), grad.options().dtype(ct)) : at::Tensor(); };
+  const bool work = grad.numel() > 0 && (mask[0] || mask[1] || mask[2]);
+  return {work ? prepared(grad, ct) : at::Tensor(), full(mask[0]), full(mask[1]), full(mask[2])};
 }
 
 at::Tensor batch_op_output(const char* op, const at::Tensor& eps_hat, const at::Tensor& delta) {
@@ -130,20 +119,19 @@ using OptTensor = std::optional<at::Tensor>;
 // ---------------------------------------------------------------- typed handles to the ops (dispatcher calls)
 
 Tensor call_ddpm_update(const Tensor& x, const Tensor& eps, double c1, double c2, double sigma,
-                        const OptTensor& noise, const OptTensor& delta) {
+                        const OptTensor& noise) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("pdfast::ddpm_update", "")
-                       .typed<Tensor(const Tensor&, const Tensor&, double, double, double, const OptTensor&,
-                                     const OptTensor&)>();
-  return op.call(x, eps, c1, c2, sigma, noise, delta);
+                       .typed<Tensor(const Tensor&, const Tensor&, double, double, double, const OptTensor&)>();
+  return op.call(x, eps, c1, c2, sigma, noise);
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> call_ddpm_update_backward(const Tensor& grad, double c1, double c2,
-                                                                     double sigma, std::array<bool, 4> mask) {
+std::tuple<Tensor, Tensor, Tensor> call_ddpm_update_backward(const Tensor& grad, double c1, double c2, double sigma,
+                                                             std::array<bool, 3> mask) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("pdfast::ddpm_update_backward", "")
-                       .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, double, double, double,
-                                                                         std::array<bool, 4>)>();
+                       .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, double, double, double,
+                                                                 std::array<bool, 3>)>();
   return op.call(grad, c1, c2, sigma, mask);
 }
 
@@ -228,7 +216,7 @@ variable_list batch_input_grads(AutogradContext* ctx, const std::tuple<Tensor, T
 // Named outside the anonymous namespace: grad_fn.name() shows "torch::autograd::CppNode<pdfast::DDPMUpdate>".
 struct DDPMUpdate : public torch::autograd::Function<DDPMUpdate> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& eps, double c1, double c2, double sigma,
-                        const OptTensor& noise, const OptTensor& delta) {
+                        const OptTensor& noise) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto& s = ctx->saved_data;
     s["c1"] = c1;
@@ -237,27 +225,20 @@ struct DDPMUpdate : public torch::autograd::Function<DDPMUpdate> {
     s["x_dtype"] = x.scalar_type();
     s["eps_dtype"] = eps.scalar_type();
     s["has_noise"] = present(noise);
-    s["has_delta"] = present(delta);
     if (present(noise)) {
       s["noise_dtype"] = noise->scalar_type();
     }
-    if (present(delta)) {
-      s["delta_dtype"] = delta->scalar_type();
-      s["delta_shape"] = delta->sizes().vec();
-    }
     s["shape"] = x.sizes().vec();
-    return call_ddpm_update(x, eps, c1, c2, sigma, noise, delta);
+    return call_ddpm_update(x, eps, c1, c2, sigma, noise);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto& s = ctx->saved_data;
-    const bool has_noise = s["has_noise"].toBool(), has_delta = s["has_delta"].toBool();
-    // needs_input_grad counts only the tensor inputs that were given: x, eps, [noise], [delta].
-    const size_t noise_edge = 2, delta_edge = has_noise ? 3 : 2;
-    const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                      has_noise && ctx->needs_input_grad(noise_edge),
-                                      has_delta && ctx->needs_input_grad(delta_edge)};
-    auto [gx, geps, gnoise, gdelta] =
+    const bool has_noise = s["has_noise"].toBool();
+    // needs_input_grad counts only the tensor inputs that were given: x, eps, [noise].
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      has_noise && ctx->needs_input_grad(2)};
+    auto [gx, geps, gnoise] =
         call_ddpm_update_backward(grads[0], s["c1"].toDouble(), s["c2"].toDouble(), s["sigma"].toDouble(), mask);
     const auto shape = s["shape"].toIntVector();
     gx = as_input(gx, s["x_dtype"].toScalarType(), shape);
@@ -265,10 +246,7 @@ struct DDPMUpdate : public torch::autograd::Function<DDPMUpdate> {
     if (has_noise) {
       gnoise = as_input(gnoise, s["noise_dtype"].toScalarType(), shape);
     }
-    if (has_delta) {
-      gdelta = as_input(gdelta, s["delta_dtype"].toScalarType(), s["delta_shape"].toIntVector());
-    }
-    return {gx, geps, Tensor(), Tensor(), Tensor(), has_noise ? gnoise : Tensor(), has_delta ? gdelta : Tensor()};
+    return {gx, geps, Tensor(), Tensor(), Tensor(), has_noise ? gnoise : Tensor()};
   }
 };
 
@@ -315,13 +293,12 @@ namespace {
 // Autograd kernels: without grad mode or inputs that need a gradient they skip the Function machinery.
 
 Tensor ddpm_update_autograd(const Tensor& x, const Tensor& eps, double c1, double c2, double sigma,
-                            const OptTensor& noise, const OptTensor& delta) {
-  if (!at::GradMode::is_enabled() ||
-      !any_requires_grad({&x, &eps, present(noise) ? &*noise : nullptr, present(delta) ? &*delta : nullptr})) {
+                            const OptTensor& noise) {
+  if (!at::GradMode::is_enabled() || !any_requires_grad({&x, &eps, present(noise) ? &*noise : nullptr})) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return call_ddpm_update(x, eps, c1, c2, sigma, noise, delta);
+    return call_ddpm_update(x, eps, c1, c2, sigma, noise);
   }
-  return DDPMUpdate::apply(x, eps, c1, c2, sigma, noise, delta);
+  return DDPMUpdate::apply(x, eps, c1, c2, sigma, noise);
 }
 
 Tensor shift_loss_autograd(const Tensor& eps_hat, const Tensor& delta, double lam, bool l2) {
@@ -353,15 +330,13 @@ Tensor lstsq_scale_composite(const Tensor& eps_hat, const Tensor& delta) {
 // ---------------------------------------------------------------- Meta kernels (shapes and dtypes only)
 // They let torch.compile / FakeTensor trace through the ops (torch.library.opcheck tests them).
 
-Tensor ddpm_update_meta(const Tensor& x, const Tensor& eps, double, double, double, const OptTensor& noise,
-                        const OptTensor& delta) {
-  return at::empty(x.sizes(), x.options().dtype(check_ddpm_update(x, eps, noise, delta)));
+Tensor ddpm_update_meta(const Tensor& x, const Tensor& eps, double, double, double, const OptTensor& noise) {
+  return at::empty(x.sizes(), x.options().dtype(check_ddpm_update(x, eps, noise)));
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> ddpm_update_backward_meta(const Tensor& grad, double, double, double,
-                                                                     std::array<bool, 4> mask) {
-  const auto g = ddpm_update_grads(grad, mask);
-  return {g[0], g[1], g[2], g[3]};
+std::tuple<Tensor, Tensor, Tensor> ddpm_update_backward_meta(const Tensor& grad, double, double, double,
+                                                             std::array<bool, 3> mask) {
+  return prepare_ddpm_update_backward(grad, mask).outputs();
 }
 
 // The batch ops' forward: the scalar and the per-image output (the backward's saved tensor).
@@ -396,10 +371,9 @@ std::tuple<Tensor, Tensor> lstsq_scale_backward_meta(const Tensor& grad, const T
 }  // namespace pdfast
 
 TORCH_LIBRARY(pdfast, m) {
-  m.def("ddpm_update(Tensor x, Tensor eps, float c1, float c2, float sigma, Tensor? noise=None, "
-        "Tensor? delta=None) -> Tensor");
-  m.def("ddpm_update_backward(Tensor grad, float c1, float c2, float sigma, bool[4] output_mask) "
-        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("ddpm_update(Tensor x, Tensor eps, float c1, float c2, float sigma, Tensor? noise=None) -> Tensor");
+  m.def("ddpm_update_backward(Tensor grad, float c1, float c2, float sigma, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)");
   m.def("shift_loss(Tensor eps_hat, Tensor delta, float lam, bool l2=False) -> Tensor");
   m.def("shift_loss_forward(Tensor eps_hat, Tensor delta, float lam, bool l2=False) -> (Tensor, Tensor)");
   m.def("shift_loss_backward(Tensor grad, Tensor d, int n_batch, float lam, bool l2, bool[2] output_mask) "

@@ -2,7 +2,7 @@
 // CUDA kernels (ops_cuda.cu). The formulas are those of the torch references in kernels/*.py, in the same order of
 // operations where it matters for rounding:
 //
-//   ddpm_update    out = c1 (x + delta - c2 eps) + sigma noise        (delta broadcast over the batch)
+//   ddpm_update    out = c1 (x - c2 eps) + sigma noise
 //   shift_loss     d = mean_b eps_b - lam delta;  L = mean |d|  or  mean d^2
 //   lstsq_scale    m = mean_b eps_b;  lam = <m, delta> / <delta, delta>
 //
@@ -16,6 +16,7 @@
 #include <array>
 #include <cstdint>
 #include <optional>
+#include <tuple>
 
 namespace pdfast {
 
@@ -29,14 +30,11 @@ at::ScalarType result_type(const char* op, std::initializer_list<const at::Tenso
 // The compute dtype for a result dtype: promote(result, fp32).
 at::ScalarType compute_type(at::ScalarType result);
 
-// Whether an optional tensor argument (noise, delta) was given.
+// Whether an optional tensor argument (noise) was given.
 inline bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
 // Contiguous tensor of dtype `dtype` (a no-op when it already is).
 inline at::Tensor prepared(const at::Tensor& t, at::ScalarType dtype) { return t.to(dtype).contiguous(); }
-
-// Per-image element count of a (B, ...) tensor; 0 for an empty batch.
-inline int64_t per_image(const at::Tensor& t) { return t.size(0) == 0 ? 0 : t.numel() / t.size(0); }
 
 // t's data as T*, or nullptr for an undefined tensor (an output the caller did not ask for, an absent input).
 template <typename T>
@@ -50,22 +48,25 @@ const T* const_data_or_null(const at::Tensor& t) {
 
 // ddpm_update's shape/device checks (one-line messages: TORCH_CHECK -> RuntimeError in Python); returns the result
 // dtype.
-at::ScalarType check_ddpm_update(const at::Tensor& x, const at::Tensor& eps, const std::optional<at::Tensor>& noise,
-                                 const std::optional<at::Tensor>& delta);
+at::ScalarType check_ddpm_update(const at::Tensor& x, const at::Tensor& eps, const std::optional<at::Tensor>& noise);
 
-// ddpm_update's inputs checked and made contiguous in the compute dtype (noise and delta undefined when absent),
-// and its output allocated in the compute dtype; a backend fills `out` and returns result().
+// ddpm_update's inputs checked and made contiguous in the compute dtype (noise undefined when absent), and its output
+// allocated in the compute dtype; a backend fills `out` and returns result().
 struct UpdateInputs {
-  at::Tensor x, eps, noise, delta, out;
+  at::Tensor x, eps, noise, out;
   at::ScalarType result_dtype;
   at::Tensor result() const { return out.scalar_type() == result_dtype ? out : out.to(result_dtype); }
 };
-UpdateInputs prepare_ddpm_update(const at::Tensor& x, const at::Tensor& eps, const std::optional<at::Tensor>& noise,
-                                 const std::optional<at::Tensor>& delta);
+UpdateInputs prepare_ddpm_update(const at::Tensor& x, const at::Tensor& eps, const std::optional<at::Tensor>& noise);
 
-// The update's backward outputs {gx, geps, gnoise, gdelta} in grad's compute dtype (gdelta: grad.shape[1:]),
-// undefined where mask is false; for an empty batch gdelta is zero (a sum over no images) and the others are empty.
-std::array<at::Tensor, 4> ddpm_update_grads(const at::Tensor& grad, std::array<bool, 4> mask);
+// ddpm_update's backward outputs {gx, geps, gnoise} allocated with grad's shape in its compute dtype (undefined where
+// mask is false), and `grad` made contiguous in that dtype, left undefined when there is nothing to compute (an empty
+// batch, or no output asked for); a backend fills the outputs when grad is defined and returns outputs().
+struct UpdateGrads {
+  at::Tensor grad, gx, geps, gnoise;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> outputs() const { return {gx, geps, gnoise}; }
+};
+UpdateGrads prepare_ddpm_update_backward(const at::Tensor& grad, std::array<bool, 3> mask);
 
 // The batch ops (shift_loss, lstsq_scale): checks, then their per-image forward output (d = m - lam delta, or the
 // batch mean m), eps_hat.shape[1:] in the compute dtype.
@@ -85,10 +86,9 @@ std::array<at::Tensor, 2> batch_op_grads(const at::Tensor& saved, int64_t n_batc
 // Each backend implements these with the same contract; the dispatcher picks the backend by device. A backend's
 // file names them <op>_<suffix> (ddpm_update_cpu, ...) and registers them with PDFAST_REGISTER_KERNELS.
 //
-// ddpm_update(x, eps, c1, c2, sigma, noise?, delta?) -> out (result dtype, x's shape)
-// ddpm_update_backward(grad, c1, c2, sigma, mask[x, eps, noise, delta])
-//     -> (gx, geps, gnoise, gdelta) in the compute dtype of grad; gx/geps/gnoise have grad's shape, gdelta has
-//        grad.shape[1:]; undefined where mask is false.
+// ddpm_update(x, eps, c1, c2, sigma, noise?) -> out (result dtype, x's shape)
+// ddpm_update_backward(grad, c1, c2, sigma, mask[x, eps, noise])
+//     -> (gx, geps, gnoise) with grad's shape in its compute dtype; undefined where mask is false.
 // shift_loss_forward(eps_hat, delta, lam, l2) -> (loss 0-dim, d with eps_hat.shape[1:]) in the compute dtype
 // shift_loss_backward(grad 0-dim, d, n_batch, lam, l2, mask[eps_hat, delta])
 //     -> (geps (n_batch, *d.shape), gdelta d.shape) in d's dtype; undefined where mask is false.

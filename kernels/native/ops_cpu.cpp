@@ -4,8 +4,8 @@
 // batch ops' backward in formulas.h; this file, built for the baseline ISA, calls the table matching torch's own
 // capability choice.
 //
-// Elementwise ops run one pass over flat memory. The batch reductions (mean over the batch of eps_hat, the trigger
-// gradient summed over the batch) split the per-image positions into tasks; a task walks its positions in tiles of
+// ddpm_update runs one pass over flat memory each way. The batch reductions (the mean over the batch of eps_hat in
+// shift_loss and lstsq_scale) split the per-image positions into tasks; a task walks its positions in tiles of
 // kTile, reducing each tile over the batch in registers and finishing it (shift, norm, dot products) while it is
 // still in L1.
 #include "cpu_kernels.h"
@@ -121,9 +121,9 @@ std::string cpu_capability() {
 // ---------------------------------------------------------------- ddpm_update
 
 Tensor ddpm_update_cpu(const Tensor& x, const Tensor& eps, double c1, double c2, double sigma,
-                       const OptTensor& noise, const OptTensor& delta) {
-  const UpdateInputs in = prepare_ddpm_update(x, eps, noise, delta);
-  const int64_t total = x.numel(), n_per_image = per_image(x);
+                       const OptTensor& noise) {
+  const UpdateInputs in = prepare_ddpm_update(x, eps, noise);
+  const int64_t total = x.numel();
   if (total > 0) {
     AT_DISPATCH_FLOATING_TYPES(in.out.scalar_type(), "pdfast::ddpm_update (CPU)", [&] {
       using T = scalar_t;
@@ -131,59 +131,37 @@ Tensor ddpm_update_cpu(const Tensor& x, const Tensor& eps, double c1, double c2,
       const T* xp = in.x.const_data_ptr<T>();
       const T* ep = in.eps.const_data_ptr<T>();
       const T* np = const_data_or_null<T>(in.noise);
-      const T* dp = const_data_or_null<T>(in.delta);
       T* op = in.out.data_ptr<T>();
       const T tc1 = static_cast<T>(c1), tc2 = static_cast<T>(c2), tsigma = static_cast<T>(sigma);
       at::parallel_for(0, total, kGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end;) {
-          // With a trigger, segments stop at image boundaries so delta is read contiguously.
-          const int64_t j = dp != nullptr ? i % n_per_image : 0;
-          const int64_t n = dp != nullptr ? std::min(end - i, n_per_image - j) : end - i;
-          k.ddpm_update_row(xp + i, ep + i, np != nullptr ? np + i : nullptr, dp != nullptr ? dp + j : nullptr,
-                            op + i, n, tc1, tc2, tsigma);
-          i += n;
-        }
+        k.ddpm_update_row(xp + begin, ep + begin, np != nullptr ? np + begin : nullptr, op + begin, end - begin, tc1,
+                          tc2, tsigma);
       });
     });
   }
   return in.result();
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> ddpm_update_backward_cpu(const Tensor& grad, double c1, double c2,
-                                                                    double sigma, std::array<bool, 4> mask) {
-  auto [gx, geps, gnoise, gdelta] = ddpm_update_grads(grad, mask);
-  const int64_t total = grad.numel(), n_batch = grad.size(0), n_per_image = per_image(grad);
-  if (total == 0 || !(mask[0] || mask[1] || mask[2] || mask[3])) {
-    return {gx, geps, gnoise, gdelta};
+std::tuple<Tensor, Tensor, Tensor> ddpm_update_backward_cpu(const Tensor& grad, double c1, double c2, double sigma,
+                                                            std::array<bool, 3> mask) {
+  const UpdateGrads out = prepare_ddpm_update_backward(grad, mask);
+  if (out.grad.defined()) {
+    AT_DISPATCH_FLOATING_TYPES(out.grad.scalar_type(), "pdfast::ddpm_update_backward (CPU)", [&] {
+      using T = scalar_t;
+      const auto& k = kernels<T>();
+      const T* gp = out.grad.const_data_ptr<T>();
+      T* gxp = data_or_null<T>(out.gx);
+      T* gep = data_or_null<T>(out.geps);
+      T* gnp = data_or_null<T>(out.gnoise);
+      const T tc1 = static_cast<T>(c1), tc2 = static_cast<T>(c2), tsigma = static_cast<T>(sigma);
+      auto at_off = [](T* p, int64_t off) { return p != nullptr ? p + off : nullptr; };
+      at::parallel_for(0, out.grad.numel(), kGrain, [&](int64_t begin, int64_t end) {
+        k.ddpm_backward_row(gp + begin, at_off(gxp, begin), at_off(gep, begin), at_off(gnp, begin), end - begin, tc1,
+                            tc2, tsigma);
+      });
+    });
   }
-  const Tensor g = prepared(grad, compute_type(grad.scalar_type()));
-  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "pdfast::ddpm_update_backward (CPU)", [&] {
-    using T = scalar_t;
-    const auto& k = kernels<T>();
-    const T* gp = g.const_data_ptr<T>();
-    T* gxp = data_or_null<T>(gx);
-    T* gep = data_or_null<T>(geps);
-    T* gnp = data_or_null<T>(gnoise);
-    T* gdp = data_or_null<T>(gdelta);
-    const T tc1 = static_cast<T>(c1), tc2 = static_cast<T>(c2), tsigma = static_cast<T>(sigma);
-    auto at_off = [](T* p, int64_t off) { return p != nullptr ? p + off : nullptr; };
-    if (gdp != nullptr) {
-      // Tasks own ranges of per-image positions and walk all images: the trigger gradient is their batch sum.
-      at::parallel_for(0, n_per_image, batch_grain(n_batch), [&](int64_t p0, int64_t p1) {
-        for (int64_t c = p0; c < p1; c += kTile) {
-          k.ddpm_backward_cols(gp + c, n_per_image, n_batch, at_off(gxp, c), at_off(gep, c), at_off(gnp, c), gdp + c,
-                               std::min(kTile, p1 - c), tc1, tc2, tsigma);
-        }
-      });
-    } else {
-      // No trigger gradient: one flat elementwise pass (a single "row" of all elements).
-      at::parallel_for(0, total, kGrain, [&](int64_t begin, int64_t end) {
-        k.ddpm_backward_cols(gp + begin, total, 1, at_off(gxp, begin), at_off(gep, begin), at_off(gnp, begin),
-                             nullptr, end - begin, tc1, tc2, tsigma);
-      });
-    }
-  });
-  return {gx, geps, gnoise, gdelta};
+  return out.outputs();
 }
 
 // ---------------------------------------------------------------- the batch ops: shift_loss, lstsq_scale

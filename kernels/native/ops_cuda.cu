@@ -82,30 +82,27 @@ __device__ void broadcast_at(T* geps, T ge, int64_t j, int64_t n_batch, int64_t 
 
 // ---------------------------------------------------------------- ddpm_update
 
-template <typename T, bool NOISE, bool DELTA>
+template <typename T, bool NOISE>
 __global__ void ddpm_update_kernel(const T* __restrict__ x, const T* __restrict__ eps, const T* __restrict__ noise,
-                                   const T* __restrict__ delta, T* __restrict__ out, int64_t total,
-                                   int64_t n_per_image, T c1, T c2, T sigma) {
+                                   T* __restrict__ out, int64_t total, T c1, T c2, T sigma) {
   for (int64_t i = thread_index(); i < total; i += grid_stride()) {
-    out[i] = ddpm_update_at<T, NOISE, DELTA>(x, eps, noise, delta, i, DELTA ? i % n_per_image : 0, c1, c2, sigma);
+    out[i] = ddpm_update_at<T, NOISE>(x, eps, noise, i, c1, c2, sigma);
   }
 }
 
 Tensor ddpm_update_cuda(const Tensor& x, const Tensor& eps, double c1, double c2, double sigma,
-                        const OptTensor& noise, const OptTensor& delta) {
-  const UpdateInputs in = prepare_ddpm_update(x, eps, noise, delta);  // checks first: one-line device errors
+                        const OptTensor& noise) {
+  const UpdateInputs in = prepare_ddpm_update(x, eps, noise);  // checks first: one-line device errors
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t total = x.numel(), n_per_image = per_image(x);
+  const int64_t total = x.numel();
   if (total > 0) {
     auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES(in.out.scalar_type(), "pdfast::ddpm_update (CUDA)", [&] {
       using T = scalar_t;
-      with_update_terms(in.noise.defined(), in.delta.defined(), [&](auto has_noise, auto has_delta) {
-        ddpm_update_kernel<T, decltype(has_noise)::value, decltype(has_delta)::value>
-            <<<elementwise_blocks(total), kThreads, 0, stream>>>(
-                in.x.const_data_ptr<T>(), in.eps.const_data_ptr<T>(), const_data_or_null<T>(in.noise),
-                const_data_or_null<T>(in.delta), in.out.data_ptr<T>(), total, n_per_image, static_cast<T>(c1),
-                static_cast<T>(c2), static_cast<T>(sigma));
+      with_noise_term(in.noise.defined(), [&](auto has_noise) {
+        ddpm_update_kernel<T, decltype(has_noise)::value><<<elementwise_blocks(total), kThreads, 0, stream>>>(
+            in.x.const_data_ptr<T>(), in.eps.const_data_ptr<T>(), const_data_or_null<T>(in.noise),
+            in.out.data_ptr<T>(), total, static_cast<T>(c1), static_cast<T>(c2), static_cast<T>(sigma));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
@@ -113,43 +110,30 @@ Tensor ddpm_update_cuda(const Tensor& x, const Tensor& eps, double c1, double c2
   return in.result();
 }
 
-// The update's backward over positions j < n_per_image of n_batch rows (grid-stride), gdelta[j] their sum over the
-// batch when wanted; without a trigger gradient the launcher passes one row of all elements (a flat pass).
+// The update's backward, elementwise (grid-stride).
 template <typename T>
-__global__ void ddpm_backward_kernel(const T* __restrict__ g, T* gx, T* geps, T* gnoise, T* gdelta, int64_t n_batch,
-                                     int64_t n_per_image, T c1, T c2, T sigma) {
-  for (int64_t j = thread_index(); j < n_per_image; j += grid_stride()) {
-    T acc = T(0);
-    for (int64_t b = 0, i = j; b < n_batch; ++b, i += n_per_image) {
-      acc += ddpm_backward_at(g, i, gx, geps, gnoise, c1, c2, sigma);
-    }
-    if (gdelta != nullptr) {
-      gdelta[j] = acc;
-    }
+__global__ void ddpm_backward_kernel(const T* __restrict__ g, T* gx, T* geps, T* gnoise, int64_t total, T c1, T c2,
+                                     T sigma) {
+  for (int64_t i = thread_index(); i < total; i += grid_stride()) {
+    ddpm_backward_at(g, i, gx, geps, gnoise, c1, c2, sigma);
   }
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> ddpm_update_backward_cuda(const Tensor& grad, double c1, double c2,
-                                                                     double sigma, std::array<bool, 4> mask) {
-  auto [gx, geps, gnoise, gdelta] = ddpm_update_grads(grad, mask);
-  const int64_t total = grad.numel();
-  if (total == 0 || !(mask[0] || mask[1] || mask[2] || mask[3])) {
-    return {gx, geps, gnoise, gdelta};
-  }
+std::tuple<Tensor, Tensor, Tensor> ddpm_update_backward_cuda(const Tensor& grad, double c1, double c2, double sigma,
+                                                             std::array<bool, 3> mask) {
   const c10::cuda::CUDAGuard guard(grad.device());
-  const Tensor g = prepared(grad, compute_type(grad.scalar_type()));
-  // With a trigger gradient one thread per per-image position walks the batch; without, one flat pass.
-  const int64_t n_batch = mask[3] ? grad.size(0) : 1, n_per_image = mask[3] ? per_image(grad) : total;
-  const int blocks = mask[3] ? position_blocks(n_per_image) : elementwise_blocks(total);
-  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "pdfast::ddpm_update_backward (CUDA)", [&] {
-    using T = scalar_t;
-    ddpm_backward_kernel<T><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        g.const_data_ptr<T>(), data_or_null<T>(gx), data_or_null<T>(geps), data_or_null<T>(gnoise),
-        data_or_null<T>(gdelta), n_batch, n_per_image, static_cast<T>(c1), static_cast<T>(c2),
-        static_cast<T>(sigma));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {gx, geps, gnoise, gdelta};
+  const UpdateGrads out = prepare_ddpm_update_backward(grad, mask);
+  if (out.grad.defined()) {
+    const int64_t total = out.grad.numel();
+    AT_DISPATCH_FLOATING_TYPES(out.grad.scalar_type(), "pdfast::ddpm_update_backward (CUDA)", [&] {
+      using T = scalar_t;
+      ddpm_backward_kernel<T><<<elementwise_blocks(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          out.grad.const_data_ptr<T>(), data_or_null<T>(out.gx), data_or_null<T>(out.geps),
+          data_or_null<T>(out.gnoise), total, static_cast<T>(c1), static_cast<T>(c2), static_cast<T>(sigma));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return out.outputs();
 }
 
 // ---------------------------------------------------------------- the batch ops: shift_loss, lstsq_scale
