@@ -5,6 +5,7 @@ The loss is the DDPM simple loss MSE(eps_theta(sqrt(abar_t) x0 + sqrt(1-abar_t) 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -93,7 +94,8 @@ def fit(net: torch.nn.Module, make_batch: Callable[[torch.Generator], tuple[torc
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, cfg.warmup, cfg.steps))
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     losses: list[float] = []
-    start = _resume(checkpoint, cfg, net, opt, sched, gen, losses) if checkpoint else 0
+    start, seconds = _resume(checkpoint, cfg, net, opt, sched, gen, losses) if checkpoint else (0, 0.0)
+    t0 = time.perf_counter() - seconds  # wall seconds over every run of this training, kept in the checkpoint
     bar = tqdm(range(start, cfg.steps), desc=desc, disable=not progress, mininterval=1.0)
     for step in bar:
         x_in, t, target = make_batch(gen)
@@ -114,12 +116,12 @@ def fit(net: torch.nn.Module, make_batch: Callable[[torch.Generator], tuple[torc
         if callback is not None:
             callback(step, losses[-1])
         if checkpoint and ((step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps):
-            _save_checkpoint(checkpoint, cfg, step + 1, net, opt, sched, gen, losses)
+            _save_checkpoint(checkpoint, cfg, step + 1, net, opt, sched, gen, losses, time.perf_counter() - t0)
     net.eval().requires_grad_(False)
     return losses
 
 
-def _save_checkpoint(path, cfg: TrainConfig, step: int, net, opt, sched, gen, losses) -> None:
+def _save_checkpoint(path, cfg: TrainConfig, step: int, net, opt, sched, gen, losses, seconds: float) -> None:
     """Write the full training state atomically (a crash mid-write leaves the previous checkpoint)."""
     import os
 
@@ -127,15 +129,16 @@ def _save_checkpoint(path, cfg: TrainConfig, step: int, net, opt, sched, gen, lo
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"config": cfg.to_dict(), "step": step, "net": net.state_dict(), "opt": opt.state_dict(),
-                "sched": sched.state_dict(), "gen": gen.get_state(), "losses": losses}, tmp)
+                "sched": sched.state_dict(), "gen": gen.get_state(), "losses": losses, "seconds": seconds}, tmp)
     os.replace(tmp, path)
 
 
-def _resume(path, cfg: TrainConfig, net, opt, sched, gen, losses: list) -> int:
-    """Load a checkpoint written by _save_checkpoint for the same config; returns the step to continue from."""
+def _resume(path, cfg: TrainConfig, net, opt, sched, gen, losses: list) -> tuple[int, float]:
+    """Load a checkpoint written by _save_checkpoint for the same config; returns the step to continue from and the
+    training seconds spent so far."""
     path = Path(path)
     if not path.is_file():
-        return 0
+        return 0, 0.0
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state["config"] != cfg.to_dict():
         raise PdfastError(f"checkpoint {path} was written for other settings ({state['config']}); "
@@ -145,7 +148,7 @@ def _resume(path, cfg: TrainConfig, net, opt, sched, gen, losses: list) -> int:
     sched.load_state_dict(state["sched"])
     gen.set_state(state["gen"])
     losses.extend(state["losses"])
-    return int(state["step"])
+    return int(state["step"]), float(state.get("seconds", 0.0))
 
 
 def noised(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -75,9 +75,11 @@ def _train(entry: dict, by_name: dict):
     return model, None, _final_loss(ckpt)
 
 
-def _final_loss(ckpt: Path) -> float:
-    losses = torch.load(ckpt, map_location="cpu", weights_only=True)["losses"]
-    return float(sum(losses[-200:]) / len(losses[-200:]))
+def _final_loss(ckpt: Path) -> tuple[float, float | None]:
+    """(mean of the last 200 losses, training wall seconds over every resumed run; None for older checkpoints)."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    losses = state["losses"]
+    return float(sum(losses[-200:]) / len(losses[-200:])), state.get("seconds")
 
 
 def _save_fp16(model, out: Path, entry: dict, truth) -> None:
@@ -132,22 +134,20 @@ def build(entry: dict, by_name: dict, recipe: dict) -> None:
     if entry.get("base") and not is_built(entry["base"]):
         build(by_name[entry["base"]], by_name, recipe)
     print(f"[zoo] training {entry['name']} ({entry['kind']}, {entry['steps']} steps)", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    model, truth, loss = _train(entry, by_name)
-    train_s = time.perf_counter() - t0
+    model, truth, (loss, train_s) = _train(entry, by_name)
     out = MODELS / entry["name"]
     _save_fp16(model, out, entry, truth)
     ev = recipe["evaluation"]
     t1 = time.perf_counter()
     truth_metrics = measure(out, ev["n_samples"], ev["seed"])
-    info = {"recipe": entry, "final_loss": loss, "train_seconds": round(train_s, 1),
+    info = {"recipe": entry, "final_loss": loss, "train_seconds": None if train_s is None else round(train_s, 1),
             "measure_seconds": round(time.perf_counter() - t1, 1), "ground_truth": truth_metrics,
             "parameters": sum(p.numel() for p in model.net.parameters()),
             "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                         "torch": torch.__version__},
             "weights": "fp16 safetensors (loaded as fp32)"}
     atomic_write_json(out / "zoo.json", info)
-    print(f"[zoo] {entry['name']}: loss {loss:.4f}, {train_s / 60:.1f} min; truth {truth_metrics}",
+    print(f"[zoo] {entry['name']}: loss {loss:.4f}, {(train_s or 0) / 60:.1f} min; truth {truth_metrics}",
           file=sys.stderr, flush=True)
     remeasure(entry, recipe)
 
