@@ -24,13 +24,22 @@ from common import header, md_table, write
 def measure(path: str, steps: int, seed: int, device: str) -> dict:
     import pdfast
 
-    res = pdfast.invert(pdfast.load_model(path, device=device), steps=steps, seed=seed, device=device)
+    model = pdfast.load_model(path, device=device)
+    res = pdfast.invert(model, steps=steps, seed=seed, device=device)
     m = res.metrics
-    return {"model": path, "pattern_uniformity": m["pattern_uniformity"], "uniformity": m["uniformity"],
+    return {"model": path, "sample_size": model.sample_size, "pattern_uniformity": m["pattern_uniformity"], "uniformity": m["uniformity"],
             "uniformity_trimmed": m["uniformity_trimmed"], "kl_mean": m["kl_mean"], "asr": m.get("asr"),
             "pattern_asr": m.get("pattern_asr"), "l2": m.get("l2"), "pattern_l2": m.get("pattern_l2"),
             "verdict": m["detection"]["verdict"], "statistic": m["detection"]["statistic"],
             "threshold_used": m["detection"]["threshold"], "seconds": res.timings["total_seconds"]}
+
+
+def _settings(rows: list[dict], a) -> dict:
+    """What a run must share with this calibration for its threshold to apply (pdfast.detection checks and warns):
+    method, K, seed and, when every model has the same one, the image size."""
+    sizes = {r["sample_size"] for r in rows}
+    return {"method": "puredif", "steps": a.steps, "seed": a.seed,
+            **({"sample_size": sizes.pop()} if len(sizes) == 1 else {})}
 
 
 def main(argv=None) -> int:
@@ -73,7 +82,7 @@ def main(argv=None) -> int:
     cal = {"statistic": stat, "threshold": thr, "kl_threshold": kl_thr,
            "provenance": f"calibrated on {len(clean)} clean and {len(bad)} backdoored models, K={a.steps}, "
                          f"PureDiffusion defaults ({cmd})",
-           "separated": separated, "settings": {"method": "puredif", "steps": a.steps, "seed": a.seed},
+           "separated": separated, "settings": _settings(clean + bad, a),
            "models": clean + bad, **header()}
     if a.write:
         Path(a.write).write_text(json.dumps(cal, indent=2, default=str) + "\n")
