@@ -148,3 +148,27 @@ def test_cli_detect_with_a_trigger_refuses_inversion_flags(tmp_path):
                                     "--out", str(tmp_path / "d"), "--no-progress", "--device", "cpu"])
     assert res.exit_code == 2 and "'epochs' has no effect when a trigger is given" in res.output
     assert "Traceback" not in res.output and not (tmp_path / "d").exists()
+
+
+def test_verdict_reports_its_margin_and_a_calibration_made_for_other_settings(tmp_path, tiny_model, monkeypatch,
+                                                                              caplog):
+    import math
+
+    from pdfast import detection
+
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"statistic": "pattern_uniformity", "threshold": 0.05, "provenance": "test",
+                               "settings": {"method": "puredif", "steps": 10, "sample_size": 32}}))
+    monkeypatch.setattr(detection, "CALIBRATION_FILE", cal)
+    with caplog.at_level("WARNING", logger="pdfast.detection"):
+        det = pdfast.detect(tiny_model, trigger=torch.zeros(tiny_model.shape), n_eval=4).inversion.metrics
+    d = det["detection"]
+    assert d["calibration_mismatch"] == {"sample_size": {"calibration": 32, "run": 8}}
+    assert "calibrated with other settings" in caplog.text and "sample_size 32 vs 8" in caplog.text
+    assert d["margin"] == pytest.approx(math.log(d["value"] / 0.05))
+    assert (d["margin"] < 0) == (d["verdict"] == "backdoored")
+    with caplog.at_level("WARNING", logger="pdfast.detection"):
+        caplog.clear()
+        same = pdfast.detect(tiny_model, trigger=torch.zeros(tiny_model.shape), n_eval=4, threshold=0.2)
+    assert "calibrated with other settings" not in caplog.text  # an explicit threshold is the user's choice
+    assert same.inversion.metrics["detection"]["threshold"] == 0.2
