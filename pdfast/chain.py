@@ -37,10 +37,9 @@ class DDPMSampler:
     The unclipped form runs the fused ``ddpm_update`` op (pdfast.kernels: native, Triton or its torch reference).
     """
 
-    def __init__(self, schedule: Schedule, steps: int | None = None, *, kernels: bool = True):
+    def __init__(self, schedule: Schedule, steps: int | None = None):
         self.schedule = schedule
         self.timesteps = schedule.timesteps(steps)
-        self.kernels = kernels
         self.coef = schedule._step_table  # python floats per t, computed once per schedule
 
     def needs_noise(self, i: int) -> bool:
@@ -48,7 +47,7 @@ class DDPMSampler:
 
     def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         t = self.timesteps[i]
-        if self.kernels and not self.schedule.clip_sample:
+        if not self.schedule.clip_sample:
             from .kernels import ddpm_update
 
             c = self.coef
@@ -155,15 +154,14 @@ StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 def run(eps_fn: EpsFn, x: torch.Tensor, sampler: Sampler, noise, *, n: int | None = None, update_last: bool = True,
-        callback: StepCallback | None = None, step: Callable | None = None) -> torch.Tensor:
-    """Walk n chain steps from x: eps_i = eps_fn(x_i, t_i), callback(i, x_i, eps_i), x_{i+1} = step(i, x_i, eps_i, z_i).
+        callback: StepCallback | None = None) -> torch.Tensor:
+    """Walk n chain steps from x: eps_i = eps_fn(x_i, t_i), callback(i, x_i, eps_i),
+    x_{i+1} = sampler.step(i, x_i, eps_i, z_i).
 
     z_i is drawn from ``noise`` only for steps that add noise and are applied; with ``update_last`` False the
-    n-th update (and its z) is skipped and x_{n-1} is returned. ``step`` replaces ``sampler.step`` (an engine's
-    fused or graphed form of the same update).
+    n-th update (and its z) is skipped and x_{n-1} is returned.
     """
     n = len(sampler.timesteps) if n is None else n
-    step = step or sampler.step
     t_dev = torch.as_tensor(sampler.timesteps[:n], dtype=torch.long, device=x.device)
     for i in range(n):
         eps = eps_fn(x, t_dev[i])
@@ -171,7 +169,7 @@ def run(eps_fn: EpsFn, x: torch.Tensor, sampler: Sampler, noise, *, n: int | Non
             callback(i, x, eps)
         if i + 1 < n or update_last:
             z = noise.z(i, x.shape) if sampler.needs_noise(i) else None
-            x = step(i, x, eps, z)
+            x = sampler.step(i, x, eps, z)
     return x
 
 
@@ -193,19 +191,19 @@ def walk_back(vjp: Callable[[int, torch.Tensor | None], torch.Tensor], last: int
 
 def sample(eps_fn: EpsFn, sampler: Sampler, shape: Sequence[int], n: int, *, trigger: torch.Tensor | None = None,
            seed: int = 0, batch: int = 64, device: torch.device | str = "cpu", progress: bool = False,
-           step: Callable | None = None, clamp: bool = True, callback: StepCallback | None = None) -> torch.Tensor:
+           clamp: bool = True, callback: StepCallback | None = None) -> torch.Tensor:
     """n images of the chain x_T = eps + trigger (docs/method.md section 1), in batches, on CPU; in [-1, 1] with
     ``clamp``. One generator per call: batch b's x_T noise, then its z_i, then batch b+1's. ``callback(i, x, eps)``
     is called at every step."""
     return sample_together(eps_fn, sampler, shape, n, [trigger], seed=seed, batch=batch, device=device,
-                           progress=progress, step=step, clamp=clamp, callback=callback)[0]
+                           progress=progress, clamp=clamp, callback=callback)[0]
 
 
 @torch.no_grad()
 def sample_together(eps_fn: EpsFn, sampler: Sampler, shape: Sequence[int], n: int,
                     triggers: Sequence[torch.Tensor | None], *, seed: int = 0, batch: int = 64,
-                    device: torch.device | str = "cpu", progress: bool = False, step: Callable | None = None,
-                    clamp: bool = True, callback: StepCallback | None = None) -> list[torch.Tensor]:
+                    device: torch.device | str = "cpu", progress: bool = False, clamp: bool = True,
+                    callback: StepCallback | None = None) -> list[torch.Tensor]:
     """``sample`` for several triggers from the same noise, as one chain: each batch of b noises runs as one
     network batch of len(triggers) * b (every trigger sees the same eps and z_i). Image j of trigger k equals
     ``sample(..., trigger=triggers[k])``'s image j: the same draws in the same order (per-image network results do
@@ -224,7 +222,7 @@ def sample_together(eps_fn: EpsFn, sampler: Sampler, shape: Sequence[int], n: in
         noise.plan(n_noisy)
         bar = tqdm(total=len(sampler.timesteps), desc=f"sample {start + b}/{n}" + (f" x{k}" if k > 1 else ""),
                    disable=not progress, mininterval=1.0, leave=False)
-        x = run(eps_fn, x, sampler, _Tiled(noise, k), step=step, callback=_progress(bar, callback))
+        x = run(eps_fn, x, sampler, _Tiled(noise, k), callback=_progress(bar, callback))
         bar.close()
         for j, part in enumerate(x.chunk(k)):
             out[j].append((part.clamp(-1, 1) if clamp else part).cpu())
