@@ -132,6 +132,17 @@ class InversionConfig:
         "relative: ||mean eps_theta - lambda delta|| / n(delta), n = mean |delta| (l1) or mean delta^2 (l2), so "
         "shrinking delta to 0 does not win (default puredif); absolute: eq. 17 as printed (default elijah).",
         choices=OBJECTIVES))
+    warm_epochs: int = field(default=0, metadata=opt(
+        "Adam steps on the first chain step alone (t = T, a one-step warm start) before the K-step search."))
+    lr_schedule: str = field(default="constant", metadata=opt(
+        "Learning rate over each stage: constant, or cosine (decays to 0 at the stage's end).",
+        choices=("constant", "cosine")))
+    average: str = field(default="none", metadata=opt(
+        "none: a stage returns its last iterate; tail: the mean of the iterates of its second half.",
+        choices=("none", "tail")))
+    bounds: str = field(default="none", metadata=opt(
+        "none: the trigger is unconstrained; image: it is projected onto [-1, 1] (an image) after every step.",
+        choices=("none", "image")))
     loss_steps: str = field(default="sampled", metadata=opt(
         "sampled: one step drawn from the first K per iteration (the paper); all: the mean over all K.",
         choices=("sampled", "all")))
@@ -176,6 +187,8 @@ class InversionConfig:
             raise PdfastError(f"--noise antithetic needs an even --batch (got {self.batch})")
         if self.batch < 1 or self.epochs < 1:
             raise PdfastError("--batch and --epochs must be positive")
+        if self.warm_epochs < 0:
+            raise PdfastError(f"--warm-epochs {self.warm_epochs} must be 0 (no warm start) or more")
         if self.refine_epochs < 0:
             raise PdfastError(f"--refine-epochs {self.refine_epochs} must be 0 (no refinement) or more")
         if not (self.lr > 0 and math.isfinite(self.lr)):

@@ -102,6 +102,8 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
     interrupted = False
     t0 = time.perf_counter()
     try:
+        if cfg.warm_epochs:
+            delta = loop.run(delta, cfg.objective == "relative", cfg.warm_epochs, "warm", first_step_only=True)
         delta = loop.run(delta, cfg.objective == "relative", cfg.epochs, "search")
         if cfg.refine_epochs:
             delta = loop.run(trigger_pattern(delta).reshape(shape), False, cfg.refine_epochs, "refine")
@@ -146,40 +148,63 @@ class _Descent:
         noise = self.fixed if self.fixed is not None else noise
         return noise, [z if self.sampler.needs_noise(i) else None for i, z in enumerate(zs)]
 
-    def run(self, delta0: torch.Tensor, relative: bool, epochs: int, stage: str) -> torch.Tensor:
+    def run(self, delta0: torch.Tensor, relative: bool, epochs: int, stage: str,
+            first_step_only: bool = False) -> torch.Tensor:
+        """One stage of ``epochs`` Adam steps from ``delta0``; returns its last iterate, or with ``average="tail"``
+        the mean of the iterates of its second half (Polyak tail averaging)."""
         from tqdm.auto import tqdm
 
         from .objectives import ShiftObjective
 
         cfg, K = self.cfg, self.cfg.steps
         objective = ShiftObjective(self.lambdas, cfg.norm, relative)
-        delta = delta0.detach().to(self.device, torch.float32).clone().requires_grad_(True)
+        delta = self._project(delta0.detach().to(self.device, torch.float32).clone()).requires_grad_(True)
         self.delta = delta
         opt = torch.optim.Adam([delta], lr=cfg.lr)
         self.stages[stage] = 0
+        tail, n_tail = torch.zeros_like(delta), 0
         bar = tqdm(range(epochs), desc=f"invert {cfg.method} K={K} ({stage})", disable=not self.progress,
                    mininterval=0.5)
-        for _ in bar:
-            it = len(self.losses)
-            loss_steps = list(range(K)) if cfg.loss_steps == "all" else [int(torch.randint(0, K, (), generator=self.gen))]
-            noise, zs = self._batch(max(loss_steps))
-            loss, grad = self.engine.loss_and_grad(delta.detach(), noise, zs, self.sampler, objective, loss_steps)
-            if not math.isfinite(loss) or not torch.isfinite(grad).all():
-                raise PdfastError(f"the inversion diverged (loss {loss}) at iteration {it}; lower --lr or use --norm l1")
-            opt.zero_grad(set_to_none=True)
-            delta.grad = grad.reshape(delta.shape).to(delta.dtype)
-            opt.step()
-            self.losses.append(loss)
-            self.drawn.append(max(loss_steps))
+        for i in bar:
+            if cfg.lr_schedule == "cosine":
+                opt.param_groups[0]["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * i / epochs))
+            loss, drawn = self._step(delta, opt, objective, K, first_step_only)
+            bar.set_postfix(loss=f"{loss:.4f}", step=drawn)
             self.stages[stage] += 1
-            bar.set_postfix(loss=f"{loss:.4f}", step=max(loss_steps))
-            if self.callback is not None:
-                self.callback(it, loss, delta.detach())
-        return delta.detach()
+            if cfg.average == "tail" and i >= epochs // 2:
+                tail, n_tail = tail + delta.detach(), n_tail + 1
+        return tail / n_tail if n_tail else delta.detach()
+
+    def _step(self, delta, opt, objective, K: int, first_step_only: bool) -> tuple[float, int]:
+        """One Adam step on the objective at the drawn chain step(s); records the loss and calls back."""
+        cfg, it = self.cfg, len(self.losses)
+        if first_step_only:
+            loss_steps = [0]
+        elif cfg.loss_steps == "all":
+            loss_steps = list(range(K))
+        else:
+            loss_steps = [int(torch.randint(0, K, (), generator=self.gen))]
+        noise, zs = self._batch(max(loss_steps))
+        loss, grad = self.engine.loss_and_grad(delta.detach(), noise, zs, self.sampler, objective, loss_steps)
+        if not math.isfinite(loss) or not torch.isfinite(grad).all():
+            raise PdfastError(f"the inversion diverged (loss {loss}) at iteration {it}; lower --lr or use --norm l1")
+        opt.zero_grad(set_to_none=True)
+        delta.grad = grad.reshape(delta.shape).to(delta.dtype)
+        opt.step()
+        with torch.no_grad():
+            delta.copy_(self._project(delta))
+        self.losses.append(loss)
+        self.drawn.append(max(loss_steps))  # the network is called at steps 0..max: max + 1 calls
+        if self.callback is not None:
+            self.callback(it, loss, delta.detach())
+        return loss, max(loss_steps)
+
+    def _project(self, delta: torch.Tensor) -> torch.Tensor:
+        """bounds="image": the nearest trigger in [-1, 1] (projected gradient descent); otherwise unchanged."""
+        return delta.clamp(-1.0, 1.0) if self.cfg.bounds == "image" else delta
 
     def timings(self, secs: float) -> dict:
-        K = self.cfg.steps
-        calls = int(sum(d + 1 for d in self.drawn)) if self.cfg.loss_steps == "sampled" else len(self.drawn) * K
+        calls = int(sum(d + 1 for d in self.drawn))
         return {"inversion_seconds": round(secs, 3), "iterations": len(self.losses), "stages": self.stages,
                 "network_calls": calls, "ms_per_chain_step": round(1000 * secs / max(1, calls), 3)}
 

@@ -1,5 +1,7 @@
 """Inversion methods, shift scales and detection on tiny models, against hand-computed references."""
 import json
+import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -324,3 +326,58 @@ def test_refinement_starts_from_the_pattern_of_the_search():
     assert cfg.objective == "relative" and len(seen) == 3
     # the refinement runs the absolute objective: |a - lam| * mean |delta| on eps = a x with antithetic noise
     assert res.losses[2] == pytest.approx(abs(a - lam) * float(trigger_pattern(d0).abs().mean()), rel=1e-5)
+
+
+def _lam_table(k, lam=0.5):
+    return ScaleTable(torch.full((k,), lam), "test", SCHED.timesteps(k), torch.full((k,), lam))
+
+
+def test_bounds_image_projects_every_iterate_onto_minus_one_one():
+    """The unconstrained optimum has values of 2 and -3; bounds="image" keeps every iterate in [-1, 1] and ends at
+    the projection of the optimum (the loss is separable per element, so the box optimum is the clamp)."""
+    truth = torch.full((3, 4, 4), -3.0)
+    truth[:, :2] = 2.0
+    truth[:, 2:, 2:] = 0.25
+    m = DiffusionModel(Shifted(truth, lambda t: 0.5), SCHED, 4, 3)
+    seen = []
+    cfg = InversionConfig(steps=2, scales="analytic", epochs=200, refine_epochs=0, objective="absolute", lr=0.05,
+                          bounds="image").resolved()
+    res = run_inversion(m, cfg, _lam_table(2), callback=lambda i, loss, d: seen.append(d.clone()))
+    assert all(float(d.abs().max()) <= 1.0 for d in seen)
+    assert (res.trigger - truth.clamp(-1, 1)).abs().max() < 0.05
+    free = run_inversion(m, InversionConfig(steps=2, scales="analytic", epochs=200, refine_epochs=0,
+                                            objective="absolute", lr=0.05).resolved(), _lam_table(2))
+    assert float(free.trigger.abs().max()) > 1.5  # without bounds it leaves the box: the test can tell the two apart
+
+
+def test_tail_average_is_the_mean_of_the_second_half_of_the_iterates():
+    seen = []
+    cfg = InversionConfig(steps=2, scales="analytic", epochs=6, refine_epochs=0, batch=4, average="tail").resolved()
+    res = run_inversion(linear_model(), cfg, _lam_table(2), callback=lambda i, loss, d: seen.append(d.clone()))
+    torch.testing.assert_close(res.trigger, torch.stack(seen[3:]).mean(0)[0], atol=1e-6, rtol=0)
+    last = run_inversion(linear_model(), replace(cfg, average="none"), _lam_table(2))
+    torch.testing.assert_close(last.trigger, seen[-1][0], atol=1e-6, rtol=0)  # same path, last iterate
+
+
+def test_cosine_schedule_sets_adams_step_sizes():
+    """eps = a x with L1 and antithetic noise: the gradient's sign never changes, so Adam's step on every element
+    is exactly the learning rate: lr * (1 + cos(pi i / n)) / 2 with the cosine schedule."""
+    seen = []
+    lr, n = 1e-3, 4
+    cfg = InversionConfig(steps=1, scales="analytic", epochs=n, refine_epochs=0, batch=4, lr=lr, objective="absolute",
+                          lr_schedule="cosine").resolved()
+    d0 = -torch.rand((1, 3, 4, 4), generator=torch.Generator().manual_seed(0))
+    run_inversion(linear_model(), cfg, _lam_table(1), callback=lambda i, loss, d: seen.append(d.clone()))
+    steps = [(b - a).abs() for a, b in zip([d0, *seen[:-1]], seen)]
+    for i, s in enumerate(steps):
+        want = lr * 0.5 * (1 + math.cos(math.pi * i / n))
+        torch.testing.assert_close(s, torch.full_like(s, want), rtol=1e-3, atol=1e-9)
+
+
+def test_warm_epochs_run_the_first_chain_step_alone_first():
+    cfg = InversionConfig(steps=5, scales="analytic", epochs=4, refine_epochs=2, batch=4, warm_epochs=3).resolved()
+    res = run_inversion(linear_model(), cfg, _lam_table(5))
+    assert res.drawn_steps[:3] == [0, 0, 0] and len(res.losses) == 9
+    assert res.timings["stages"] == {"warm": 3, "search": 4, "refine": 2}
+    with pytest.raises(PdfastError, match="warm-epochs"):
+        InversionConfig(warm_epochs=-1).resolved()
