@@ -132,6 +132,9 @@ class InversionConfig:
         "relative: ||mean eps_theta - lambda delta|| / n(delta), n = mean |delta| (l1) or mean delta^2 (l2), so "
         "shrinking delta to 0 does not win (default puredif); absolute: eq. 17 as printed (default elijah).",
         choices=OBJECTIVES))
+    refine_from: str = field(default="pattern", metadata=opt(
+        "Where the refinement starts: the search result's pattern (its flat part removed) or the result itself.",
+        choices=("pattern", "trigger")))
     warm_epochs: int = field(default=0, metadata=opt(
         "Adam steps on the first chain step alone (t = T, a one-step warm start) before the K-step search."))
     lr_schedule: str = field(default="constant", metadata=opt(

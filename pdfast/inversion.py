@@ -106,7 +106,8 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
             delta = loop.run(delta, cfg.objective == "relative", cfg.warm_epochs, "warm", first_step_only=True)
         delta = loop.run(delta, cfg.objective == "relative", cfg.epochs, "search")
         if cfg.refine_epochs:
-            delta = loop.run(trigger_pattern(delta).reshape(shape), False, cfg.refine_epochs, "refine")
+            start2 = trigger_pattern(delta).reshape(shape) if cfg.refine_from == "pattern" else delta
+            delta = loop.run(start2, False, cfg.refine_epochs, "refine")
     except KeyboardInterrupt:
         interrupted = True
         delta = loop.delta if loop.delta is not None else delta

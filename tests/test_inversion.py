@@ -381,3 +381,12 @@ def test_warm_epochs_run_the_first_chain_step_alone_first():
     assert res.timings["stages"] == {"warm": 3, "search": 4, "refine": 2}
     with pytest.raises(PdfastError, match="warm-epochs"):
         InversionConfig(warm_epochs=-1).resolved()
+
+
+def test_refinement_can_start_from_the_trigger_itself():
+    seen = []
+    cfg = InversionConfig(steps=1, scales="analytic", epochs=2, refine_epochs=1, batch=4, lr=1e-9,
+                          refine_from="trigger").resolved()
+    res = run_inversion(linear_model(), cfg, _lam_table(1), callback=lambda i, loss, d: seen.append(d.clone()))
+    d0 = -torch.rand((1, 3, 4, 4), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(res.trigger, d0[0], atol=1e-6, rtol=0)
