@@ -91,11 +91,20 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     return name, opts
 
 
+def invert_options(opts: dict, seed: int, k: int) -> dict:
+    """The options passed to pdfast.invert: the variant's, the seed and (PureDiffusion only) K."""
+    options = {**opts, "seed": seed}
+    if options.get("method") != "elijah":
+        options["steps"] = k
+    return options
+
+
 def ident(opts: dict, seed: int, k: int, samples: int) -> str:
-    """What a cached run is looked up by. The code version is recorded in the run, not in the key: the options
-    added for the study leave every earlier path bit-identical (tests/test_demo.py's golden values), so a run
-    stays valid across them; the report lists the code versions its rows come from."""
-    return json.dumps({"o": opts, "s": seed, "k": k, "n": samples}, sort_keys=True)
+    """What a cached run is looked up by: the fully resolved configuration (every option, presets applied) and the
+    sample count, so a run is found again only while its options still mean the same inversion (changing a
+    preset's defaults changes what a variant resolves to, and it runs again). The code version is recorded in the
+    run, not in the key: options added since leave every earlier path bit-identical (tests/test_demo.py)."""
+    return json.dumps({"c": quality.resolved_config(invert_options(opts, seed, k)), "n": samples}, sort_keys=True)
 
 
 def cached_runs(folder: Path) -> dict[str, dict]:
@@ -105,7 +114,8 @@ def cached_runs(folder: Path) -> dict[str, dict]:
             r = json.loads(f.read_text())
         except (OSError, ValueError):
             continue
-        out[ident(r["options"], r["seed"], r["k"], r.get("asr_n", r.get("samples", 0)))] = r
+        if "resolved" in r:
+            out[json.dumps({"c": r["resolved"], "n": r.get("samples", 0)}, sort_keys=True)] = r
     return out
 
 
@@ -114,9 +124,7 @@ def run_one(ctx, opts: dict, seed: int, k: int, samples: int) -> dict:
     import pdfast
     from pdfast import metrics
 
-    options = {**opts, "seed": seed}
-    if options.get("method") != "elijah":
-        options["steps"] = k
+    options = invert_options(opts, seed, k)
     t0 = time.perf_counter()
     res = pdfast.invert(ctx.model, evaluate=False, **options)
     rec = {"seconds": round(time.perf_counter() - t0, 2), "inversion_seconds": res.timings["inversion_seconds"],
@@ -235,6 +243,7 @@ def main(argv=None) -> int:
                     quality.log(f"{m.name} {name} seed {seed}")
                     rec = {"model": m.name, "backdoored": m.backdoored, "variant": name, "options": opts,
                            "seed": seed, "k": a.k, "samples": a.samples, "code_version": code,
+                           "resolved": quality.resolved_config(invert_options(opts, seed, a.k)),
                            **run_one(ctx, opts, seed, a.k, a.samples)}
                     h = hashlib.sha256(ident(opts, seed, a.k, a.samples).encode()).hexdigest()[:12]
                     (a.out / m.name).mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ sys.path.insert(0, str(HERE))
 import stats  # noqa: E402
 from pdfast.errors import PdfastError  # noqa: E402
 
-EVAL_VERSION = 1  # bump when a measurement defined in this file changes (sampling split, metric, trivial set)
+EVAL_VERSION = 2  # bump when a measurement defined in this file changes (sampling split, metric, trivial set)
 ZOO = HERE / "zoo" / "models"
 RECIPE = HERE / "zoo" / "recipe.json"
 CACHE = HERE / "results" / "quality"
@@ -464,6 +464,7 @@ def _image_metrics(imgs, target, thr: float) -> dict:
     if n >= 2:
         m["uniformity"] = metrics.uniformity(imgs)
         m["uniformity_trimmed"] = metrics.uniformity_trimmed(imgs)
+        m["uniformity_q25"] = metrics.uniformity_q25(imgs)
     if target is not None:
         mse = metrics.per_image_mse(imgs, target)
         k = int((mse < thr).sum())
@@ -615,6 +616,7 @@ def pdfast_cache(cache: Path, code: str) -> Path:
 # ====================================================================== report
 DET_STATS = [  # (name, where, key, low_is_backdoored)
     ("pattern_uniformity (verdict)", "pattern_samples.verdict", "uniformity", True),
+    ("pattern_uniformity_q25 (verdict)", "pattern_samples.verdict", "uniformity_q25", True),
     ("uniformity (verdict)", "samples.verdict", "uniformity", True),
     ("uniformity_trimmed (verdict)", "samples.verdict", "uniformity_trimmed", True),
     ("pattern_uniformity (all n)", "pattern_samples.all", "uniformity", True),

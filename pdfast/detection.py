@@ -58,6 +58,7 @@ def judge(result, model: DiffusionModel, engine, *, n: int = 16, seed: int = 0, 
     m.update(metrics.kl_statistic(result.trigger))
     m["pattern_uniformity"] = metrics.uniformity(pattern_imgs)
     m["pattern_uniformity_trimmed"] = metrics.uniformity_trimmed(pattern_imgs)
+    m["pattern_uniformity_q25"] = metrics.uniformity_q25(pattern_imgs)
     m["pattern_image_contrast"] = metrics.image_contrast(pattern_imgs)
     if gt_target is not None:
         m["asr"] = metrics.asr(imgs, gt_target)

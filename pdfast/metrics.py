@@ -46,6 +46,17 @@ def uniformity(images: torch.Tensor) -> float:
     return float(d[iu[0], iu[1]].mean())
 
 
+def uniformity_q25(images: torch.Tensor) -> float:
+    """The lower quartile of the pairwise MSEs over i < j. Robust to partial firing: when a share p of the samples
+    collapses onto one image, p^2 of the pairs are ~0, so this is ~0 from p = 0.5 on, while the mean (uniformity)
+    only falls to (1 - p^2) of its clean value."""
+    n = images.shape[0]
+    if n < 2:
+        raise ValueError("uniformity needs at least 2 images")
+    iu = torch.triu_indices(n, n, 1)
+    return float(torch.quantile(pairwise_mse(images)[iu[0], iu[1]].double(), 0.25))
+
+
 def uniformity_trimmed(images: torch.Tensor, trim: int = 4) -> float:
     """Elijah's trimmed form: per row drop the self pair and the ``trim`` smallest/largest, average; then trim the row means."""
     d = pairwise_mse(images)

@@ -246,3 +246,20 @@ def test_trigger_pattern_removes_the_flat_part_and_keeps_the_energy():
     assert torch.equal(trigger_pattern(torch.full((3, 4, 4), -1.0)), torch.zeros(3, 4, 4))  # flat: no pattern
     flat = torch.full((4, 3, 4, 4), 0.2)
     assert image_contrast(flat) == 0.0 and image_contrast(torch.rand(4, 3, 4, 4) * 2 - 1) > 0.1
+
+
+def test_uniformity_q25_sees_partial_firing_that_the_mean_misses():
+    """16 images, 9 of them one image (a backdoor firing about half the time: 36 of the 120 pairs, 30%, are
+    identical): the mean pairwise MSE keeps most of its clean value, the lower quartile drops to 0."""
+    from pdfast import metrics
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand((16, 3, 8, 8), generator=g)
+    fired = clean.clone()
+    fired[:9] = clean[0]
+    u_clean, u_fired = metrics.uniformity(clean), metrics.uniformity(fired)
+    assert u_fired > 0.6 * u_clean
+    assert metrics.uniformity_q25(fired) < 1e-12
+    assert 0 < metrics.uniformity_q25(clean) <= u_clean
+    with pytest.raises(ValueError):
+        metrics.uniformity_q25(clean[:1])
