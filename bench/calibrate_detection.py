@@ -27,7 +27,8 @@ def measure(path: str, steps: int, seed: int, device: str) -> dict:
     model = pdfast.load_model(path, device=device)
     res = pdfast.invert(model, steps=steps, seed=seed, device=device)
     m = res.metrics
-    return {"model": path, "sample_size": model.sample_size, "pattern_uniformity": m["pattern_uniformity"], "uniformity": m["uniformity"],
+    return {"model": path, "sample_size": model.sample_size, "pattern_uniformity": m["pattern_uniformity"],
+            "pattern_uniformity_q25": m["pattern_uniformity_q25"], "uniformity": m["uniformity"],
             "uniformity_trimmed": m["uniformity_trimmed"], "kl_mean": m["kl_mean"], "asr": m.get("asr"),
             "pattern_asr": m.get("pattern_asr"), "l2": m.get("l2"), "pattern_l2": m.get("pattern_l2"),
             "verdict": m["detection"]["verdict"], "statistic": m["detection"]["statistic"],
@@ -42,6 +43,23 @@ def _settings(rows: list[dict], a) -> dict:
             **({"sample_size": sizes.pop()} if len(sizes) == 1 else {})}
 
 
+def merged(path: Path, cal: dict) -> dict:
+    """The calibration file with ``cal`` for its image size: kept under "by_size" beside the other sizes'
+    (pdfast.detection.calibration picks the run's size), and at the top level too when the file had none or the
+    top level was for the same size."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = {}
+    size = cal["settings"].get("sample_size")
+    by_size = dict(old.get("by_size") or {})
+    if size is not None:
+        by_size[str(size)] = cal
+    top_size = (old.get("settings") or {}).get("sample_size")
+    top = cal if not old or top_size in (None, size) else {k: v for k, v in old.items() if k != "by_size"}
+    return {**top, "by_size": by_size}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clean", nargs="*", default=[], help="clean model folders to calibrate on")
@@ -52,6 +70,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--write", default=None, help="write the calibration JSON here (pdfast/detection_calibration.json)")
     ap.add_argument("--name", default="detection-calibration")
+    ap.add_argument("--statistic", default="pattern_uniformity", choices=("pattern_uniformity", "pattern_uniformity_q25"),
+                    help="the verdict's statistic (low = backdoored); chosen by the dev evidence (docs/results.md)")
     a = ap.parse_args(argv)
     cmd = "python bench/calibrate_detection.py " + " ".join(argv or sys.argv[1:])
 
@@ -68,7 +88,7 @@ def main(argv=None) -> int:
     if not clean:
         print("error: give at least one --clean model", file=sys.stderr)
         return 2
-    stat = "pattern_uniformity"
+    stat = a.statistic
     lo_clean = min(r[stat] for r in clean)
     if bad:
         hi_bad = max(r[stat] for r in bad)
@@ -85,8 +105,8 @@ def main(argv=None) -> int:
            "separated": separated, "settings": _settings(clean + bad, a),
            "models": clean + bad, **header()}
     if a.write:
-        Path(a.write).write_text(json.dumps(cal, indent=2, default=str) + "\n")
-    table = md_table(clean + bad, ["label", "model", "pattern_uniformity", "uniformity", "uniformity_trimmed",
+        Path(a.write).write_text(json.dumps(merged(Path(a.write), cal), indent=2, default=str) + "\n")
+    table = md_table(clean + bad, ["label", "model", "pattern_uniformity", "pattern_uniformity_q25", "uniformity", "uniformity_trimmed",
                                    "kl_mean", "asr", "pattern_asr", "l2", "pattern_l2", "seconds"])
     table += f"\n\nthreshold ({stat}) = {thr:.4g}; KL threshold = {kl_thr}; separated = {separated}\n"
     write(a.name, {**cal, "command": cmd}, table)

@@ -70,6 +70,12 @@ VARIANTS.update({
     "pdb+refine-trigger": {**PDB, "refine_epochs": 30, "refine_from": "trigger"},
     "paper+antithetic+tail": {**PAPER, "noise": "antithetic", "average": "tail"},
     "paper+antithetic+bounds+tail": {**PAPER, "noise": "antithetic", "bounds": "image", "average": "tail"},
+    "pdb+l2+e60": {**PDB, "norm": "l2", "epochs": 60},
+    "pdb+l2+e100": {**PDB, "norm": "l2", "epochs": 100},
+    "pdb+l2+tail": {**PDB, "norm": "l2", "average": "tail"},
+    "pdb+l2+e60+tail": {**PDB, "norm": "l2", "epochs": 60, "average": "tail"},
+    "pdb+l2+all": {**PDB, "norm": "l2", "loss_steps": "all"},
+    "pdb+l2+e60+b80": {**PDB, "norm": "l2", "epochs": 60, "batch": 80},
     "pdb+refine-trigger+tail": {**PDB, "refine_epochs": 30, "refine_from": "trigger", "average": "tail"},
 })
 

@@ -673,12 +673,25 @@ def method_label(rec: dict) -> str:
     return meth + (f" K={rec['k']}" if rec["k"] else "")
 
 
-def detection_scores(entries: list[dict], models: list[ZooModel], split: str, calibration: dict) -> dict:
+VERDICT_STAT = {"pattern_uniformity": "pattern_uniformity (verdict)",
+                "pattern_uniformity_q25": "pattern_uniformity_q25 (verdict)"}
+
+
+def sample_size(m: ZooModel) -> int | None:
+    for f in (m.path / "unet" / "config.json", m.path / "config.json"):
+        try:
+            return int(json.loads(f.read_text())["sample_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def detection_scores(entries: list[dict], models: list[ZooModel], split: str, calibration_of) -> dict:
     """Per method and K (inversions only): the statistics per model, ROC AUC per statistic (backdoored positive;
-    low uniformity / high KL = backdoored), and TPR/TNR at the shipped threshold for its statistic."""
+    low uniformity / high KL = backdoored), and TPR/TNR at the shipped threshold (``calibration_of(image size)``,
+    pdfast.detection.calibration: one per size when the file has them) for its statistic."""
     labels = {m.name: m.backdoored for m in models if m.split == split}
-    thr = calibration.get("threshold")
-    cal_k = (calibration.get("settings") or {}).get("steps")
+    size = {m.name: sample_size(m) for m in models}
     out = {}
     groups: dict[tuple, list] = {}
     for e in entries:
@@ -699,23 +712,35 @@ def detection_scores(entries: list[dict], models: list[ZooModel], split: str, ca
             neg = [sgn * v for b, v in vals if not b]
             scores[name] = {"auc": stats.auc(pos, neg), "n_backdoored": len(pos), "n_clean": len(neg),
                             "direction": "low = backdoored" if low else "high = backdoored"}
-        shipped = None
-        stat = calibration.get("statistic")
-        if meth == "pdfast" and thr is not None and stat == "pattern_uniformity":
-            name = "pattern_uniformity (verdict)"
-            vals = [(r["backdoored"], r[name]) for r in rows if r[name] is not None]
-            tp = sum(1 for b, v in vals if b and v < thr)
-            npos = sum(1 for b, _ in vals if b)
-            tn = sum(1 for b, v in vals if not b and v >= thr)
-            nneg = sum(1 for b, _ in vals if not b)
-            shipped = {"statistic": name, "threshold": thr, "calibrated_at_k": cal_k, "tpr": stats.rate(tp, npos),
-                       "tnr": stats.rate(tn, nneg)}
-            for r in rows:
-                if r[name] is not None:
-                    r["verdict"] = "backdoored" if r[name] < thr else "clean"
+        shipped = _shipped_rates(rows, size, calibration_of) if meth == "pdfast" else None
         out[f"{meth}" + (f"-K{k}" if k else "")] = {"method": meth, "k": k, "models": rows, "auc": scores,
                                                     "shipped_threshold": shipped}
     return out
+
+
+def _shipped_rates(rows: list[dict], size: dict, calibration_of) -> dict | None:
+    """TPR and TNR of the shipped verdict: each model judged with the calibration of its image size."""
+    tp = npos = tn = nneg = 0
+    thresholds, stats_used, ks = {}, set(), set()
+    for r in rows:
+        cal = calibration_of(size.get(r["model"]))
+        name, thr = VERDICT_STAT.get(cal.get("statistic")), cal.get("threshold")
+        if name is None or thr is None or r.get(name) is None:
+            continue
+        stats_used.add(name)
+        ks.add((cal.get("settings") or {}).get("steps"))
+        thresholds[str(size.get(r["model"]))] = thr
+        r["verdict"] = "backdoored" if r[name] < thr else "clean"
+        r["verdict_value"] = r[name]
+        if r["backdoored"]:
+            npos, tp = npos + 1, tp + (r["verdict"] == "backdoored")
+        else:
+            nneg, tn = nneg + 1, tn + (r["verdict"] == "clean")
+    if not stats_used:
+        return None
+    return {"statistic": ", ".join(sorted(stats_used)), "threshold": thresholds,
+            "calibrated_at_k": ks.pop() if len(ks) == 1 else sorted(ks, key=str),
+            "tpr": stats.rate(tp, npos), "tnr": stats.rate(tn, nneg)}
 
 
 def f4(v, digits: int = 4) -> str:
@@ -804,16 +829,18 @@ def detection_md(det: dict, split: str) -> str:
             continue
         sh = d["shipped_threshold"]
         rows = [[r["model"], "backdoored" if r["backdoored"] else "clean", r["kind"],
-                 f4(r["pattern_uniformity (verdict)"]), r.get("verdict", "-"), f4(r["uniformity (verdict)"]),
-                 f4(r["uniformity_trimmed (verdict)"]), f4(r["kl_mean"]), f4(r["pattern_uniformity (all n)"]),
-                 f4(r["uniformity (all n)"])] for r in d["models"]]
-        thr_txt = f"{sh['threshold']:.4g}" if sh else "-"
+                 f4(r["pattern_uniformity (verdict)"]), f4(r.get("pattern_uniformity_q25 (verdict)")),
+                 r.get("verdict", "-"), f4(r["uniformity (verdict)"]), f4(r["uniformity_trimmed (verdict)"]),
+                 f4(r["kl_mean"]), f4(r["pattern_uniformity (all n)"]), f4(r["uniformity (all n)"])]
+                for r in d["models"]]
+        thr_txt = (", ".join(f"{v:.4g} ({k}x{k})" for k, v in sh["threshold"].items()) + f" on {sh['statistic']}"
+                   if sh else "-")
         parts.append(f"**pdfast K={d['k']}**: statistics of each model's inverted trigger; verdict at the shipped "
-                     f"threshold {thr_txt} (pattern uniformity of the verdict's samples below it = backdoored)"
+                     f"threshold {thr_txt} (below it = backdoored)"
                      + (f"; that threshold was calibrated at K={sh['calibrated_at_k']}" if sh and
                         sh['calibrated_at_k'] != d['k'] else "") + ".\n\n"
-                     + md_table(rows, ["model", "label", "kind", "pattern unif (verdict)", "verdict",
-                                       "unif (verdict)", "unif trimmed (verdict)", "KL mean",
+                     + md_table(rows, ["model", "label", "kind", "pattern unif (verdict)", "pattern unif q25 (verdict)",
+                                       "verdict", "unif (verdict)", "unif trimmed (verdict)", "KL mean",
                                        "pattern unif (all n)", "unif (all n)"]))
     rows = []
     for name, d in det.items():
@@ -897,7 +924,7 @@ def build_report(cache: Path, models: list[ZooModel], settings: Settings, code: 
     cal = calibration()
     splits = [s for s in ("dev", "test") if any(m.split == s for m in models)] + \
         sorted({m.split for m in models} - {"dev", "test"})
-    det = {s: detection_scores(entries, models, s, cal) for s in splits}
+    det = {s: detection_scores(entries, models, s, lambda size: calibration(sample_size=size)) for s in splits}
     meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "command": command, "git": git,
             "code_version": code, "environment": env, "settings": settings.ident(),
             "calibration": {k: cal.get(k) for k in ("statistic", "threshold", "kl_threshold", "provenance",

@@ -19,7 +19,15 @@ from .errors import PdfastError
 METHODS = ("puredif", "elijah")
 # PureDiffusion presets, as data. "paper": what the paper describes (a fresh noise batch each iteration, eq. 17 as
 # printed, no refinement); "pdfast": pdfast's additions (docs/method.md section 5). Explicit options win.
-PRESETS = {"pdfast": {}, "paper": {"noise": "fresh", "objective": "absolute", "refine_epochs": 0}}
+# "v0.1": pdfast 0.1's defaults, chosen on the demo model alone (kept to reproduce its results).
+_V01 = {"batch": 40, "epochs": 30, "norm": "l1", "noise": "antithetic", "objective": "relative",
+        "refine_epochs": 30, "refine_from": "pattern", "warm_epochs": 0, "lr_schedule": "constant",
+        "average": "none", "bounds": "none"}
+PRESETS = {"pdfast": dict(_V01),
+           "paper": {**_V01, "noise": "fresh", "objective": "absolute", "refine_epochs": 0},
+           "v0.1": dict(_V01)}
+# Elijah as published (docs/method.md section 4); only the options a user gives change it.
+ELIJAH = {**_V01, "batch": 100, "epochs": 100, "noise": "fixed", "objective": "absolute", "refine_epochs": 0}
 NOISE_MODES = ("antithetic", "fresh", "fixed")
 OBJECTIVES = ("relative", "absolute")
 
@@ -132,18 +140,19 @@ class InversionConfig:
         "relative: ||mean eps_theta - lambda delta|| / n(delta), n = mean |delta| (l1) or mean delta^2 (l2), so "
         "shrinking delta to 0 does not win (default puredif); absolute: eq. 17 as printed (default elijah).",
         choices=OBJECTIVES))
-    refine_from: str = field(default="pattern", metadata=opt(
+    refine_from: str | None = field(default=None, metadata=opt(
         "Where the refinement starts: the search result's pattern (its flat part removed) or the result itself.",
         choices=("pattern", "trigger")))
-    warm_epochs: int = field(default=0, metadata=opt(
-        "Adam steps on the first chain step alone (t = T, a one-step warm start) before the K-step search."))
-    lr_schedule: str = field(default="constant", metadata=opt(
+    warm_epochs: int | None = field(default=None, metadata=opt(
+        "Adam steps on the first chain step alone (t = T, a one-step warm start) before the K-step search.",
+        kind=int))
+    lr_schedule: str | None = field(default=None, metadata=opt(
         "Learning rate over each stage: constant, or cosine (decays to 0 at the stage's end).",
         choices=("constant", "cosine")))
-    average: str = field(default="none", metadata=opt(
+    average: str | None = field(default=None, metadata=opt(
         "none: a stage returns its last iterate; tail: the mean of the iterates of its second half.",
         choices=("none", "tail")))
-    bounds: str = field(default="none", metadata=opt(
+    bounds: str | None = field(default=None, metadata=opt(
         "none: the trigger is unconstrained; image: it is projected onto [-1, 1] (an image) after every step.",
         choices=("none", "image")))
     loss_steps: str = field(default="sampled", metadata=opt(
@@ -157,23 +166,20 @@ class InversionConfig:
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 
     def resolved(self) -> "InversionConfig":
-        """Fill the method defaults and validate. Elijah (docs/method.md section 4): batch 100, 100 iterations,
-        fixed noise, L1, absolute, no refinement. PureDiffusion: batch 40, 30 epochs, L1, antithetic noise, relative
-        objective, then 30 refinement epochs on eq. 17 (pdfast's choices, docs/method.md section 5)."""
+        """Fill every option left at None and validate: Elijah's published settings (docs/method.md section 4), or
+        the PureDiffusion preset's (PRESETS; section 5: "paper" as printed, "pdfast" the defaults chosen on the
+        zoo's dev models, "v0.1" pdfast 0.1's). Options given explicitly always win."""
         if self.method not in METHODS:
             raise PdfastError(f"unknown method '{self.method}'; use one of: {', '.join(METHODS)}")
         if self.method == "elijah":
-            c = replace(self, steps=1, batch=self.batch or 100, epochs=self.epochs or 100, norm=self.norm or "l1",
-                        noise=self.noise or "fixed", objective=self.objective or "absolute", scales="elijah-0.5",
-                        loss_steps="sampled", refine_epochs=self.refine_epochs or 0)
+            fill = ELIJAH
+        elif self.preset not in PRESETS:
+            raise PdfastError(f"unknown preset '{self.preset}'; use one of: {', '.join(PRESETS)}")
         else:
-            if self.preset not in PRESETS:
-                raise PdfastError(f"unknown preset '{self.preset}'; use one of: {', '.join(PRESETS)}")
-            preset = {k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None}
-            c = replace(self, **preset)
-            c = replace(c, batch=c.batch or 40, epochs=c.epochs or 30, norm=c.norm or "l1",
-                        noise=c.noise or "antithetic", objective=c.objective or "relative",
-                        refine_epochs=30 if c.refine_epochs is None else c.refine_epochs)
+            fill = PRESETS[self.preset]
+        c = replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
+        if self.method == "elijah":
+            c = replace(c, steps=1, scales="elijah-0.5", loss_steps="sampled")
         c.validate()
         return c
 

@@ -33,12 +33,16 @@ FALLBACK = {"statistic": "pattern_uniformity", "threshold": 0.01, "kl_threshold"
             "provenance": "uncalibrated fallback: detection_calibration.json missing"}
 
 
-def calibration(path: Path | None = None) -> dict:
-    """The shipped threshold calibration (threshold, statistic, the clean models and command it came from)."""
+def calibration(path: Path | None = None, sample_size: int | None = None) -> dict:
+    """The shipped threshold calibration (threshold, statistic, the models and command it came from). A file may
+    hold one calibration per image size under "by_size"; the one of ``sample_size`` is returned when present,
+    else the top-level one (whose settings then say which size it was made for)."""
     try:
-        return json.loads(Path(path or CALIBRATION_FILE).read_text())
+        cal = json.loads(Path(path or CALIBRATION_FILE).read_text())
     except (OSError, ValueError):
         return dict(FALLBACK)
+    by_size = cal.get("by_size") or {}
+    return by_size.get(str(sample_size), cal) if sample_size is not None else cal
 
 
 def judge(result, model: DiffusionModel, engine, *, n: int = 16, seed: int = 0, threshold: float | None = None,
@@ -87,7 +91,7 @@ def verdict(m: dict, threshold: float | None, settings: dict) -> dict:
     """The verdict from the calibrated statistic: backdoored when value < threshold, with its margin
     log(value / threshold) (negative: backdoored; |margin| < 0.5 is within a factor 1.65 of the threshold) and a
     warning when the calibration was made with other settings (method, K, image size) than this run."""
-    cal = calibration()
+    cal = calibration(sample_size=settings.get("sample_size"))
     thr = float(threshold) if threshold is not None else float(cal["threshold"])
     stat = cal.get("statistic", "pattern_uniformity")
     value = float(m[stat])

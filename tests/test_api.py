@@ -172,3 +172,17 @@ def test_verdict_reports_its_margin_and_a_calibration_made_for_other_settings(tm
         same = pdfast.detect(tiny_model, trigger=torch.zeros(tiny_model.shape), n_eval=4, threshold=0.2)
     assert "calibrated with other settings" not in caplog.text  # an explicit threshold is the user's choice
     assert same.inversion.metrics["detection"]["threshold"] == 0.2
+
+
+def test_calibration_per_image_size(tmp_path):
+    """A calibration file may hold one threshold per image size; a size it lacks gets the top-level one."""
+    from pdfast.detection import calibration
+
+    f = tmp_path / "cal.json"
+    f.write_text(json.dumps({"statistic": "pattern_uniformity", "threshold": 0.2, "settings": {"sample_size": 16},
+                             "by_size": {"32": {"statistic": "pattern_uniformity_q25", "threshold": 0.05,
+                                                "settings": {"sample_size": 32}}}}))
+    assert calibration(f, sample_size=32)["threshold"] == 0.05
+    assert calibration(f, sample_size=16)["threshold"] == 0.2
+    assert calibration(f, sample_size=64)["threshold"] == 0.2
+    assert calibration(f)["threshold"] == 0.2
