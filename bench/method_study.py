@@ -9,7 +9,7 @@ sampling too: ASR over N full DDPM chains from eps + trigger, and the verdict's 
 Results are cached per (model, variant, seed, code version) under bench/results/method-study/, so a stopped run
 resumes; the table goes to bench/results/method-study-dev.md (and .json).
 
-  python bench/method_study.py --variants paper,pdfast,elijah --seeds 0,1
+  python bench/method_study.py --variants elijah,paper,v0.1,pdfast --seeds 0,1
   python bench/method_study.py --variants paper,paper+bounds --samples 64
   python bench/method_study.py --list
 """
@@ -33,12 +33,13 @@ import stats  # noqa: E402
 OUT = HERE / "results" / "method-study"
 OLD_CODE = "49bf94199d"  # the first runs (before the code version was recorded in each run)
 PAPER = {"preset": "paper"}
-PDFAST = {"preset": "pdfast"}
+PDFAST = {"preset": "v0.1"}  # pdfast 0.1's defaults: what the study started from
 # name -> options for pdfast.invert. Names say what is changed from which base.
 VARIANTS: dict[str, dict] = {
     "elijah": {"method": "elijah"},
     "paper": PAPER,
-    "pdfast": PDFAST,
+    "v0.1": PDFAST,
+    "pdfast": {"preset": "pdfast"},  # the default chosen by this study (= pdb+l2)
     "paper+antithetic": {**PAPER, "noise": "antithetic"},
     "paper+e60": {**PAPER, "epochs": 60},
     "paper+e100": {**PAPER, "epochs": 100},
@@ -49,10 +50,10 @@ VARIANTS: dict[str, dict] = {
     "paper+warm30": {**PAPER, "warm_epochs": 30},
     "paper+all": {**PAPER, "loss_steps": "all"},
     "paper+relative": {**PAPER, "objective": "relative"},
-    "pdfast+bounds": {**PDFAST, "bounds": "image"},
-    "pdfast-refine": {**PDFAST, "refine_epochs": 0},
-    "pdfast-refine+bounds": {**PDFAST, "refine_epochs": 0, "bounds": "image"},
-    "pdfast+tail": {**PDFAST, "average": "tail"},
+    "v0.1+bounds": {**PDFAST, "bounds": "image"},
+    "v0.1-refine": {**PDFAST, "refine_epochs": 0},
+    "v0.1-refine+bounds": {**PDFAST, "refine_epochs": 0, "bounds": "image"},
+    "v0.1+tail": {**PDFAST, "average": "tail"},
 }
 # The search stage alone (antithetic noise, relative objective) in the image box: the first study's best.
 PDB = {**PDFAST, "refine_epochs": 0, "bounds": "image"}
@@ -110,7 +111,12 @@ def ident(opts: dict, seed: int, k: int, samples: int) -> str:
     sample count, so a run is found again only while its options still mean the same inversion (changing a
     preset's defaults changes what a variant resolves to, and it runs again). The code version is recorded in the
     run, not in the key: options added since leave every earlier path bit-identical (tests/test_demo.py)."""
-    return json.dumps({"c": quality.resolved_config(invert_options(opts, seed, k)), "n": samples}, sort_keys=True)
+    return _key(quality.resolved_config(invert_options(opts, seed, k)), samples)
+
+
+def _key(resolved: dict, samples: int) -> str:
+    """The preset's name is left out: once resolved, every option it set is in the configuration itself."""
+    return json.dumps({"c": {k: v for k, v in resolved.items() if k != "preset"}, "n": samples}, sort_keys=True)
 
 
 def cached_runs(folder: Path) -> dict[str, dict]:
@@ -121,7 +127,7 @@ def cached_runs(folder: Path) -> dict[str, dict]:
         except (OSError, ValueError):
             continue
         if "resolved" in r:
-            out[json.dumps({"c": r["resolved"], "n": r.get("samples", 0)}, sort_keys=True)] = r
+            out[_key(r["resolved"], r.get("samples", 0))] = r
     return out
 
 

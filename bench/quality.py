@@ -63,7 +63,7 @@ METHODS = ("truth", "elijah", "paper", "pdfast", "trivial")
 # invert() options of each method (the rest: pdfast's defaults, pdfast/config.py)
 METHOD_OPTIONS = {
     "elijah": {"method": "elijah"},
-    "paper": {"method": "puredif", "noise": "fresh", "objective": "absolute", "refine_epochs": 0},
+    "paper": {"method": "puredif", "preset": "paper"},
     "pdfast": {"method": "puredif"},
 }
 TRIVIAL = ("zeros", "flat-0.5", "flat-1", "init-U")

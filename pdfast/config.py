@@ -23,7 +23,9 @@ METHODS = ("puredif", "elijah")
 _V01 = {"batch": 40, "epochs": 30, "norm": "l1", "noise": "antithetic", "objective": "relative",
         "refine_epochs": 30, "refine_from": "pattern", "warm_epochs": 0, "lr_schedule": "constant",
         "average": "none", "bounds": "none"}
-PRESETS = {"pdfast": dict(_V01),
+# "pdfast": chosen on the zoo's dev models (docs/method.md 5.4, bench/results/method-study-dev.md): the relative
+# search alone, with the L2 norm, projected onto the image box [-1, 1].
+PRESETS = {"pdfast": {**_V01, "norm": "l2", "refine_epochs": 0, "bounds": "image"},
            "paper": {**_V01, "noise": "fresh", "objective": "absolute", "refine_epochs": 0},
            "v0.1": dict(_V01)}
 # Elijah as published (docs/method.md section 4); only the options a user gives change it.
@@ -117,8 +119,9 @@ class InversionConfig:
         "puredif: PureDiffusion multi-timestep inversion; elijah: the baseline (t = T only, lambda 0.5).",
         choices=METHODS))
     preset: str = field(default="pdfast", metadata=opt(
-        "PureDiffusion settings: pdfast (antithetic noise, relative objective, refinement from the pattern) or paper "
-        "(fresh noise, eq. 17 as printed, no refinement); explicit options override it.", choices=tuple(PRESETS)))
+        "PureDiffusion settings: pdfast (antithetic noise, relative objective, L2 norm, trigger kept in [-1, 1]; "
+        "chosen on the zoo's dev models), paper (fresh noise, eq. 17 as printed, L1) or v0.1 (pdfast 0.1: L1, "
+        "refinement from the pattern); explicit options override it.", choices=tuple(PRESETS)))
     steps: int = field(default=10, metadata=opt("K: denoising steps the trigger is learned over.", short="-K"))
     scales: str = field(default="surrogate", metadata=opt(
         "lambda_t source: surrogate (calibrated on a surrogate-backdoored copy), analytic, or a JSON table file."))
@@ -127,10 +130,11 @@ class InversionConfig:
         choices=("sde", "ode")))
     epochs: int | None = field(default=None, metadata=opt("Adam steps (default: 30 puredif, 100 elijah).", kind=int))
     refine_epochs: int | None = field(default=None, metadata=opt(
-        "Then Adam steps on eq. 17 from the trigger's pattern (default: 30 puredif, 0 elijah).", kind=int))
+        "Then Adam steps on eq. 17 from the search result (default: 0; 30 in the v0.1 preset).", kind=int))
     batch: int | None = field(default=None, metadata=opt("Noise batch (default: 40 puredif, 100 elijah).", kind=int))
     lr: float = field(default=0.1, metadata=opt("Adam learning rate on the trigger."))
-    norm: str | None = field(default=None, metadata=opt("Loss norm (default: l1).", choices=("l1", "l2")))
+    norm: str | None = field(default=None, metadata=opt("Loss norm (default: l2; l1 in the paper and v0.1 presets "
+                                                        "and Elijah).", choices=("l1", "l2")))
     noise: str | None = field(default=None, metadata=opt(
         "antithetic: fresh pairs (eps, -eps) whose mean is exactly 0; fresh: a new batch each iteration; fixed: one "
         "batch drawn once (default: antithetic puredif, fixed elijah).", choices=NOISE_MODES))
@@ -153,15 +157,17 @@ class InversionConfig:
         "none: a stage returns its last iterate; tail: the mean of the iterates of its second half.",
         choices=("none", "tail")))
     bounds: str | None = field(default=None, metadata=opt(
-        "none: the trigger is unconstrained; image: it is projected onto [-1, 1] (an image) after every step.",
+        "image: the trigger is projected onto [-1, 1] (an image) after every step (default); none: unconstrained "
+        "(the paper, v0.1 and Elijah).",
         choices=("none", "image")))
     loss_steps: str = field(default="sampled", metadata=opt(
         "sampled: one step drawn from the first K per iteration (the paper); all: the mean over all K.",
         choices=("sampled", "all")))
     seed: int = field(default=0, metadata=opt("Seed of the initial trigger and the noise."))
-    clip_sample: str = field(default="auto", metadata=opt(
-        "Clip the predicted x0 to [-1, 1] in every DDPM step (inversion and verdict): auto follows the model's "
-        "scheduler config; the BadDiffusion and Elijah codes sample with it off.", choices=("auto", "on", "off")))
+    clip_sample: str = field(default="off", metadata=opt(
+        "Clip the predicted x0 to [-1, 1] in every DDPM step (inversion and verdict): off (default, as the "
+        "BadDiffusion and Elijah codes sample; measured on the zoo, docs/method.md 7), on, or auto (the model's "
+        "scheduler config).", choices=("auto", "on", "off")))
     engine: EngineConfig = field(default_factory=EngineConfig)
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 

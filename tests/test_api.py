@@ -127,10 +127,20 @@ def test_paper_preset_and_explicit_options_over_it():
     explicitly wins over the preset; Elijah is unaffected."""
     from pdfast.config import InversionConfig
 
+    keys = ("noise", "objective", "norm", "refine_epochs", "bounds", "epochs", "batch")
+
+    def of(c):
+        return tuple(getattr(c, k) for k in keys)
+
     paper = InversionConfig.from_options(preset="paper").resolved()
-    assert (paper.noise, paper.objective, paper.refine_epochs) == ("fresh", "absolute", 0)
+    assert of(paper) == ("fresh", "absolute", "l1", 0, "none", 30, 40)
     mine = InversionConfig().resolved()
-    assert (mine.noise, mine.objective, mine.refine_epochs) == ("antithetic", "relative", 30)
+    assert of(mine) == ("antithetic", "relative", "l2", 0, "image", 30, 40)
+    assert mine.clip_sample == "off"
+    v01 = InversionConfig.from_options(preset="v0.1").resolved()
+    assert of(v01) == ("antithetic", "relative", "l1", 30, "none", 30, 40) and v01.refine_from == "pattern"
+    eli = InversionConfig.from_options(method="elijah").resolved()
+    assert of(eli) == ("fixed", "absolute", "l1", 0, "none", 100, 100) and eli.steps == 1
     mixed = InversionConfig.from_options(preset="paper", refine_epochs=5, noise="antithetic").resolved()
     assert (mixed.noise, mixed.objective, mixed.refine_epochs) == ("antithetic", "absolute", 5)
     assert InversionConfig.from_options(preset="paper", method="elijah").resolved().noise == "fixed"

@@ -63,12 +63,17 @@ def assert_golden(folder: Path, name: str) -> None:
     assert abs(det["value"] - want["detection"]["value"]) <= 1e-6
 
 
-def test_puredif_is_closer_to_the_truth_than_elijah_on_the_demo(tmp_path, monkeypatch):
-    """`pdfast invert --steps 10` against `--method elijah` on the demo: PureDiffusion's trigger is nearer the truth,
-    it fires the backdoor (ASR >= 0.8), and the verdict is "backdoored" (bench/results/demo-methods.md).
+GOLDEN_THRESHOLD = "0.09067609573467056"  # the calibration shipped when the golden files were recorded
 
-    Golden: both runs equal, to 1e-6, what the same commands gave before the one-chain restructuring (fp32 on CPU,
-    the fused ops on their torch references)."""
+
+def test_puredif_is_closer_to_the_truth_than_elijah_on_the_demo(tmp_path, monkeypatch):
+    """`pdfast invert --steps 10` against `--method elijah` on the demo: PureDiffusion's trigger is nearer the truth
+    and the verdict is "backdoored".
+
+    Golden: with pdfast 0.1's settings (`--preset v0.1`, its threshold) both runs equal, to 1e-6, what the same
+    commands gave before the one-chain restructuring (fp32 on CPU, the fused ops on their torch references); that
+    preset also fires the backdoor (ASR >= 0.8). The current defaults (chosen on the zoo's dev models, not on the
+    demo) must be nearer the truth than Elijah, and their pattern must fire it and be judged backdoored."""
     from click.testing import CliRunner
 
     from pdfast.cli import main
@@ -77,14 +82,20 @@ def test_puredif_is_closer_to_the_truth_than_elijah_on_the_demo(tmp_path, monkey
     monkeypatch.setenv("PDFAST_KERNELS", "torch")
     r = CliRunner()
     out = {}
-    for method in ("puredif", "elijah"):
-        res = r.invoke(main, ["invert", "--method", method, "--steps", "10", "--out", str(tmp_path / method),
-                              "--json", "--no-progress", "--device", "cpu"])
+    runs = {"puredif": ["--preset", "v0.1", "--threshold", GOLDEN_THRESHOLD],
+            "elijah": ["--method", "elijah", "--threshold", GOLDEN_THRESHOLD], "default": []}
+    for name, args in runs.items():
+        res = r.invoke(main, ["invert", *args, "--steps", "10", "--out", str(tmp_path / name), "--json",
+                              "--no-progress", "--device", "cpu"])
         assert res.exit_code == 0, res.output
-        assert_golden(tmp_path / method, f"demo-k10-{method}")
-        out[method] = json.loads((tmp_path / method / "report.json").read_text())["metrics"]
+        if name != "default":
+            assert_golden(tmp_path / name, f"demo-k10-{name}")
+        out[name] = json.loads((tmp_path / name / "report.json").read_text())["metrics"]
     for m in out.values():
         assert {"asr", "l2", "uniformity", "kl_mean", "detection"} <= set(m)
     assert out["puredif"]["l2"] < out["elijah"]["l2"], out
     assert out["puredif"]["asr"] >= 0.8 and out["puredif"]["pattern_asr"] >= 0.8, out["puredif"]
     assert out["puredif"]["detection"]["verdict"] == "backdoored", out["puredif"]
+    assert out["default"]["l2"] < out["elijah"]["l2"], out
+    assert out["default"]["pattern_asr"] >= 0.8, out["default"]
+    assert out["default"]["detection"]["verdict"] == "backdoored", out["default"]

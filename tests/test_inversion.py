@@ -261,7 +261,7 @@ def test_antithetic_noise_cancels_the_noise_floor():
     m = linear_model(a)
     table = ScaleTable(torch.full((1,), lam), "test", SCHED.timesteps(1), torch.full((1,), lam))
     for noise, exact in (("antithetic", True), ("fresh", False)):
-        cfg = InversionConfig(steps=1, scales="analytic", epochs=1, batch=8, noise=noise, seed=3,
+        cfg = InversionConfig(preset="v0.1", steps=1, scales="analytic", epochs=1, batch=8, noise=noise, seed=3,
                               objective="absolute").resolved()
         res = run_inversion(m, cfg, table)
         d0 = -torch.rand((1, 3, 4, 4), generator=torch.Generator().manual_seed(3))
@@ -277,7 +277,7 @@ def test_relative_objective_value_and_gradient():
 
     a, lam = 0.3, 0.5
     table = ScaleTable(torch.full((1,), lam), "test", SCHED.timesteps(1), torch.full((1,), lam))
-    cfg = InversionConfig(steps=1, scales="analytic", epochs=3, batch=4, noise="antithetic",
+    cfg = InversionConfig(preset="v0.1", steps=1, scales="analytic", epochs=3, batch=4, noise="antithetic",
                           objective="relative", refine_epochs=0).resolved()
     res = run_inversion(linear_model(a), cfg, table)
     assert all(abs(v - abs(a - lam)) < 1e-6 for v in res.losses)
@@ -319,7 +319,8 @@ def test_refinement_starts_from_the_pattern_of_the_search():
     a, lam = 0.3, 0.5
     table = ScaleTable(torch.full((1,), lam), "test", SCHED.timesteps(1), torch.full((1,), lam))
     seen = []
-    cfg = InversionConfig(steps=1, scales="analytic", epochs=2, refine_epochs=1, batch=4, lr=1e-9).resolved()
+    cfg = InversionConfig(preset="v0.1", steps=1, scales="analytic", epochs=2, refine_epochs=1, batch=4,
+                          lr=1e-9).resolved()
     res = run_inversion(linear_model(a), cfg, table, callback=lambda i, loss, d: seen.append(d.clone()))
     d0 = -torch.rand((1, 3, 4, 4), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(res.trigger, trigger_pattern(d0)[0], atol=1e-6, rtol=0)
@@ -345,7 +346,7 @@ def test_bounds_image_projects_every_iterate_onto_minus_one_one():
     res = run_inversion(m, cfg, _lam_table(2), callback=lambda i, loss, d: seen.append(d.clone()))
     assert all(float(d.abs().max()) <= 1.0 for d in seen)
     assert (res.trigger - truth.clamp(-1, 1)).abs().max() < 0.05
-    free = run_inversion(m, InversionConfig(steps=2, scales="analytic", epochs=200, refine_epochs=0,
+    free = run_inversion(m, InversionConfig(bounds="none", steps=2, scales="analytic", epochs=200, refine_epochs=0,
                                             objective="absolute", lr=0.05).resolved(), _lam_table(2))
     assert float(free.trigger.abs().max()) > 1.5  # without bounds it leaves the box: the test can tell the two apart
 
@@ -364,7 +365,8 @@ def test_cosine_schedule_sets_adams_step_sizes():
     is exactly the learning rate: lr * (1 + cos(pi i / n)) / 2 with the cosine schedule."""
     seen = []
     lr, n = 1e-3, 4
-    cfg = InversionConfig(steps=1, scales="analytic", epochs=n, refine_epochs=0, batch=4, lr=lr, objective="absolute",
+    cfg = InversionConfig(preset="v0.1", steps=1, scales="analytic", epochs=n, refine_epochs=0, batch=4, lr=lr,
+                          objective="absolute",
                           lr_schedule="cosine").resolved()
     d0 = -torch.rand((1, 3, 4, 4), generator=torch.Generator().manual_seed(0))
     run_inversion(linear_model(), cfg, _lam_table(1), callback=lambda i, loss, d: seen.append(d.clone()))
