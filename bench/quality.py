@@ -3,8 +3,8 @@
 For every built zoo model (bench/zoo/models/NAME/ with zoo.json) and every method:
   truth     the ground-truth trigger g (backdoored models only)
   elijah    pdfast.invert(method="elijah")                                   (no K: run once)
-  paper     PureDiffusion as printed: noise="fresh", objective="absolute", refine_epochs=0, the rest pdfast's
-            defaults                                                          (at each K)
+  paper     PureDiffusion as printed: preset="paper" (fresh noise, eq. 17, L1, unbounded, one stage)
+                                                                              (at each K)
   pdfast    pdfast's defaults                                                 (at each K)
   trivial   all-0, all -0.5, all -1 frames and Elijah's init -U(0, 1) with seed 0: the baselines
 each trigger is measured here, not by pdfast's own evaluation: N >= 64 samples from eps + trigger and N from
@@ -887,10 +887,10 @@ flat dark frame scores well on the plain L2 (most of g is -1) and, for a dark ta
 
 **What is the paper's and what is pdfast's.** `paper` is PureDiffusion (docs/method.md section 5) with pdfast's
 answers to what the paper leaves open (L1 norm, surrogate backdoor planted with the model's own samples, -U(0, 1)
-start, 30 Adam steps of batch 40, lr 0.1) and nothing else. `pdfast` adds three things (section 5.4): antithetic
-noise pairs, the relative objective for the search, and a second stage that restarts eq. 17 from the pattern of
-the search result. The difference between the `paper` and `pdfast` rows measures those additions together, on
-the same models, K, scales and seed. Detection (section 7) is pdfast's: the verdict compares the uniformity of
+start, 30 Adam steps of batch 40, lr 0.1) and nothing else. `pdfast` changes four things, chosen on the dev models
+(section 5.5): antithetic noise pairs, the relative objective, the L2 norm and the trigger projected onto
+[-1, 1] after every step. The difference between the `paper` and `pdfast` rows measures those changes together,
+on the same models, K, scales and seed. Detection (section 7) is pdfast's: the verdict compares the uniformity of
 16 samples from eps + the PATTERN of the pdfast trigger with a threshold calibrated on clean models
 (pdfast/detection_calibration.json); the detection tables score that statistic and the plain ones beside it.
 """

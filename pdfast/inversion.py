@@ -8,8 +8,10 @@ with x_{t_k} the chain state reached from x_T = eps + delta after k ancestral st
   100 iterations.
 - PureDiffusion (section 5, eq. 16-17): k drawn uniformly from the first K steps each iteration ("sampled"),
   or the mean over all K steps in one pass ("all"); gradients through every network call from T to t_k. pdfast's
-  defaults (section 5, "pdfast's additions"): antithetic noise pairs, the relative objective, then a refinement on
-  eq. 17 from the pattern of the first result.
+  defaults (section 5.5, chosen on the zoo's dev models): antithetic noise pairs, the relative objective, the L2
+  norm, the trigger projected onto [-1, 1] after every step, no refinement. Options for the study of 5.5: a warm
+  start on t = T alone, a cosine learning rate, tail averaging, a refinement on eq. 17 from the result or its
+  pattern (pdfast 0.1's second stage, preset v0.1).
 This module only inverts; judging the trigger is pdfast.detection, one layer up (pdfast.api joins them).
 """
 from __future__ import annotations
