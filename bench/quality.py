@@ -715,7 +715,25 @@ def detection_scores(entries: list[dict], models: list[ZooModel], split: str, ca
         shipped = _shipped_rates(rows, size, calibration_of) if meth == "pdfast" else None
         out[f"{meth}" + (f"-K{k}" if k else "")] = {"method": meth, "k": k, "models": rows, "auc": scores,
                                                     "shipped_threshold": shipped}
+    base = no_trigger_baseline(models, split)
+    if base:
+        out["no-trigger"] = base
     return out
+
+
+def no_trigger_baseline(models: list[ZooModel], split: str) -> dict | None:
+    """The trivial detector: the uniformity of the model's ordinary samples (plain noise, no trigger at all; 64
+    samples measured when the zoo built the model). If it separates the models, so can anything that samples."""
+    vals = [(m.backdoored, (m.zoo.get("ground_truth") or {}).get("clean_uniformity")) for m in models
+            if m.split == split]
+    vals = [(b, v) for b, v in vals if v is not None]
+    if not vals:
+        return None
+    pos, neg = [-v for b, v in vals if b], [-v for b, v in vals if not b]
+    return {"method": "no trigger", "k": None, "models": [], "shipped_threshold": None,
+            "auc": {"uniformity of plain-noise samples (zoo build, n=64)": {
+                "auc": stats.auc(pos, neg), "n_backdoored": len(pos), "n_clean": len(neg),
+                "direction": "low = backdoored"}}}
 
 
 def _shipped_rates(rows: list[dict], size: dict, calibration_of) -> dict | None:
@@ -853,7 +871,9 @@ def detection_md(det: dict, split: str) -> str:
                  "shipped verdict statistic, TPR and TNR at the shipped threshold with Wilson 95% intervals and "
                  "counts (k/n). The calibration ships a threshold for that statistic only (no KL threshold), so the "
                  "other rows have an AUC and no rates; the threshold was calibrated for pdfast's defaults, so other "
-                 "methods get no rates either.\n\n" + md_table(rows, ["method", "statistic", "direction", "AUC",
+                 "methods get no rates either. The 'no trigger' row is the trivial detector that inverts nothing: "
+                 "the uniformity of the model's ordinary samples. Where it separates the models as well, this "
+                 "split cannot show what an inversion adds to detection.\n\n" + md_table(rows, ["method", "statistic", "direction", "AUC",
                                                          "backdoored/clean models", "TPR k/n [95% CI]",
                                                          "TNR k/n [95% CI]"]))
     return "\n\n".join(parts) + "\n"
