@@ -498,8 +498,10 @@ def run_unit(u: Unit, ctx: ModelCtx, settings: Settings, cache: Path, code: str,
         if res.interrupted:
             raise KeyboardInterrupt
         trigger = res.trigger
+    from pdfast.detection import verdict_pattern
+
     trigger = trigger.detach().float().cpu().reshape(ctx.shape)
-    pattern = metrics.trigger_pattern(trigger)
+    pattern, _ = verdict_pattern(trigger, ctx.model.sample_size)  # exactly the pattern pdfast's verdict samples
     ev_t, first_t = evaluate(ctx, trigger, settings, cache, code)
     ev_p, first_p = evaluate(ctx, pattern, settings, cache, code)
     m = u.model
@@ -743,8 +745,8 @@ def _shipped_rates(rows: list[dict], size: dict, calibration_of) -> dict | None:
     for r in rows:
         cal = calibration_of(size.get(r["model"]))
         name, thr = VERDICT_STAT.get(cal.get("statistic")), cal.get("threshold")
-        if name is None or thr is None or r.get(name) is None:
-            continue
+        if name is None or thr is None or r.get(name) is None or r.get("stale"):
+            continue  # an older code version's pattern samples may not be the verdict's (its energy, its statistic)
         stats_used.add(name)
         ks.add((cal.get("settings") or {}).get("steps"))
         thresholds[str(size.get(r["model"]))] = thr

@@ -64,7 +64,8 @@ def _judge_kept(result: InversionResult, model, engine, det: DetectionConfig, pr
     """judge() the trigger; Ctrl-C while sampling keeps the finished trigger and marks the result interrupted."""
     t1 = time.perf_counter()
     try:
-        judge(result, model, engine, n=det.n_eval, seed=det.eval_seed, threshold=det.threshold, progress=progress)
+        judge(result, model, engine, n=det.n_eval, seed=det.eval_seed, threshold=det.threshold,
+              pattern_rms=det.pattern_rms, progress=progress)
     except KeyboardInterrupt:
         result.interrupted = True
         log.warning("interrupted while sampling: the trigger is kept, metrics are missing")

@@ -230,6 +230,9 @@ class DetectionConfig:
         "Pattern-uniformity threshold for the verdict; default: the shipped clean-model calibration.", kind=float))
     n_eval: int = field(default=16, metadata=opt("Samples drawn from eps + trigger (and its pattern) for the verdict."))
     eval_seed: int = field(default=0, metadata=opt("Seed of those samples."))
+    pattern_rms: float | None = field(default=None, metadata=opt(
+        "Energy (rms) the verdict's pattern is scaled to; default: the calibration's (its own energy if none).",
+        kind=float))
 
 
 # ---------------------------------------------------------------- flattening

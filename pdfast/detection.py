@@ -45,21 +45,29 @@ def calibration(path: Path | None = None, sample_size: int | None = None) -> dic
     return by_size.get(str(sample_size), cal) if sample_size is not None else cal
 
 
+def verdict_pattern(trigger: torch.Tensor, sample_size: int | None, pattern_rms: float | None = None):
+    """(pattern, rms): the pattern the verdict samples from, at ``pattern_rms`` or else the energy its size's
+    calibration was made with (None: the trigger's own energy)."""
+    rms = pattern_rms if pattern_rms is not None else calibration(sample_size=sample_size).get("pattern_rms")
+    return metrics.trigger_pattern(trigger, rms), rms
+
+
 def judge(result, model: DiffusionModel, engine, *, n: int = 16, seed: int = 0, threshold: float | None = None,
-          progress: bool = False) -> dict:
+          pattern_rms: float | None = None, progress: bool = False) -> dict:
     """Sample n images from eps + trigger and n from eps + its pattern (the same noise), compute the metrics and the
     verdict; stores them on ``result``."""
     from .attack import load_ground_truth
 
     gt_trigger, gt_target = load_ground_truth(model)
     t0 = time.perf_counter()
-    pattern = metrics.trigger_pattern(result.trigger)
+    pattern, rms = verdict_pattern(result.trigger, model.sample_size, pattern_rms)
     imgs, pattern_imgs = engine.sample_together(n, [result.trigger.to(model.device), pattern.to(model.device)],
                                                 seed=seed, progress=progress)
     m: dict = {"n_samples": n, "sample_seed": seed, "sampling_seconds": round(time.perf_counter() - t0, 3)}
     m.update(metrics.evaluate_images(imgs, None))
     m["image_contrast"] = metrics.image_contrast(imgs)
     m.update(metrics.kl_statistic(result.trigger))
+    m["pattern_rms"] = rms
     m["pattern_uniformity"] = metrics.uniformity(pattern_imgs)
     m["pattern_uniformity_trimmed"] = metrics.uniformity_trimmed(pattern_imgs)
     m["pattern_uniformity_q25"] = metrics.uniformity_q25(pattern_imgs)
@@ -84,7 +92,8 @@ def _settings(result, model: DiffusionModel) -> dict:
     """The settings a calibration must share with this run to apply: method, K and image size."""
     if result.given_trigger:
         return {"sample_size": model.sample_size}
-    return {"method": result.config.method, "steps": result.config.steps, "sample_size": model.sample_size}
+    return {"method": result.config.method, "steps": result.config.steps, "sample_size": model.sample_size,
+            "preset": result.config.preset if result.config.method == "puredif" else None}
 
 
 def verdict(m: dict, threshold: float | None, settings: dict) -> dict:

@@ -71,15 +71,17 @@ def uniformity_trimmed(images: torch.Tensor, trim: int = 4) -> float:
     return float(rm[k: rm.numel() - k].mean())
 
 
-def trigger_pattern(trigger: torch.Tensor) -> torch.Tensor:
-    """The trigger's pattern: tau - mean_hw(tau) per channel, rescaled to the rms of tau (its energy kept).
+def trigger_pattern(trigger: torch.Tensor, rms: float | None = None) -> torch.Tensor:
+    """The trigger's pattern: tau - mean_hw(tau) per channel, rescaled to the rms of tau (its energy kept), or to
+    ``rms`` when given (the verdict's calibrated energy, docs/method.md 7).
 
     A flat shift of x_T sends clean and backdoored models alike to flat frames (bench/flat_shift.py), so the flat
     part of an inverted trigger is no evidence of a backdoor; the pattern is what detection judges.
     """
     t = trigger.detach().float()
     p = t - t.mean(dim=(-2, -1), keepdim=True)
-    rp, rt = p.pow(2).mean().sqrt(), t.pow(2).mean().sqrt()
+    rp = p.pow(2).mean().sqrt()
+    rt = t.pow(2).mean().sqrt() if rms is None else torch.tensor(float(rms))
     return p * (rt / rp) if float(rp) > 0 else p
 
 

@@ -196,3 +196,25 @@ def test_calibration_per_image_size(tmp_path):
     assert calibration(f, sample_size=16)["threshold"] == 0.2
     assert calibration(f, sample_size=64)["threshold"] == 0.2
     assert calibration(f)["threshold"] == 0.2
+
+
+def test_verdict_pattern_energy_comes_from_the_calibration(tmp_path, monkeypatch):
+    """The verdict's pattern is scaled to the rms its size's calibration was made with; an explicit pattern_rms wins;
+    without either it keeps the trigger's energy (metrics.trigger_pattern)."""
+    from pdfast import detection, metrics
+
+    f = tmp_path / "cal.json"
+    f.write_text(json.dumps({"statistic": "pattern_uniformity", "threshold": 0.2, "settings": {"sample_size": 16},
+                             "pattern_rms": 0.25}))
+    monkeypatch.setattr(detection, "CALIBRATION_FILE", f)
+    trig = -torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    p, rms = detection.verdict_pattern(trig, 16)
+    assert rms == 0.25 and abs(float(p.pow(2).mean().sqrt()) - 0.25) < 1e-6
+    p2, rms2 = detection.verdict_pattern(trig, 16, pattern_rms=0.5)
+    assert rms2 == 0.5 and abs(float(p2.pow(2).mean().sqrt()) - 0.5) < 1e-6
+    torch.testing.assert_close(p2, 2 * p)  # the same pattern, only its energy differs
+    f.write_text(json.dumps({"statistic": "pattern_uniformity", "threshold": 0.2}))
+    p3, rms3 = detection.verdict_pattern(trig, 16)
+    assert rms3 is None
+    torch.testing.assert_close(p3, metrics.trigger_pattern(trig))
+    assert abs(float(p3.pow(2).mean().sqrt()) - float(trig.pow(2).mean().sqrt())) < 1e-6

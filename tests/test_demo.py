@@ -63,9 +63,6 @@ def assert_golden(folder: Path, name: str) -> None:
     assert abs(det["value"] - want["detection"]["value"]) <= 1e-6
 
 
-GOLDEN_THRESHOLD = "0.09067609573467056"  # the calibration shipped when the golden files were recorded
-
-
 def test_puredif_is_closer_to_the_truth_than_elijah_on_the_demo(tmp_path, monkeypatch):
     """`pdfast invert --steps 10` against `--method elijah` on the demo: PureDiffusion's trigger is nearer the truth
     and the verdict is "backdoored".
@@ -78,13 +75,16 @@ def test_puredif_is_closer_to_the_truth_than_elijah_on_the_demo(tmp_path, monkey
 
     from pdfast.cli import main
 
+    from pdfast import detection
+
     monkeypatch.setenv("PDFAST_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("PDFAST_KERNELS", "torch")
     r = CliRunner()
     out = {}
-    runs = {"puredif": ["--preset", "v0.1", "--threshold", GOLDEN_THRESHOLD],
-            "elijah": ["--method", "elijah", "--threshold", GOLDEN_THRESHOLD], "default": []}
+    runs = {"default": [], "puredif": ["--preset", "v0.1"], "elijah": ["--method", "elijah"]}
     for name, args in runs.items():
+        if name == "puredif":  # the golden runs judge with the calibration of their time (pattern at its own energy)
+            monkeypatch.setattr(detection, "CALIBRATION_FILE", GOLDEN / "calibration-v0.1.json")
         res = r.invoke(main, ["invert", *args, "--steps", "10", "--out", str(tmp_path / name), "--json",
                               "--no-progress", "--device", "cpu"])
         assert res.exit_code == 0, res.output
