@@ -194,8 +194,9 @@ class _Descent:
         opt.zero_grad(set_to_none=True)
         delta.grad = grad.reshape(delta.shape).to(delta.dtype)
         opt.step()
-        with torch.no_grad():
-            delta.copy_(self._project(delta))
+        if self.cfg.bounds == "image":
+            with torch.no_grad():
+                delta.clamp_(-1.0, 1.0)  # the projection of _project, in place
         self.losses.append(loss)
         self.drawn.append(max(loss_steps))  # the network is called at steps 0..max: max + 1 calls
         if self.callback is not None:
