@@ -9,6 +9,12 @@ with no backdoored models given, half of the lowest clean value. Same method, si
   python bench/calibrate_detection.py --clean build/clean-s0 build/clean-s1 --backdoored pdfast/demo/model \
       --write pdfast/detection_calibration.json
   python bench/calibrate_detection.py --verify build/clean-s2 build/clean-s3 pdfast/demo/model
+  python bench/calibrate_detection.py --from-quality 32 --write pdfast/detection_calibration.json
+
+--from-quality SIZE reads the verdict statistics of the zoo's DEV models of that image size from
+bench/quality.py's cache (pdfast's defaults at --steps, current code version; the first 16 pattern samples with
+seed 0 are exactly the verdict's) instead of inverting again, and records the pattern energy they were sampled at.
+Test models are never read.
 """
 from __future__ import annotations
 
@@ -35,11 +41,39 @@ def measure(path: str, steps: int, seed: int, device: str) -> dict:
             "threshold_used": m["detection"]["threshold"], "seconds": res.timings["total_seconds"]}
 
 
+def from_quality(size: int, steps: int, statistic: str) -> tuple[list[dict], float | None]:
+    """(rows, pattern rms) of the dev models of image size ``size`` that have a current-code pdfast entry at K =
+    ``steps`` in bench/quality.py's cache; the rms is the one their verdict patterns were sampled at (one for all)."""
+    import quality
+    from safetensors.torch import load_file
+
+    code = quality.code_version()["id"]
+    rows, rms = [], set()
+    for m in quality.scan_zoo(quality.ZOO, quality.RECIPE):
+        if m.split != "dev" or quality.sample_size(m) != size:
+            continue
+        hits = sorted((quality.CACHE / "entries" / m.name).glob(f"pdfast-K{steps}-*-{code}.json"))
+        if not hits:
+            continue
+        rec = json.loads(hits[-1].read_text())
+        verdict = rec["pattern_samples"]["verdict"]
+        pattern = load_file(str(hits[-1].with_suffix(".safetensors")))["pattern"]
+        rms.add(round(float(pattern.pow(2).mean().sqrt()), 4))
+        rows.append({"model": m.name, "label": "backdoored" if m.backdoored else "clean", "sample_size": size,
+                     "pattern_uniformity": verdict["uniformity"], "pattern_uniformity_q25": verdict["uniformity_q25"],
+                     "uniformity": rec["samples"]["verdict"]["uniformity"], "kl_mean": rec["trigger"]["kl_mean"],
+                     "entry": str(hits[-1].relative_to(quality.CACHE)), "code_version": code})
+    if len(rms) > 1:
+        raise SystemExit(f"error: the {size}x{size} entries sampled their patterns at different energies {sorted(rms)}; "
+                         "re-run bench/quality.py for them under one calibration")
+    return rows, (rms.pop() if rms else None)
+
+
 def _settings(rows: list[dict], a) -> dict:
     """What a run must share with this calibration for its threshold to apply (pdfast.detection checks and warns):
-    method, K, seed and, when every model has the same one, the image size."""
+    method, preset, K, seed and, when every model has the same one, the image size."""
     sizes = {r["sample_size"] for r in rows}
-    return {"method": "puredif", "steps": a.steps, "seed": a.seed,
+    return {"method": "puredif", "steps": a.steps, "seed": a.seed, "preset": "pdfast",
             **({"sample_size": sizes.pop()} if len(sizes) == 1 else {})}
 
 
@@ -70,6 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--write", default=None, help="write the calibration JSON here (pdfast/detection_calibration.json)")
     ap.add_argument("--name", default="detection-calibration")
+    ap.add_argument("--from-quality", type=int, default=None, metavar="SIZE",
+                    help="take the dev models of this image size from bench/quality.py's cache instead of inverting")
     ap.add_argument("--statistic", default="pattern_uniformity", choices=("pattern_uniformity", "pattern_uniformity_q25"),
                     help="the verdict's statistic (low = backdoored); chosen by the dev evidence (docs/results.md)")
     a = ap.parse_args(argv)
@@ -83,10 +119,22 @@ def main(argv=None) -> int:
         print(table)
         return 0
 
-    clean = [dict(measure(p, a.steps, a.seed, a.device), label="clean") for p in a.clean]
-    bad = [dict(measure(p, a.steps, a.seed, a.device), label="backdoored") for p in a.backdoored]
+    pattern_rms = None
+    if a.from_quality is not None:
+        rows, pattern_rms = from_quality(a.from_quality, a.steps, a.statistic)
+        clean = [r for r in rows if r["label"] == "clean"]
+        bad = [r for r in rows if r["label"] == "backdoored"]
+    else:
+        from pdfast.detection import calibration
+
+        clean = [dict(measure(p, a.steps, a.seed, a.device), label="clean") for p in a.clean]
+        bad = [dict(measure(p, a.steps, a.seed, a.device), label="backdoored") for p in a.backdoored]
+        sizes = {r["sample_size"] for r in clean + bad}
+        if len(sizes) == 1:  # the energy the verdict sampled these patterns at (pdfast.detection.verdict_pattern)
+            pattern_rms = calibration(sample_size=next(iter(sizes))).get("pattern_rms")
     if not clean:
-        print("error: give at least one --clean model", file=sys.stderr)
+        print("error: no clean model to calibrate on: give --clean models, or run bench/quality.py on the dev "
+              "models of that size first", file=sys.stderr)
         return 2
     stat = a.statistic
     lo_clean = min(r[stat] for r in clean)
@@ -99,9 +147,12 @@ def main(argv=None) -> int:
     kl_clean = max(r["kl_mean"] for r in clean)
     kl_bad = min((r["kl_mean"] for r in bad), default=None)
     kl_thr = (kl_clean + kl_bad) / 2 if kl_bad is not None and kl_bad > kl_clean else None
-    cal = {"statistic": stat, "threshold": thr, "kl_threshold": kl_thr,
-           "provenance": f"calibrated on {len(clean)} clean and {len(bad)} backdoored models, K={a.steps}, "
-                         f"PureDiffusion defaults ({cmd})",
+    source = f"the zoo's dev {a.from_quality}x{a.from_quality} models" if a.from_quality is not None else "models"
+    cal = {"statistic": stat, "threshold": thr, "pattern_rms": pattern_rms, "kl_threshold": kl_thr,
+           "provenance": f"calibrated on {len(clean)} clean and {len(bad)} backdoored {source}, K={a.steps}, "
+                         f"PureDiffusion defaults (preset pdfast){' with the pattern at rms %g' % pattern_rms if pattern_rms else ''}; "
+                         "threshold = geometric mean of the highest backdoored and lowest clean value "
+                         f"({cmd})",
            "separated": separated, "settings": _settings(clean + bad, a),
            "models": clean + bad, **header()}
     if a.write:

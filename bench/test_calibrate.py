@@ -20,3 +20,57 @@ def test_merge_keeps_each_size_and_the_top_level(tmp_path):
     third = cd.merged(f, _cal(16, 0.3))  # the top level's own size: replaced everywhere
     assert third["threshold"] == 0.3 and third["by_size"]["16"]["threshold"] == 0.3
     assert third["by_size"]["32"]["threshold"] == 0.05
+
+
+def _fake_zoo(tmp_path, monkeypatch, code="c0de"):
+    """A zoo of three 32x32 models (dev clean, dev backdoored, test clean) with quality entries of the current code."""
+    import quality
+    import torch
+    from safetensors.torch import save_file
+
+    zoo, cache = tmp_path / "models", tmp_path / "cache"
+    values = {"c32-a": ("dev", False, 0.30), "bd32-b": ("dev", True, 0.05), "c32-test": ("test", False, 0.001)}
+    for name, (split, bd, unif) in values.items():
+        d = zoo / name
+        (d / "unet").mkdir(parents=True)
+        (d / "unet" / "config.json").write_text(json.dumps({"sample_size": 32}))
+        (d / "zoo.json").write_text(json.dumps({"recipe": {"split": split, "kind": "x"}}))
+        if bd:
+            (d / "backdoor.json").write_text("{}")
+        e = cache / "entries" / name
+        e.mkdir(parents=True)
+        rec = {"pattern_samples": {"verdict": {"uniformity": unif, "uniformity_q25": unif / 2}},
+               "samples": {"verdict": {"uniformity": 0.4}}, "trigger": {"kl_mean": 0.1}}
+        (e / f"pdfast-K10-abc-{code}.json").write_text(json.dumps(rec))
+        save_file({"pattern": torch.full((3, 32, 32), 0.15)}, str(e / f"pdfast-K10-abc-{code}.safetensors"))
+    monkeypatch.setattr(quality, "ZOO", zoo)
+    monkeypatch.setattr(quality, "RECIPE", tmp_path / "none.json")
+    monkeypatch.setattr(quality, "CACHE", cache)
+    monkeypatch.setattr(quality, "code_version", lambda cache=None: {"id": code})
+
+
+def test_from_quality_reads_dev_models_of_the_size_only(tmp_path, monkeypatch):
+    _fake_zoo(tmp_path, monkeypatch)
+    rows, rms = cd.from_quality(32, 10, "pattern_uniformity")
+    assert sorted(r["model"] for r in rows) == ["bd32-b", "c32-a"]  # the test model is never read
+    assert rms == 0.15
+    assert cd.from_quality(16, 10, "pattern_uniformity") == ([], None)
+
+
+def test_from_quality_writes_the_size_entry_with_its_pattern_energy(tmp_path, monkeypatch):
+    _fake_zoo(tmp_path, monkeypatch)
+    monkeypatch.setattr(cd, "write", lambda *a, **k: None)
+    f = tmp_path / "cal.json"
+    f.write_text(json.dumps({"threshold": 0.2, "pattern_rms": 0.15, "settings": {"sample_size": 16}}))
+    assert cd.main(["--from-quality", "32", "--write", str(f)]) == 0
+    cal = json.loads(f.read_text())
+    e = cal["by_size"]["32"]
+    assert abs(e["threshold"] - (0.30 * 0.05) ** 0.5) < 1e-12 and e["separated"] is True
+    assert e["pattern_rms"] == 0.15 and e["settings"]["sample_size"] == 32 and e["settings"]["preset"] == "pdfast"
+    assert cal["threshold"] == 0.2  # the 16x16 top level stays
+
+
+def test_from_quality_without_clean_models_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    _fake_zoo(tmp_path, monkeypatch)
+    assert cd.main(["--from-quality", "64"]) == 2
+    assert "no clean model" in capsys.readouterr().err
