@@ -27,9 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("startup_s", "calibration_s", "inversion_s", "sampling_s", "wall_s")
 
 
-def run_job(tree: Path, steps: int, workdir: Path) -> dict:
-    """One cold run of the job from ``tree``; phase seconds from its report.json and the process wall time."""
-    env = dict(os.environ, PYTHONPATH=str(tree), PDFAST_CACHE_DIR=str(workdir / "cache"), PDFAST_KERNELS="torch")
+def run_job(tree: Path, steps: int, workdir: Path, *, kernels: str = "torch", threads: int | None = None,
+            cache: Path | None = None) -> dict:
+    """One run of the job from ``tree`` (cold: a fresh scale cache under ``workdir`` unless ``cache`` is given);
+    phase seconds from its report.json and the process wall time."""
+    env = dict(os.environ, PYTHONPATH=str(tree), PDFAST_CACHE_DIR=str(cache or workdir / "cache"),
+               PDFAST_KERNELS=kernels)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     out = workdir / "out"
     cmd = [sys.executable, "-c", "from pdfast.cli import main; main()", "invert", "--steps", str(steps), "--out",
            str(out), "--json", "--no-progress", "--device", "cpu"]
