@@ -86,7 +86,7 @@ def main(argv=None) -> int:
             diff = float((r["trigger"] - ref["trigger"]).abs().max())
             rows.append({"run": name, "wall s": round(r["wall_s"], 1), "calibration s": round(r["calibration_s"], 1),
                          "inversion s": round(r["inversion_s"], 1), "sampling s": round(r["sampling_s"], 1),
-                         "startup s": round(r["startup_s"], 1), "max |trigger - reference|": f"{diff:.3g}",
+                         "startup s": round(r["startup_s"], 1), "max abs diff to reference": f"{diff:.3g}",
                          "pattern cos to reference": f"{pattern_cosine(r['trigger'], ref['trigger']):.4f}",
                          "verdict": r["verdict"]})
             print(f"{name}: wall {r['wall_s']:.1f} s, max diff {diff:.3g}", file=sys.stderr)
