@@ -10,6 +10,7 @@ the highest backdoored value, their ratio (> 1 = separated) and the ROC AUC. Wri
 bench/results/verdict-study-dev.md and .json.
 
   python bench/verdict_study.py --rms keep,0.5,0.35,0.25
+  python bench/verdict_study.py --size 32 --rms keep,0.35,0.25,0.15   # one image size: verdict-study-dev-32.md
 """
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--rms", default="keep,0.5,0.35,0.25")
     ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--size", type=int, default=None,
+                    help="only the dev models of this image size (report: verdict-study-dev-SIZE.md)")
     a = ap.parse_args(argv)
     import torch
 
@@ -64,7 +67,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     settings = a.rms.split(",")
-    pairs = dev_triggers(a.method, a.k)
+    pairs = [(m, t) for m, t in dev_triggers(a.method, a.k) if a.size is None or quality.sample_size(m) == a.size]
     if not pairs:
         print(f"error: no current-code {a.method} K={a.k} dev entries; run bench/quality.py --split dev first",
               file=sys.stderr)
@@ -100,7 +103,7 @@ def main(argv=None) -> int:
           quality.md_table([[r["model"], "backdoored" if r["backdoored"] else "clean", r["rms"],
                              quality.f4(r["uniformity"]), quality.f4(r["uniformity_q25"])] for r in rows],
                            ["model", "label", "pattern rms", "uniformity", "uniformity q25"]), ""]
-    out = HERE / "results" / "verdict-study-dev.md"
+    out = HERE / "results" / ("verdict-study-dev.md" if a.size is None else f"verdict-study-dev-{a.size}.md")
     out.write_text("\n".join(md))
     quality.write_json(out.with_suffix(".json"), {"command": command, "summary": summary, "rows": rows})
     print("\n".join(md[:6]))
