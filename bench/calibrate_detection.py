@@ -10,11 +10,14 @@ with no backdoored models given, half of the lowest clean value. Same method, si
       --write pdfast/detection_calibration.json
   python bench/calibrate_detection.py --verify build/clean-s2 build/clean-s3 pdfast/demo/model
   python bench/calibrate_detection.py --from-quality 32 --write pdfast/detection_calibration.json
+  python bench/calibrate_detection.py --from-verdict-study 32 --pattern-rms 0.35 --write pdfast/detection_calibration.json
 
 --from-quality SIZE reads the verdict statistics of the zoo's DEV models of that image size from
 bench/quality.py's cache (pdfast's defaults at --steps, current code version; the first 16 pattern samples with
 seed 0 are exactly the verdict's) instead of inverting again, and records the pattern energy they were sampled at.
-Test models are never read.
+Test models are never read. --from-verdict-study SIZE takes them from bench/verdict_study.py --size SIZE
+(bench/results/verdict-study-dev-SIZE.json) at the pattern energy --pattern-rms, for an energy the quality run did
+not sample at.
 """
 from __future__ import annotations
 
@@ -69,6 +72,23 @@ def from_quality(size: int, steps: int, statistic: str) -> tuple[list[dict], flo
     return rows, (rms.pop() if rms else None)
 
 
+def from_verdict_study(size: int, rms: str) -> list[dict]:
+    """Rows of bench/verdict_study.py --size ``size`` at pattern energy ``rms`` (its dev models only)."""
+    f = Path(__file__).resolve().parent / "results" / f"verdict-study-dev-{size}.json"
+    try:
+        study = json.loads(f.read_text())
+    except (OSError, ValueError):
+        raise SystemExit(f"error: no verdict study for {size}x{size} at {f}; run "
+                         f"python bench/verdict_study.py --size {size} first") from None
+    rows = [{"model": r["model"], "label": "backdoored" if r["backdoored"] else "clean", "sample_size": size,
+             "pattern_uniformity": r["uniformity"], "pattern_uniformity_q25": r["uniformity_q25"],
+             "source": f.name} for r in study["rows"] if str(r["rms"]) == rms]
+    if not rows:
+        have = sorted({str(r["rms"]) for r in study["rows"]})
+        raise SystemExit(f"error: the {size}x{size} verdict study has no rows at --pattern-rms {rms}; it has {have}")
+    return rows
+
+
 def _settings(rows: list[dict], a) -> dict:
     """What a run must share with this calibration for its threshold to apply (pdfast.detection checks and warns):
     method, preset, K, seed and, when every model has the same one, the image size."""
@@ -106,6 +126,9 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="detection-calibration")
     ap.add_argument("--from-quality", type=int, default=None, metavar="SIZE",
                     help="take the dev models of this image size from bench/quality.py's cache instead of inverting")
+    ap.add_argument("--from-verdict-study", type=int, default=None, metavar="SIZE",
+                    help="take the dev models of this image size from bench/verdict_study.py --size SIZE")
+    ap.add_argument("--pattern-rms", default=None, help="with --from-verdict-study: the pattern energy to calibrate at")
     ap.add_argument("--statistic", default="pattern_uniformity", choices=("pattern_uniformity", "pattern_uniformity_q25"),
                     help="the verdict's statistic (low = backdoored); chosen by the dev evidence (docs/results.md)")
     a = ap.parse_args(argv)
@@ -120,10 +143,20 @@ def main(argv=None) -> int:
         return 0
 
     pattern_rms = None
-    if a.from_quality is not None:
-        rows, pattern_rms = from_quality(a.from_quality, a.steps, a.statistic)
+    dev_size = a.from_verdict_study if a.from_verdict_study is not None else a.from_quality
+    if dev_size is not None:
+        if a.from_verdict_study is not None:
+            if a.pattern_rms is None:
+                print("error: --from-verdict-study needs --pattern-rms (one of the study's energies)", file=sys.stderr)
+                return 2
+            rows = from_verdict_study(dev_size, a.pattern_rms)
+            pattern_rms = None if a.pattern_rms == "keep" else float(a.pattern_rms)
+        else:
+            rows, pattern_rms = from_quality(dev_size, a.steps, a.statistic)
         clean = [r for r in rows if r["label"] == "clean"]
         bad = [r for r in rows if r["label"] == "backdoored"]
+        if a.name == "detection-calibration":  # pdfast 0.1's demo calibration keeps its file
+            a.name = f"detection-calibration-dev-{dev_size}"
     else:
         from pdfast.detection import calibration
 
@@ -144,12 +177,13 @@ def main(argv=None) -> int:
         thr = math.sqrt(lo_clean * hi_bad) if separated and hi_bad > 0 else lo_clean / 2
     else:
         separated, thr = None, lo_clean / 2
-    kl_clean = max(r["kl_mean"] for r in clean)
-    kl_bad = min((r["kl_mean"] for r in bad), default=None)
-    kl_thr = (kl_clean + kl_bad) / 2 if kl_bad is not None and kl_bad > kl_clean else None
-    source = f"the zoo's dev {a.from_quality}x{a.from_quality} models" if a.from_quality is not None else "models"
+    kl_clean = max((r["kl_mean"] for r in clean if r.get("kl_mean") is not None), default=None)
+    kl_bad = min((r["kl_mean"] for r in bad if r.get("kl_mean") is not None), default=None)
+    kl_thr = (kl_clean + kl_bad) / 2 if None not in (kl_clean, kl_bad) and kl_bad > kl_clean else None
+    source = (f"the zoo's dev {dev_size}x{dev_size} models ({len(clean)} clean, {len(bad)} backdoored)"
+              if dev_size is not None else f"{len(clean)} clean and {len(bad)} backdoored models")
     cal = {"statistic": stat, "threshold": thr, "pattern_rms": pattern_rms, "kl_threshold": kl_thr,
-           "provenance": f"calibrated on {len(clean)} clean and {len(bad)} backdoored {source}, K={a.steps}, "
+           "provenance": f"calibrated on {source}, K={a.steps}, "
                          f"PureDiffusion defaults (preset pdfast){' with the pattern at rms %g' % pattern_rms if pattern_rms else ''}; "
                          "threshold = geometric mean of the highest backdoored and lowest clean value "
                          f"({cmd})",

@@ -74,3 +74,34 @@ def test_from_quality_without_clean_models_is_a_clear_error(tmp_path, monkeypatc
     _fake_zoo(tmp_path, monkeypatch)
     assert cd.main(["--from-quality", "64"]) == 2
     assert "no clean model" in capsys.readouterr().err
+
+
+def test_from_verdict_study_calibrates_at_the_chosen_energy(tmp_path, monkeypatch):
+    study = {"rows": [{"model": "c32-a", "backdoored": False, "rms": "0.35", "uniformity": 0.42, "uniformity_q25": 0.04},
+                      {"model": "bd32-b", "backdoored": True, "rms": "0.35", "uniformity": 0.19, "uniformity_q25": 0.1},
+                      {"model": "c32-a", "backdoored": False, "rms": "0.15", "uniformity": 0.44, "uniformity_q25": 0.2},
+                      {"model": "bd32-b", "backdoored": True, "rms": "0.15", "uniformity": 0.34, "uniformity_q25": 0.1}]}
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "verdict-study-dev-32.json").write_text(json.dumps(study))
+    monkeypatch.setattr(cd, "__file__", str(tmp_path / "calibrate_detection.py"))
+    written = []
+    monkeypatch.setattr(cd, "write", lambda name, *a, **k: written.append(name))
+    f = tmp_path / "cal.json"
+    assert cd.main(["--from-verdict-study", "32", "--pattern-rms", "0.35", "--write", str(f)]) == 0
+    e = json.loads(f.read_text())["by_size"]["32"]
+    assert abs(e["threshold"] - (0.42 * 0.19) ** 0.5) < 1e-12 and e["pattern_rms"] == 0.35
+    assert written == ["detection-calibration-dev-32"]  # pdfast 0.1's demo calibration report is not overwritten
+
+
+def test_from_verdict_study_refuses_an_energy_it_did_not_measure(tmp_path, monkeypatch):
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "verdict-study-dev-32.json").write_text(json.dumps({"rows": [
+        {"model": "c32-a", "backdoored": False, "rms": "0.15", "uniformity": 0.4, "uniformity_q25": 0.1}]}))
+    monkeypatch.setattr(cd, "__file__", str(tmp_path / "calibrate_detection.py"))
+    import pytest
+
+    with pytest.raises(SystemExit, match="no rows at --pattern-rms 0.5"):
+        cd.main(["--from-verdict-study", "32", "--pattern-rms", "0.5"])
+    assert cd.main(["--from-verdict-study", "32"]) == 2  # the energy must be named
