@@ -949,8 +949,11 @@ def build_report(cache: Path, models: list[ZooModel], settings: Settings, code: 
     det = {s: detection_scores(entries, models, s, lambda size: calibration(sample_size=size)) for s in splits}
     meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "command": command, "git": git,
             "code_version": code, "environment": env, "settings": settings.ident(),
-            "calibration": {k: cal.get(k) for k in ("statistic", "threshold", "kl_threshold", "provenance",
-                                                      "settings", "date")},
+            "calibration": {**{k: cal.get(k) for k in ("statistic", "threshold", "pattern_rms", "kl_threshold",
+                                                         "provenance", "settings", "date")},
+                            "by_size": {size: {k: c.get(k) for k in ("statistic", "threshold", "pattern_rms",
+                                                                     "provenance", "settings")}
+                                        for size, c in sorted((cal.get("by_size") or {}).items(), key=lambda x: int(x[0]))}},
             "eval": {"n_samples": settings.n, "verdict_samples": min(settings.verdict_n, settings.n),
                      "verdict_seed": settings.verdict_seed, "rest_seed": EXTRA_SEED,
                      "asr_threshold": settings.asr_threshold, "engine": "fast (engine.sample, full DDPM chain)"}}
@@ -1004,6 +1007,17 @@ def quality_footprint_share(g) -> float:
     return float((g != -1).any(dim=0).float().mean())
 
 
+def _thresholds_line(cal: dict) -> str:
+    """The shipped detection thresholds, one per image size when the calibration has them, with their provenance."""
+    per = cal.get("by_size") or {"": cal}
+    parts = []
+    for size, c in per.items():
+        rms = f", pattern at rms {c['pattern_rms']:g}" if c.get("pattern_rms") else ""
+        where = f"{size}x{size}: " if size else ""
+        parts.append(f"{where}{c.get('statistic')} < {f4(c.get('threshold'))}{rms} ({c.get('provenance')})")
+    return "Detection thresholds: " + "; ".join(parts) + "."
+
+
 def render_md(obj: dict, models: list[ZooModel]) -> str:
     env, git, s = obj["environment"], obj["git"], obj["settings"]
     ev = obj["eval"]
@@ -1024,9 +1038,8 @@ def render_md(obj: dict, models: list[ZooModel]) -> str:
         f"(all T steps) through the fast engine (`engine.sample`); the first "
         f"{ev['verdict_samples']} with seed {ev['verdict_seed']} (the samples pdfast's verdict draws, so the "
         f"'(verdict)' statistics are the shipped verdict's), the other {ev['n_samples'] - ev['verdict_samples']} "
-        f"with seed {ev['rest_seed']}. ASR threshold: MSE < {ev['asr_threshold']}. Inversions: seed 0. Detection "
-        f"threshold: {obj['calibration']['statistic']} < {f4(obj['calibration']['threshold'])} "
-        f"({obj['calibration']['provenance']}).",
+        f"with seed {ev['rest_seed']}. ASR threshold: MSE < {ev['asr_threshold']}. Inversions: seed 0. "
+        + _thresholds_line(obj["calibration"]),
         "",
         HOW_TO_READ,
         FIDELITY,
