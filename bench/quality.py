@@ -675,6 +675,7 @@ def method_label(rec: dict) -> str:
     return meth + (f" K={rec['k']}" if rec["k"] else "")
 
 
+VERDICT_RATIO = "verdict statistic / its size's threshold"
 VERDICT_STAT = {"pattern_uniformity": "pattern_uniformity (verdict)",
                 "pattern_uniformity_q25": "pattern_uniformity_q25 (verdict)"}
 
@@ -715,6 +716,13 @@ def detection_scores(entries: list[dict], models: list[ZooModel], split: str, ca
             scores[name] = {"auc": stats.auc(pos, neg), "n_backdoored": len(pos), "n_clean": len(neg),
                             "direction": "low = backdoored" if low else "high = backdoored"}
         shipped = _shipped_rates(rows, size, calibration_of) if meth == "pdfast" else None
+        ratio = [(r["backdoored"], r[VERDICT_RATIO]) for r in rows if r.get(VERDICT_RATIO) is not None]
+        if shipped and len({size.get(r["model"]) for r in rows}) > 1 and ratio:
+            # one threshold per image size: pooled over sizes, the raw statistic's AUC mixes scales; the statistic
+            # over its own size's threshold ranks the models exactly as the shipped rule judges them (ratio < 1)
+            scores[VERDICT_RATIO] = {"auc": stats.auc([-v for b, v in ratio if b], [-v for b, v in ratio if not b]),
+                                     "n_backdoored": sum(b for b, _ in ratio),
+                                     "n_clean": sum(not b for b, _ in ratio), "direction": "low = backdoored"}
         out[f"{meth}" + (f"-K{k}" if k else "")] = {"method": meth, "k": k, "models": rows, "auc": scores,
                                                     "shipped_threshold": shipped}
     base = no_trigger_baseline(models, split)
@@ -752,6 +760,7 @@ def _shipped_rates(rows: list[dict], size: dict, calibration_of) -> dict | None:
         thresholds[str(size.get(r["model"]))] = thr
         r["verdict"] = "backdoored" if r[name] < thr else "clean"
         r["verdict_value"] = r[name]
+        r[VERDICT_RATIO] = r[name] / thr
         if r["backdoored"]:
             npos, tp = npos + 1, tp + (r["verdict"] == "backdoored")
         else:
@@ -838,6 +847,69 @@ def summary_table(es: list[dict], models: list[ZooModel]) -> str:
                      f4(st.median(inv) if inv else None, 3)])
     return md_table(rows, ["method", "models", "mean ASR", "models with ASR >= 0.5 [95% CI]", "median pattern cos",
                            "median footprint L2", "median L2", "median inversion s"])
+
+
+def head_to_head(es: list[dict], models: list[ZooModel]) -> list[dict]:
+    """Per inversion method and K (paper, pdfast) against Elijah on each backdoored model that has both: ASR over the
+    same n samples (k/n), L2 to g, pattern cosine and footprint L2, and whether the method is at least as good
+    (ASR >=) or better (L2 lower, pattern cos higher, footprint L2 lower). Rows of an older code version are
+    marked stale and left out of the counts."""
+    bd = [m.name for m in models if m.backdoored]
+    by = {(e["model"], e["method"], e["k"]): e for e in es}
+    truth = {m: by.get((m, "truth", None)) for m in bd}
+    out = []
+    for meth, k in sorted({(e["method"], e["k"]) for e in es if e["method"] in ("paper", "pdfast")},
+                          key=lambda mk: (mk[0], mk[1] or 0)):
+        rows = []
+        for m in bd:
+            a, b = by.get((m, meth, k)), by.get((m, "elijah", None))
+            if a is None or b is None:
+                continue
+            asr_a, asr_b = (_get(x, "samples.all", "asr") for x in (a, b))
+            if not asr_a or not asr_b:
+                continue
+            ta, tb = a["trigger"], b["trigger"]
+            t = truth.get(m)
+            row = {"model": m, "stale": bool(a.get("stale") or b.get("stale")),
+                   "truth_asr": _get(t, "samples.all", "asr") if t else None,
+                   "asr": asr_a, "elijah_asr": asr_b,
+                   "asr_at_least": asr_a["k"] * asr_b["n"] >= asr_b["k"] * asr_a["n"],
+                   "l2": ta.get("l2"), "elijah_l2": tb.get("l2"), "l2_better": ta.get("l2") < tb.get("l2"),
+                   "pattern_cos": ta.get("pattern_cos"), "elijah_pattern_cos": tb.get("pattern_cos"),
+                   "pattern_cos_better": ta.get("pattern_cos") > tb.get("pattern_cos"),
+                   "footprint_l2": ta.get("footprint_l2"), "elijah_footprint_l2": tb.get("footprint_l2"),
+                   "footprint_better": ta.get("footprint_l2") < tb.get("footprint_l2")}
+            row["fidelity_better"] = row["l2_better"] and row["pattern_cos_better"]
+            rows.append(row)
+        if rows:
+            cur = [r for r in rows if not r["stale"]]
+            count = {key: sum(r[key] for r in cur) for key in
+                     ("asr_at_least", "l2_better", "pattern_cos_better", "footprint_better", "fidelity_better")}
+            out.append({"method": meth, "k": k, "models": rows, "n": len(cur), "counts": count})
+    return out
+
+
+def head_to_head_md(h2h: list[dict]) -> str:
+    if not h2h:
+        return "No backdoored model has both this method's and Elijah's trigger yet.\n"
+    parts = []
+    for h in h2h:
+        rows = [[r["model"] + (" †" if r["stale"] else ""), asr_cell({"asr": r["truth_asr"]}) if r["truth_asr"] else "-",
+                 asr_cell({"asr": r["asr"]}), asr_cell({"asr": r["elijah_asr"]}), "yes" if r["asr_at_least"] else "NO",
+                 f"{f4(r['l2'])} / {f4(r['elijah_l2'])}", f"{f4(r['pattern_cos'], 3)} / {f4(r['elijah_pattern_cos'], 3)}",
+                 f"{f4(r['footprint_l2'])} / {f4(r['elijah_footprint_l2'])}",
+                 "yes" if r["fidelity_better"] else "no"] for r in h["models"]]
+        c, n = h["counts"], h["n"]
+        label = h["method"] + (f" K={h['k']}" if h["k"] else "")
+        parts.append(
+            f"**{label} against Elijah** ({n} backdoored models with both, current code): ASR at least Elijah's on "
+            f"{c['asr_at_least']}/{n}; L2 lower on {c['l2_better']}/{n}; pattern cos higher on "
+            f"{c['pattern_cos_better']}/{n}; footprint L2 lower on {c['footprint_better']}/{n}; fidelity better (L2 "
+            f"lower and pattern cos higher) on {c['fidelity_better']}/{n}. ASR compares counts over the same n; the "
+            f"truth column says whether the model's own trigger fires at all.\n\n"
+            + md_table(rows, ["model", "truth ASR", f"{label} ASR", "Elijah ASR", "ASR >= Elijah",
+                              f"L2 ({label} / Elijah)", "pattern cos", "footprint L2", "fidelity better"]))
+    return "\n\n".join(parts) + "\n"
 
 
 def detection_md(det: dict, split: str) -> str:
@@ -967,7 +1039,10 @@ def build_report(cache: Path, models: list[ZooModel], settings: Settings, code: 
            "models": [{"name": m.name, "split": m.split, "kind": m.kind, "backdoored": m.backdoored,
                        "hash": m.hash, "recipe": m.recipe, "ground_truth_at_build": m.zoo.get("ground_truth")}
                       for m in models],
-           "coverage": planned, "entries": entries, "detection": det}
+           "coverage": planned, "entries": entries, "detection": det,
+           "head_to_head": {sp: head_to_head([e for e in entries if e["model"] in {m.name for m in models
+                                                                                  if m.split == sp}],
+                                             [m for m in models if m.split == sp]) for sp in splits}}
     write_json(json_path, obj)
     md_path.parent.mkdir(parents=True, exist_ok=True)
     from pdfast.io import atomic_write_bytes
@@ -1068,6 +1143,7 @@ def render_md(obj: dict, models: list[ZooModel]) -> str:
         es = [e for m in ms for e in by_model.get(m.name, [])]
         lines += [f"### Summary over the {sp} backdoored models", "",
                   summary_table(es, ms) if any(m.backdoored for m in ms) else "No backdoored models.", "",
+                  f"### Against the baseline, model by model ({sp})", "", head_to_head_md(obj["head_to_head"][sp]), "",
                   f"### Detection ({sp})", "", detection_md(obj["detection"][sp], sp), "",
                   f"### Per model ({sp})", ""]
         for m in ms:

@@ -183,3 +183,45 @@ def test_failed_inversion_is_recorded_and_a_held_unit_skipped(micro_zoo, capsys,
     monkeypatch.undo()
     assert quality.main(args + ["--dry-run"]) == 0
     assert "2 units planned, 1 cached, 1 to run" in capsys.readouterr().out   # the failure is a result, not retried
+
+
+def _hand_entry(model, method, k, asr_k, l2, cos, foot, backdoored=True, stale=False):
+    return {"model": model, "method": method, "k": k, "stale": stale, "backdoored": backdoored,
+            "samples": {"all": {"asr": quality.stats.rate(asr_k, 64)}},
+            "trigger": {"l2": l2, "pattern_cos": cos, "footprint_l2": foot}}
+
+
+def test_head_to_head_counts_by_hand(tmp_path):
+    ms = [quality.ZooModel(n, tmp_path, "test", "baddiffusion", True, {}, {}) for n in ("a", "b", "c")]
+    es = [_hand_entry("a", "pdfast", 10, 64, 5.0, 0.9, 2.0), _hand_entry("a", "elijah", None, 64, 9.0, 0.5, 3.0),
+          _hand_entry("b", "pdfast", 10, 30, 5.0, 0.4, 4.0), _hand_entry("b", "elijah", None, 31, 9.0, 0.5, 3.0),
+          _hand_entry("c", "pdfast", 10, 64, 5.0, 0.9, 2.0, stale=True), _hand_entry("c", "elijah", None, 0, 9, 0, 9),
+          _hand_entry("a", "truth", None, 64, 0.0, 1.0, 0.0)]
+    (h,) = quality.head_to_head(es, ms)
+    assert (h["method"], h["k"], h["n"]) == ("pdfast", 10, 2)           # the stale row is shown, not counted
+    assert h["counts"] == {"asr_at_least": 1, "l2_better": 2, "pattern_cos_better": 1, "footprint_better": 1,
+                           "fidelity_better": 1}
+    a, b, c = h["models"]
+    assert a["truth_asr"]["k"] == 64 and b["truth_asr"] is None and c["stale"]
+    assert not b["asr_at_least"] and a["fidelity_better"] and not b["fidelity_better"]
+    assert "ASR at least Elijah's on 1/2" in quality.head_to_head_md([h])
+
+
+def test_verdict_ratio_ranks_models_as_the_per_size_rule_judges_them(tmp_path, monkeypatch):
+    """Two sizes with different thresholds: pooled, the raw statistic misranks a 32x32 backdoor above a 16x16 clean
+    model; over its own size's threshold it does not."""
+    ms = [quality.ZooModel("c16", tmp_path, "test", "clean", False, {}, {}),
+          quality.ZooModel("b16", tmp_path, "test", "baddiffusion", True, {}, {}),
+          quality.ZooModel("b32", tmp_path, "test", "baddiffusion", True, {}, {})]
+    monkeypatch.setattr(quality, "sample_size", lambda m: 32 if m.name.endswith("32") else 16)
+
+    def entry(model, pu, bd):
+        return {"model": model, "method": "pdfast", "k": 10, "kind": "x", "stale": False, "backdoored": bd,
+                "pattern_samples": {"verdict": {"uniformity": pu}}}
+    es = [entry("c16", 0.21, False), entry("b16", 0.10, True), entry("b32", 0.26, True)]
+    cal = {16: {"statistic": "pattern_uniformity", "threshold": 0.155, "settings": {"steps": 10}},
+           32: {"statistic": "pattern_uniformity", "threshold": 0.28, "settings": {"steps": 10}}}
+    det = quality.detection_scores(es, ms, "test", lambda size: cal[size])["pdfast-K10"]
+    assert det["auc"]["pattern_uniformity (verdict)"]["auc"] == 0.5
+    assert det["auc"][quality.VERDICT_RATIO]["auc"] == 1.0
+    assert det["shipped_threshold"]["tpr"]["k"] == 2 and det["shipped_threshold"]["tnr"]["k"] == 1
