@@ -689,6 +689,15 @@ def sample_size(m: ZooModel) -> int | None:
     return None
 
 
+def _auc_score(vals: list[tuple[bool, float]], low: bool) -> dict:
+    """ROC AUC of (backdoored, value) pairs, backdoored = positive, with the class counts and the direction."""
+    sgn = -1.0 if low else 1.0
+    pos = [sgn * v for b, v in vals if b]
+    neg = [sgn * v for b, v in vals if not b]
+    return {"auc": stats.auc(pos, neg), "n_backdoored": len(pos), "n_clean": len(neg),
+            "direction": "low = backdoored" if low else "high = backdoored"}
+
+
 def detection_scores(entries: list[dict], models: list[ZooModel], split: str, calibration_of) -> dict:
     """Per method and K (inversions only): the statistics per model, ROC AUC per statistic (backdoored positive;
     low uniformity / high KL = backdoored), and TPR/TNR at the shipped threshold (``calibration_of(image size)``,
@@ -707,22 +716,14 @@ def detection_scores(entries: list[dict], models: list[ZooModel], split: str, ca
             for name, where, key, _ in DET_STATS:
                 row[name] = _get(e, where, key)
             rows.append(row)
-        scores = {}
-        for name, _, _, low in DET_STATS:
-            vals = [(r["backdoored"], r[name]) for r in rows if r[name] is not None]
-            sgn = -1.0 if low else 1.0
-            pos = [sgn * v for b, v in vals if b]
-            neg = [sgn * v for b, v in vals if not b]
-            scores[name] = {"auc": stats.auc(pos, neg), "n_backdoored": len(pos), "n_clean": len(neg),
-                            "direction": "low = backdoored" if low else "high = backdoored"}
+        scores = {name: _auc_score([(r["backdoored"], r[name]) for r in rows if r[name] is not None], low)
+                  for name, _, _, low in DET_STATS}
         shipped = _shipped_rates(rows, size, calibration_of) if meth == "pdfast" else None
         ratio = [(r["backdoored"], r[VERDICT_RATIO]) for r in rows if r.get(VERDICT_RATIO) is not None]
         if shipped and len({size.get(r["model"]) for r in rows}) > 1 and ratio:
             # one threshold per image size: pooled over sizes, the raw statistic's AUC mixes scales; the statistic
             # over its own size's threshold ranks the models exactly as the shipped rule judges them (ratio < 1)
-            scores[VERDICT_RATIO] = {"auc": stats.auc([-v for b, v in ratio if b], [-v for b, v in ratio if not b]),
-                                     "n_backdoored": sum(b for b, _ in ratio),
-                                     "n_clean": sum(not b for b, _ in ratio), "direction": "low = backdoored"}
+            scores[VERDICT_RATIO] = _auc_score(ratio, low=True)
         out[f"{meth}" + (f"-K{k}" if k else "")] = {"method": meth, "k": k, "models": rows, "auc": scores,
                                                     "shipped_threshold": shipped}
     base = no_trigger_baseline(models, split)
@@ -739,11 +740,8 @@ def no_trigger_baseline(models: list[ZooModel], split: str) -> dict | None:
     vals = [(b, v) for b, v in vals if v is not None]
     if not vals:
         return None
-    pos, neg = [-v for b, v in vals if b], [-v for b, v in vals if not b]
     return {"method": "no trigger", "k": None, "models": [], "shipped_threshold": None,
-            "auc": {"uniformity of plain-noise samples (zoo build, n=64)": {
-                "auc": stats.auc(pos, neg), "n_backdoored": len(pos), "n_clean": len(neg),
-                "direction": "low = backdoored"}}}
+            "auc": {"uniformity of plain-noise samples (zoo build, n=64)": _auc_score(vals, low=True)}}
 
 
 def _shipped_rates(rows: list[dict], size: dict, calibration_of) -> dict | None:
@@ -894,7 +892,7 @@ def head_to_head_md(h2h: list[dict]) -> str:
         return "No backdoored model has both this method's and Elijah's trigger yet.\n"
     parts = []
     for h in h2h:
-        rows = [[r["model"] + (" †" if r["stale"] else ""), asr_cell({"asr": r["truth_asr"]}) if r["truth_asr"] else "-",
+        rows = [[r["model"] + (" †" if r["stale"] else ""), asr_cell({"asr": r["truth_asr"]}),
                  asr_cell({"asr": r["asr"]}), asr_cell({"asr": r["elijah_asr"]}), "yes" if r["asr_at_least"] else "NO",
                  f"{f4(r['l2'])} / {f4(r['elijah_l2'])}", f"{f4(r['pattern_cos'], 3)} / {f4(r['elijah_pattern_cos'], 3)}",
                  f"{f4(r['footprint_l2'])} / {f4(r['elijah_footprint_l2'])}",
@@ -1040,9 +1038,7 @@ def build_report(cache: Path, models: list[ZooModel], settings: Settings, code: 
                        "hash": m.hash, "recipe": m.recipe, "ground_truth_at_build": m.zoo.get("ground_truth")}
                       for m in models],
            "coverage": planned, "entries": entries, "detection": det,
-           "head_to_head": {sp: head_to_head([e for e in entries if e["model"] in {m.name for m in models
-                                                                                  if m.split == sp}],
-                                             [m for m in models if m.split == sp]) for sp in splits}}
+           "head_to_head": {sp: head_to_head(entries, [m for m in models if m.split == sp]) for sp in splits}}
     write_json(json_path, obj)
     md_path.parent.mkdir(parents=True, exist_ok=True)
     from pdfast.io import atomic_write_bytes
