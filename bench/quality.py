@@ -501,7 +501,7 @@ def run_unit(u: Unit, ctx: ModelCtx, settings: Settings, cache: Path, code: str,
     from pdfast.detection import verdict_pattern
 
     trigger = trigger.detach().float().cpu().reshape(ctx.shape)
-    pattern, _ = verdict_pattern(trigger, ctx.model.sample_size)  # exactly the pattern pdfast's verdict samples
+    pattern, rms = verdict_pattern(trigger, ctx.model.sample_size)  # exactly the pattern pdfast's verdict samples
     ev_t, first_t = evaluate(ctx, trigger, settings, cache, code)
     ev_p, first_p = evaluate(ctx, pattern, settings, cache, code)
     m = u.model
@@ -509,7 +509,7 @@ def run_unit(u: Unit, ctx: ModelCtx, settings: Settings, cache: Path, code: str,
            "backdoored": m.backdoored, "model_hash": m.hash, "method": u.method, "k": u.k, "ident": u.ident,
            "code_version": code, "settings": settings.ident(), "settings_id": settings.id(), "options": u.options,
            "trigger": trigger_stats(trigger, ctx.truth), "samples": ev_t, "pattern_samples": ev_p,
-           "timing": timing, "inversion": inv, "date": _dt.datetime.now().isoformat(timespec="seconds"),
+           "verdict_pattern_rms": rms, "timing": timing, "inversion": inv, "date": _dt.datetime.now().isoformat(timespec="seconds"),
            "device": env.get("device"), "torch_threads": env.get("torch_threads")}
     path = entry_path(cache, u, code)
     save_tensors(path.with_suffix(".safetensors"), {"trigger": trigger.contiguous(), "pattern": pattern.contiguous(),
@@ -655,9 +655,26 @@ def collect(cache: Path, models: list[ZooModel], settings: Settings, code: str) 
             if key not in best or rank > best[key][0]:
                 best[key] = (rank, rec, f)
         for (rank, rec, f) in best.values():
-            rec = dict(rec, stale=not rank[0], file=str(f.relative_to(cache)) if f.is_relative_to(cache) else str(f))
+            rec = dict(rec, stale=not rank[0], file=str(f.relative_to(cache)) if f.is_relative_to(cache) else str(f),
+                       verdict_pattern_rms=verdict_pattern_energy(rec, f))
             out.append(rec)
     return out
+
+
+def verdict_pattern_energy(rec: dict, json_file: Path) -> float | None:
+    """The energy (rms) of the pattern an entry's pattern samples were drawn from: as recorded, else measured on
+    the pattern stored beside the entry (entries older than the record); None for a flat (all-zero) pattern, whose
+    energy cannot be set, or when neither exists. The verdict's rates use an entry only at its calibration's energy."""
+    if rec.get("verdict_pattern_rms") is not None:
+        return float(rec["verdict_pattern_rms"])
+    try:
+        from safetensors.torch import load_file
+
+        p = load_file(str(json_file.with_suffix(".safetensors")))["pattern"].double()
+    except (OSError, ValueError, KeyError):
+        return None
+    rms = float(p.pow(2).mean().sqrt())
+    return rms if rms > 0 else None
 
 
 def method_order(rec: dict) -> tuple:
@@ -712,7 +729,8 @@ def detection_scores(entries: list[dict], models: list[ZooModel], split: str, ca
     for (meth, k), es in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         rows = []
         for e in sorted(es, key=lambda e: [m.name for m in models].index(e["model"])):
-            row = {"model": e["model"], "backdoored": e["backdoored"], "kind": e["kind"], "stale": e["stale"]}
+            row = {"model": e["model"], "backdoored": e["backdoored"], "kind": e["kind"], "stale": e["stale"],
+                   "verdict_pattern_rms": e.get("verdict_pattern_rms")}
             for name, where, key, _ in DET_STATS:
                 row[name] = _get(e, where, key)
             rows.append(row)
@@ -747,12 +765,16 @@ def no_trigger_baseline(models: list[ZooModel], split: str) -> dict | None:
 def _shipped_rates(rows: list[dict], size: dict, calibration_of) -> dict | None:
     """TPR and TNR of the shipped verdict: each model judged with the calibration of its image size."""
     tp = npos = tn = nneg = 0
-    thresholds, stats_used, ks = {}, set(), set()
+    thresholds, stats_used, ks, other_energy = {}, set(), set(), []
     for r in rows:
         cal = calibration_of(size.get(r["model"]))
         name, thr = VERDICT_STAT.get(cal.get("statistic")), cal.get("threshold")
         if name is None or thr is None or r.get(name) is None or r.get("stale"):
             continue  # an older code version's pattern samples may not be the verdict's (its energy, its statistic)
+        want, got = cal.get("pattern_rms"), r.get("verdict_pattern_rms")
+        if want is not None and got is not None and abs(got - want) > 1e-3 * want:
+            other_energy.append(r["model"])  # drawn at another energy than the threshold was calibrated at
+            continue
         stats_used.add(name)
         ks.add((cal.get("settings") or {}).get("steps"))
         thresholds[str(size.get(r["model"]))] = thr
@@ -767,7 +789,7 @@ def _shipped_rates(rows: list[dict], size: dict, calibration_of) -> dict | None:
         return None
     return {"statistic": ", ".join(sorted(stats_used)), "threshold": thresholds,
             "calibrated_at_k": ks.pop() if len(ks) == 1 else sorted(ks, key=str),
-            "tpr": stats.rate(tp, npos), "tnr": stats.rate(tn, nneg)}
+            "tpr": stats.rate(tp, npos), "tnr": stats.rate(tn, nneg), "other_energy": other_energy}
 
 
 def f4(v, digits: int = 4) -> str:
@@ -928,7 +950,10 @@ def detection_md(det: dict, split: str) -> str:
         parts.append(f"**pdfast K={d['k']}**: statistics of each model's inverted trigger; verdict at the shipped "
                      f"threshold {thr_txt} (below it = backdoored)"
                      + (f"; that threshold was calibrated at K={sh['calibrated_at_k']}" if sh and
-                        sh['calibrated_at_k'] != d['k'] else "") + ".\n\n"
+                        sh['calibrated_at_k'] != d['k'] else "")
+                     + (f"; left out of the rates, their pattern samples drawn at another energy than the "
+                        f"calibration's: {', '.join(sh['other_energy'])}" if sh and sh.get('other_energy') else "")
+                     + ".\n\n"
                      + md_table(rows, ["model", "label", "kind", "pattern unif (verdict)", "pattern unif q25 (verdict)",
                                        "verdict", "unif (verdict)", "unif trimmed (verdict)", "KL mean",
                                        "pattern unif (all n)", "unif (all n)"]))

@@ -94,6 +94,10 @@ def test_quality_end_to_end_resume_and_report(micro_zoo, capsys):
     asr = e["bd8", "pdfast", 2]["samples"]["all"]["asr"]
     assert asr["n"] == 4 and 0 <= asr["k"] <= 4 and len(asr["ci95"]) == 2
     assert "asr" not in e["c8", "pdfast", 2]["samples"]["all"]
+    # the energy the verdict's pattern was scaled to is recorded (the calibration's for the model's size)
+    from pdfast.detection import calibration
+
+    assert e["bd8", "pdfast", 2]["verdict_pattern_rms"] == calibration(sample_size=8).get("pattern_rms")
     # a flat trigger's pattern is the zero trigger: the same samples as the all-0 baseline
     zeros = e["bd8", "trivial:zeros", None]["samples"]["all"]["uniformity"]
     assert e["bd8", "trivial:flat-1", None]["pattern_samples"]["all"]["uniformity"] == zeros
@@ -225,3 +229,37 @@ def test_verdict_ratio_ranks_models_as_the_per_size_rule_judges_them(tmp_path, m
     assert det["auc"]["pattern_uniformity (verdict)"]["auc"] == 0.5
     assert det["auc"][quality.VERDICT_RATIO]["auc"] == 1.0
     assert det["shipped_threshold"]["tpr"]["k"] == 2 and det["shipped_threshold"]["tnr"]["k"] == 1
+
+
+def test_rates_leave_out_pattern_samples_drawn_at_another_energy(tmp_path, monkeypatch):
+    """A row whose pattern was scaled to another energy than the threshold's calibration is not judged by it: it is
+    named, and the rates count only the rows at the calibration's energy."""
+    ms = [quality.ZooModel(n, tmp_path, "test", "clean" if n == "c" else "baddiffusion", n != "c", {}, {})
+          for n in ("c", "b", "b2")]
+    monkeypatch.setattr(quality, "sample_size", lambda m: 16)
+
+    def entry(model, pu, bd, rms):
+        return {"model": model, "method": "pdfast", "k": 10, "kind": "x", "stale": False, "backdoored": bd,
+                "verdict_pattern_rms": rms, "pattern_samples": {"verdict": {"uniformity": pu}}}
+    es = [entry("c", 0.21, False, 0.15), entry("b", 0.10, True, 0.15), entry("b2", 0.30, True, 0.35)]
+    cal = {"statistic": "pattern_uniformity", "threshold": 0.155, "pattern_rms": 0.15, "settings": {"steps": 10}}
+    sh = quality.detection_scores(es, ms, "test", lambda size: cal)["pdfast-K10"]["shipped_threshold"]
+    assert sh["other_energy"] == ["b2"]
+    assert (sh["tpr"]["k"], sh["tpr"]["n"], sh["tnr"]["k"], sh["tnr"]["n"]) == (1, 1, 1, 1)
+    cal_own = dict(cal, pattern_rms=None)  # a calibration at the trigger's own energy checks nothing
+    sh = quality.detection_scores(es, ms, "test", lambda size: cal_own)["pdfast-K10"]["shipped_threshold"]
+    assert sh["other_energy"] == [] and sh["tpr"]["n"] == 2
+
+
+def test_verdict_pattern_energy_as_recorded_else_measured_on_the_stored_pattern(tmp_path):
+    from safetensors.torch import save_file
+
+    f = tmp_path / "pdfast-K10-x.json"
+    assert quality.verdict_pattern_energy({"verdict_pattern_rms": 0.35}, f) == 0.35
+    assert quality.verdict_pattern_energy({}, f) is None                      # nothing stored
+    p = torch.full((3, 4, 4), 0.2)
+    p[0] = -0.2
+    save_file({"pattern": p}, str(f.with_suffix(".safetensors")))
+    assert quality.verdict_pattern_energy({}, f) == pytest.approx(0.2)
+    save_file({"pattern": torch.zeros(3, 4, 4)}, str(f.with_suffix(".safetensors")))
+    assert quality.verdict_pattern_energy({}, f) is None                      # a flat pattern has no energy to set
