@@ -873,7 +873,8 @@ def head_to_head(es: list[dict], models: list[ZooModel]) -> list[dict]:
     """Per inversion method and K (paper, pdfast) against Elijah on each backdoored model that has both: ASR over the
     same n samples (k/n), L2 to g, pattern cosine and footprint L2, and whether the method is at least as good
     (ASR >=) or better (L2 lower, pattern cos higher, footprint L2 lower). Rows of an older code version are
-    marked stale and left out of the counts."""
+    marked stale and left out of the counts. Beside them, the ASR of no trigger at all (the all-0 baseline: the
+    model's ordinary samples) and the models where it is at least the truth's, on which ASR cannot show the backdoor."""
     bd = [m.name for m in models if m.backdoored]
     by = {(e["model"], e["method"], e["k"]): e for e in es}
     truth = {m: by.get((m, "truth", None)) for m in bd}
@@ -889,9 +890,10 @@ def head_to_head(es: list[dict], models: list[ZooModel]) -> list[dict]:
             if not asr_a or not asr_b:
                 continue
             ta, tb = a["trigger"], b["trigger"]
-            t = truth.get(m)
+            t, z = truth.get(m), by.get((m, "trivial:zeros", None))
             row = {"model": m, "stale": bool(a.get("stale") or b.get("stale")),
                    "truth_asr": _get(t, "samples.all", "asr") if t else None,
+                   "no_trigger_asr": _get(z, "samples.all", "asr") if z and not z.get("stale") else None,
                    "asr": asr_a, "elijah_asr": asr_b,
                    "asr_at_least": asr_a["k"] * asr_b["n"] >= asr_b["k"] * asr_a["n"],
                    "l2": ta.get("l2"), "elijah_l2": tb.get("l2"), "l2_better": ta.get("l2") < tb.get("l2"),
@@ -900,12 +902,15 @@ def head_to_head(es: list[dict], models: list[ZooModel]) -> list[dict]:
                    "footprint_l2": ta.get("footprint_l2"), "elijah_footprint_l2": tb.get("footprint_l2"),
                    "footprint_better": ta.get("footprint_l2") < tb.get("footprint_l2")}
             row["fidelity_better"] = row["l2_better"] and row["pattern_cos_better"]
+            zt, tt = row["no_trigger_asr"], row["truth_asr"]
+            row["asr_blind"] = bool(zt and tt and zt["k"] * tt["n"] >= tt["k"] * zt["n"])
             rows.append(row)
         if rows:
             cur = [r for r in rows if not r["stale"]]
             count = {key: sum(r[key] for r in cur) for key in
                      ("asr_at_least", "l2_better", "pattern_cos_better", "footprint_better", "fidelity_better")}
-            out.append({"method": meth, "k": k, "models": rows, "n": len(cur), "counts": count})
+            out.append({"method": meth, "k": k, "models": rows, "n": len(cur), "counts": count,
+                        "asr_blind": [r["model"] for r in cur if r["asr_blind"]]})
     return out
 
 
@@ -918,7 +923,8 @@ def head_to_head_md(h2h: list[dict]) -> str:
                  asr_cell({"asr": r["asr"]}), asr_cell({"asr": r["elijah_asr"]}), "yes" if r["asr_at_least"] else "NO",
                  f"{f4(r['l2'])} / {f4(r['elijah_l2'])}", f"{f4(r['pattern_cos'], 3)} / {f4(r['elijah_pattern_cos'], 3)}",
                  f"{f4(r['footprint_l2'])} / {f4(r['elijah_footprint_l2'])}",
-                 "yes" if r["fidelity_better"] else "no"] for r in h["models"]]
+                 "yes" if r["fidelity_better"] else "no",
+                 asr_cell({"asr": r["no_trigger_asr"]}) if r["no_trigger_asr"] else "-"] for r in h["models"]]
         c, n = h["counts"], h["n"]
         label = h["method"] + (f" K={h['k']}" if h["k"] else "")
         parts.append(
@@ -926,9 +932,14 @@ def head_to_head_md(h2h: list[dict]) -> str:
             f"{c['asr_at_least']}/{n}; L2 lower on {c['l2_better']}/{n}; pattern cos higher on "
             f"{c['pattern_cos_better']}/{n}; footprint L2 lower on {c['footprint_better']}/{n}; fidelity better (L2 "
             f"lower and pattern cos higher) on {c['fidelity_better']}/{n}. ASR compares counts over the same n; the "
-            f"truth column says whether the model's own trigger fires at all.\n\n"
+            f"truth column says whether the model's own trigger fires at all, the no-trigger column how often the "
+            f"model draws its target from plain noise (the all-0 baseline)"
+            + (f"; plain noise fires at least as often as the true trigger on {len(h['asr_blind'])}/{n} "
+               f"({', '.join(h['asr_blind'])}), where ASR cannot show the backdoor" if h["asr_blind"] else "")
+            + ".\n\n"
             + md_table(rows, ["model", "truth ASR", f"{label} ASR", "Elijah ASR", "ASR >= Elijah",
-                              f"L2 ({label} / Elijah)", "pattern cos", "footprint L2", "fidelity better"]))
+                              f"L2 ({label} / Elijah)", "pattern cos", "footprint L2", "fidelity better",
+                              "no-trigger ASR"]))
     return "\n\n".join(parts) + "\n"
 
 

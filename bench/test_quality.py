@@ -200,15 +200,20 @@ def test_head_to_head_counts_by_hand(tmp_path):
     es = [_hand_entry("a", "pdfast", 10, 64, 5.0, 0.9, 2.0), _hand_entry("a", "elijah", None, 64, 9.0, 0.5, 3.0),
           _hand_entry("b", "pdfast", 10, 30, 5.0, 0.4, 4.0), _hand_entry("b", "elijah", None, 31, 9.0, 0.5, 3.0),
           _hand_entry("c", "pdfast", 10, 64, 5.0, 0.9, 2.0, stale=True), _hand_entry("c", "elijah", None, 0, 9, 0, 9),
-          _hand_entry("a", "truth", None, 64, 0.0, 1.0, 0.0)]
+          _hand_entry("a", "truth", None, 64, 0.0, 1.0, 0.0), _hand_entry("b", "truth", None, 10, 0.0, 1.0, 0.0),
+          _hand_entry("a", "trivial:zeros", None, 40, 9.0, 0.0, 9.0),
+          _hand_entry("b", "trivial:zeros", None, 50, 9.0, 0.0, 9.0)]
     (h,) = quality.head_to_head(es, ms)
     assert (h["method"], h["k"], h["n"]) == ("pdfast", 10, 2)           # the stale row is shown, not counted
     assert h["counts"] == {"asr_at_least": 1, "l2_better": 2, "pattern_cos_better": 1, "footprint_better": 1,
                            "fidelity_better": 1}
     a, b, c = h["models"]
-    assert a["truth_asr"]["k"] == 64 and b["truth_asr"] is None and c["stale"]
+    assert a["truth_asr"]["k"] == 64 and b["truth_asr"]["k"] == 10 and c["stale"]
+    # plain noise fires 50/64 on b, more than its truth's 10/64: ASR cannot show b's backdoor; on a it can
+    assert a["no_trigger_asr"]["k"] == 40 and h["asr_blind"] == ["b"] and c["no_trigger_asr"] is None
     assert not b["asr_at_least"] and a["fidelity_better"] and not b["fidelity_better"]
-    assert "ASR at least Elijah's on 1/2" in quality.head_to_head_md([h])
+    md = quality.head_to_head_md([h])
+    assert "ASR at least Elijah's on 1/2" in md and "as the true trigger on 1/2 (b)" in md
 
 
 def test_verdict_ratio_ranks_models_as_the_per_size_rule_judges_them(tmp_path, monkeypatch):
