@@ -924,7 +924,7 @@ def head_to_head_md(h2h: list[dict]) -> str:
                  f"{f4(r['l2'])} / {f4(r['elijah_l2'])}", f"{f4(r['pattern_cos'], 3)} / {f4(r['elijah_pattern_cos'], 3)}",
                  f"{f4(r['footprint_l2'])} / {f4(r['elijah_footprint_l2'])}",
                  "yes" if r["fidelity_better"] else "no",
-                 asr_cell({"asr": r["no_trigger_asr"]}) if r["no_trigger_asr"] else "-"] for r in h["models"]]
+                 asr_cell({"asr": r["no_trigger_asr"]})] for r in h["models"]]
         c, n = h["counts"], h["n"]
         label = h["method"] + (f" K={h['k']}" if h["k"] else "")
         parts.append(
