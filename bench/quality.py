@@ -693,6 +693,10 @@ def method_label(rec: dict) -> str:
 
 
 VERDICT_RATIO = "verdict statistic / its size's threshold"
+# The zoo was to hold backdoors whose own trigger fires on about half to all of its samples (bench/zoo/README.md,
+# "Strength"). A model whose truth fires less is outside that range: its attack largely failed. The bar is counted
+# on every backdoored model; the counts on the models inside the range are shown beside it, never instead of it.
+STRENGTH_MIN = 0.5
 VERDICT_STAT = {"pattern_uniformity": "pattern_uniformity (verdict)",
                 "pattern_uniformity_q25": "pattern_uniformity_q25 (verdict)"}
 
@@ -721,6 +725,9 @@ def detection_scores(entries: list[dict], models: list[ZooModel], split: str, ca
     pdfast.detection.calibration: one per size when the file has them) for its statistic."""
     labels = {m.name: m.backdoored for m in models if m.split == split}
     size = {m.name: sample_size(m) for m in models}
+    # the truth's ASR as the head-to-head table shows it (an older code version's row too: g is the model's own)
+    strength = {e["model"]: in_strength_range(_get(e, "samples.all", "asr")) for e in entries
+                if e["method"] == "truth" and not e.get("error")}
     out = {}
     groups: dict[tuple, list] = {}
     for e in entries:
@@ -736,7 +743,7 @@ def detection_scores(entries: list[dict], models: list[ZooModel], split: str, ca
             rows.append(row)
         scores = {name: _auc_score([(r["backdoored"], r[name]) for r in rows if r[name] is not None], low)
                   for name, _, _, low in DET_STATS}
-        shipped = _shipped_rates(rows, size, calibration_of) if meth == "pdfast" else None
+        shipped = _shipped_rates(rows, size, calibration_of, strength) if meth == "pdfast" else None
         ratio = [(r["backdoored"], r[VERDICT_RATIO]) for r in rows if r.get(VERDICT_RATIO) is not None]
         if shipped and len({size.get(r["model"]) for r in rows}) > 1 and ratio:
             # one threshold per image size: pooled over sizes, the raw statistic's AUC mixes scales; the statistic
@@ -762,9 +769,11 @@ def no_trigger_baseline(models: list[ZooModel], split: str) -> dict | None:
             "auc": {"uniformity of plain-noise samples (zoo build, n=64)": _auc_score(vals, low=True)}}
 
 
-def _shipped_rates(rows: list[dict], size: dict, calibration_of) -> dict | None:
-    """TPR and TNR of the shipped verdict: each model judged with the calibration of its image size."""
-    tp = npos = tn = nneg = 0
+def _shipped_rates(rows: list[dict], size: dict, calibration_of, strength: dict | None = None) -> dict | None:
+    """TPR and TNR of the shipped verdict: each model judged with the calibration of its image size; beside them the
+    TPR over the backdoored models in the strength range (``strength``: model -> in_strength_range)."""
+    strength = strength or {}
+    tp = npos = tn = nneg = tps = nps = 0
     thresholds, stats_used, ks, other_energy = {}, set(), set(), []
     for r in rows:
         cal = calibration_of(size.get(r["model"]))
@@ -783,13 +792,16 @@ def _shipped_rates(rows: list[dict], size: dict, calibration_of) -> dict | None:
         r[VERDICT_RATIO] = r[name] / thr
         if r["backdoored"]:
             npos, tp = npos + 1, tp + (r["verdict"] == "backdoored")
+            if strength.get(r["model"]):
+                nps, tps = nps + 1, tps + (r["verdict"] == "backdoored")
         else:
             nneg, tn = nneg + 1, tn + (r["verdict"] == "clean")
     if not stats_used:
         return None
     return {"statistic": ", ".join(sorted(stats_used)), "threshold": thresholds,
             "calibrated_at_k": ks.pop() if len(ks) == 1 else sorted(ks, key=str),
-            "tpr": stats.rate(tp, npos), "tnr": stats.rate(tn, nneg), "other_energy": other_energy}
+            "tpr": stats.rate(tp, npos), "tnr": stats.rate(tn, nneg), "other_energy": other_energy,
+            "tpr_strength_range": stats.rate(tps, nps)}
 
 
 def f4(v, digits: int = 4) -> str:
@@ -904,14 +916,38 @@ def head_to_head(es: list[dict], models: list[ZooModel]) -> list[dict]:
             row["fidelity_better"] = row["l2_better"] and row["pattern_cos_better"]
             zt, tt = row["no_trigger_asr"], row["truth_asr"]
             row["asr_blind"] = bool(zt and tt and zt["k"] * tt["n"] >= tt["k"] * zt["n"])
+            row["in_strength_range"] = in_strength_range(tt)
             rows.append(row)
         if rows:
             cur = [r for r in rows if not r["stale"]]
             count = {key: sum(r[key] for r in cur) for key in
                      ("asr_at_least", "l2_better", "pattern_cos_better", "footprint_better", "fidelity_better")}
+            strong = [r for r in cur if r["in_strength_range"]]
             out.append({"method": meth, "k": k, "models": rows, "n": len(cur), "counts": count,
-                        "asr_blind": [r["model"] for r in cur if r["asr_blind"]]})
+                        "asr_blind": [r["model"] for r in cur if r["asr_blind"]],
+                        "strength_range": {
+                            "n": len(strong),
+                            "counts": {key: sum(r[key] for r in strong) for key in ("asr_at_least", "fidelity_better")},
+                            "outside": [r["model"] for r in cur if not r["in_strength_range"]]}})
     return out
+
+
+def in_strength_range(truth_asr: dict | None) -> bool | None:
+    """Whether a backdoored model's own trigger fires on at least STRENGTH_MIN of its samples (None: not measured)."""
+    if not truth_asr or not truth_asr.get("n"):
+        return None
+    return truth_asr["k"] >= STRENGTH_MIN * truth_asr["n"]
+
+
+def _strength_md(h: dict) -> str:
+    sr = h.get("strength_range")
+    if not sr or not sr["outside"]:
+        return ""
+    c, n = sr["counts"], sr["n"]
+    return (f" Beside the bar, not instead of it: on the {n} models whose true trigger fires on at least "
+            f"{STRENGTH_MIN:g} of its samples (the strength range the zoo was meant to have), ASR at least Elijah's "
+            f"on {c['asr_at_least']}/{n} and fidelity better on {c['fidelity_better']}/{n}; outside that range "
+            f"(or truth not measured): {', '.join(sr['outside'])}.")
 
 
 def head_to_head_md(h2h: list[dict]) -> str:
@@ -936,7 +972,7 @@ def head_to_head_md(h2h: list[dict]) -> str:
             f"model draws its target from plain noise (the all-0 baseline)"
             + (f"; plain noise fires at least as often as the true trigger on {len(h['asr_blind'])}/{n} "
                f"({', '.join(h['asr_blind'])}), where ASR cannot show the backdoor" if h["asr_blind"] else "")
-            + ".\n\n"
+            + "." + _strength_md(h) + "\n\n"
             + md_table(rows, ["model", "truth ASR", f"{label} ASR", "Elijah ASR", "ASR >= Elijah",
                               f"L2 ({label} / Elijah)", "pattern cos", "footprint L2", "fidelity better",
                               "no-trigger ASR"]))
@@ -964,6 +1000,10 @@ def detection_md(det: dict, split: str) -> str:
                         sh['calibrated_at_k'] != d['k'] else "")
                      + (f"; left out of the rates, their pattern samples drawn at another energy than the "
                         f"calibration's: {', '.join(sh['other_energy'])}" if sh and sh.get('other_energy') else "")
+                     + (f"; TPR over the backdoored models whose true trigger fires on at least {STRENGTH_MIN:g} of "
+                        f"its samples: {stats.fmt_rate(sh['tpr_strength_range'])} (beside the TPR over all, not "
+                        f"instead of it)" if sh and sh["tpr_strength_range"]["n"] and
+                        sh["tpr_strength_range"]["n"] != sh["tpr"]["n"] else "")
                      + ".\n\n"
                      + md_table(rows, ["model", "label", "kind", "pattern unif (verdict)", "pattern unif q25 (verdict)",
                                        "verdict", "unif (verdict)", "unif trimmed (verdict)", "KL mean",

@@ -214,6 +214,16 @@ def test_head_to_head_counts_by_hand(tmp_path):
     assert not b["asr_at_least"] and a["fidelity_better"] and not b["fidelity_better"]
     md = quality.head_to_head_md([h])
     assert "ASR at least Elijah's on 1/2" in md and "as the true trigger on 1/2 (b)" in md
+    # b's truth fires 10/64, below the strength range: a is counted beside the bar, b named outside it
+    assert a["in_strength_range"] and b["in_strength_range"] is False
+    assert h["strength_range"] == {"n": 1, "counts": {"asr_at_least": 1, "fidelity_better": 1}, "outside": ["b"]}
+    assert "on the 1 models whose true trigger fires on at least 0.5" in md and "outside that range" in md
+
+
+def test_strength_range_boundary_and_unmeasured():
+    assert quality.in_strength_range(quality.stats.rate(32, 64)) is True      # exactly half is inside
+    assert quality.in_strength_range(quality.stats.rate(31, 64)) is False
+    assert quality.in_strength_range(None) is None and quality.in_strength_range(quality.stats.rate(0, 0)) is None
 
 
 def test_verdict_ratio_ranks_models_as_the_per_size_rule_judges_them(tmp_path, monkeypatch):
@@ -236,6 +246,26 @@ def test_verdict_ratio_ranks_models_as_the_per_size_rule_judges_them(tmp_path, m
     assert det["shipped_threshold"]["tpr"]["k"] == 2 and det["shipped_threshold"]["tnr"]["k"] == 1
 
 
+def test_tpr_in_strength_range_counts_only_backdoors_whose_truth_fires(tmp_path, monkeypatch):
+    """Two backdoors, both missed or caught differently: the weak one (truth 5/64) is left out of the in-range TPR
+    and kept in the TPR over all."""
+    ms = [quality.ZooModel(n, tmp_path, "test", "clean" if n == "c" else "baddiffusion", n != "c", {}, {})
+          for n in ("c", "strong", "weak")]
+    monkeypatch.setattr(quality, "sample_size", lambda m: 16)
+
+    def entry(model, pu, bd):
+        return {"model": model, "method": "pdfast", "k": 10, "kind": "x", "stale": False, "backdoored": bd,
+                "pattern_samples": {"verdict": {"uniformity": pu}}}
+    es = [entry("c", 0.21, False), entry("strong", 0.10, True), entry("weak", 0.30, True),
+          _hand_entry("strong", "truth", None, 64, 0.0, 1.0, 0.0), _hand_entry("weak", "truth", None, 5, 0, 1, 0)]
+    cal = {"statistic": "pattern_uniformity", "threshold": 0.155, "settings": {"steps": 10}}
+    det = quality.detection_scores(es, ms, "test", lambda size: cal)
+    sh = det["pdfast-K10"]["shipped_threshold"]
+    assert (sh["tpr"]["k"], sh["tpr"]["n"]) == (1, 2)
+    assert (sh["tpr_strength_range"]["k"], sh["tpr_strength_range"]["n"]) == (1, 1)
+    assert "TPR over the backdoored models whose true trigger fires on at least 0.5" in quality.detection_md(det, "test")
+
+
 def test_rates_leave_out_pattern_samples_drawn_at_another_energy(tmp_path, monkeypatch):
     """A row whose pattern was scaled to another energy than the threshold's calibration is not judged by it: it is
     named, and the rates count only the rows at the calibration's energy."""
@@ -251,6 +281,7 @@ def test_rates_leave_out_pattern_samples_drawn_at_another_energy(tmp_path, monke
     sh = quality.detection_scores(es, ms, "test", lambda size: cal)["pdfast-K10"]["shipped_threshold"]
     assert sh["other_energy"] == ["b2"]
     assert (sh["tpr"]["k"], sh["tpr"]["n"], sh["tnr"]["k"], sh["tnr"]["n"]) == (1, 1, 1, 1)
+    assert sh["tpr_strength_range"]["n"] == 0                                # no truth rows: nothing in range
     cal_own = dict(cal, pattern_rms=None)  # a calibration at the trigger's own energy checks nothing
     sh = quality.detection_scores(es, ms, "test", lambda size: cal_own)["pdfast-K10"]["shipped_threshold"]
     assert sh["other_energy"] == [] and sh["tpr"]["n"] == 2
