@@ -4,6 +4,11 @@
     python bench/zoo/build.py --only c16-s0   # one model (its base is built first if missing)
     python bench/zoo/build.py --list          # what is built, what is missing
 
+A backdoored entry marked "gate": true must pass the recipe's strength_rule (its truth ASR at build at least
+min_truth_asr and, with above_clean_asr, above the ASR of plain noise); when it does not, it is retrained with a
+longer schedule and the next seed, up to max_attempts, every attempt recorded in zoo.json; a model that never passes
+is kept with "rejected": true and left out of the evaluation.
+
 Each model lands in bench/zoo/models/NAME/ (a diffusers pipeline folder; backdoored ones carry backdoor.json and
 backdoor.safetensors) with zoo.json: the recipe entry, training wall time and loss, and the ground truth measured on
 the saved fp16 weights over the recipe's sample count. Training is resumable: the full state is checkpointed under
@@ -44,8 +49,8 @@ def is_built(name: str) -> bool:
     return (MODELS / name / "zoo.json").is_file()
 
 
-def _train(entry: dict, by_name: dict):
-    """Train one recipe entry; returns (DiffusionModel with fp32 weights, final loss)."""
+def _train(entry: dict, by_name: dict, ckpt: Path | None = None):
+    """Train one recipe entry; returns (DiffusionModel with fp32 weights, (g, y) or None, (final loss, seconds))."""
     from pdfast.attack import AttackConfig, baddiffusion
     from pdfast.data import get_data
     from pdfast.loading import load_model
@@ -56,7 +61,7 @@ def _train(entry: dict, by_name: dict):
 
     cfg = TrainConfig(steps=entry["steps"], batch=entry["batch"], lr=entry["lr"], warmup=entry["warmup"],
                       seed=entry["seed"])
-    ckpt = CKPT / f"{entry['name']}.pt"
+    ckpt = ckpt or CKPT / f"{entry['name']}.pt"
     if entry["kind"] == "clean":
         size, arch = entry["size"], entry["arch"]
         model = DiffusionModel(make_unet(arch, size, 3, seed=entry["seed"]), Schedule.from_config({"clip_sample": False}),
@@ -124,32 +129,109 @@ def measure(folder: Path, n: int, seed: int, clip_sample: bool | None = None) ->
     return {k: rep[k] for k in keep if k in rep}
 
 
+def strength_check(truth: dict, rule: dict) -> tuple[bool, str]:
+    """Whether a backdoored model's ground truth meets the strength rule: ASR(eps + g) >= min_truth_asr and, with
+    above_clean_asr, ASR(eps + g) > ASR(plain noise), without which ASR cannot tell the backdoor from the model's
+    ordinary output. Returns (passed, the reason in words)."""
+    asr, clean = truth.get("asr"), truth.get("clean_asr")
+    if asr is None:
+        return False, "no truth ASR was measured"
+    if asr < rule["min_truth_asr"]:
+        return False, f"truth ASR {asr:.3f} < {rule['min_truth_asr']}"
+    if rule.get("above_clean_asr") and clean is not None and asr <= clean:
+        return False, f"truth ASR {asr:.3f} <= plain-noise ASR {clean:.3f}"
+    return True, f"truth ASR {asr:.3f}" + (f" > plain-noise ASR {clean:.3f}" if clean is not None else "")
+
+
+def attempt_entry(entry: dict, i: int, rule: dict | None) -> dict:
+    """The recipe entry of attempt i: attempt 0 is the entry itself; each retry trains steps_factor**i as long with
+    seed + 1000 i."""
+    if i == 0:
+        return entry
+    return {**entry, "steps": int(round(entry["steps"] * rule["steps_factor"] ** i)), "seed": entry["seed"] + 1000 * i,
+            "attempt": i}
+
+
 def build(entry: dict, by_name: dict, recipe: dict) -> None:
-    """Train, save and measure one model (its base first if missing); a no-op when already built."""
+    """Train, save and measure one model (its base first if missing); a no-op when already built. A gated backdoor
+    (entry "gate": true) is retrained until it passes the recipe's strength_rule or runs out of attempts."""
     from pdfast.io import atomic_write_json
 
     if is_built(entry["name"]):
-        remeasure(entry, recipe)
+        if not _zoo_json(entry["name"]).get("rejected"):
+            remeasure(entry, recipe)
         return
     if entry.get("base") and not is_built(entry["base"]):
         build(by_name[entry["base"]], by_name, recipe)
-    print(f"[zoo] training {entry['name']} ({entry['kind']}, {entry['steps']} steps)", file=sys.stderr, flush=True)
-    model, truth, (loss, train_s) = _train(entry, by_name)
+    rule = recipe.get("strength_rule") if entry.get("gate") and entry["kind"] == "baddiffusion" else None
+    if entry.get("gate") and rule is None:
+        raise SystemExit(f"error: {entry['name']} is gated but the recipe has no strength_rule or it is not a backdoor")
     out = MODELS / entry["name"]
-    _save_fp16(model, out, entry, truth)
+    log_file = CKPT / f"{entry['name']}-attempts.json"      # finished attempts, so an interrupted build resumes
+    attempts = json.loads(log_file.read_text()) if log_file.is_file() else []
     ev = recipe["evaluation"]
-    t1 = time.perf_counter()
-    truth_metrics = measure(out, ev["n_samples"], ev["seed"])
-    info = {"recipe": entry, "final_loss": loss, "train_seconds": None if train_s is None else round(train_s, 1),
-            "measure_seconds": round(time.perf_counter() - t1, 1), "ground_truth": truth_metrics,
-            "parameters": sum(p.numel() for p in model.net.parameters()),
+    for i in range(len(attempts), rule["max_attempts"] if rule else 1):
+        if attempts and attempts[-1].get("strength_passed"):
+            break                           # an interrupted build had already found a passing attempt
+        eff = attempt_entry(entry, i, rule)
+        print(f"[zoo] training {entry['name']} ({entry['kind']}, {eff['steps']} steps"
+              + (f", attempt {i + 1} of {rule['max_attempts']}" if rule else "") + ")", file=sys.stderr, flush=True)
+        ckpt = CKPT / (f"{entry['name']}.pt" if i == 0 else f"{entry['name']}-a{i}.pt")
+        model, truth, (loss, train_s) = _train(eff, by_name, ckpt)
+        _save_fp16(model, out, eff, truth)
+        t1 = time.perf_counter()
+        truth_metrics = measure(out, ev["n_samples"], ev["seed"])
+        record = {"recipe": eff, "final_loss": loss, "train_seconds": None if train_s is None else round(train_s, 1),
+                  "measure_seconds": round(time.perf_counter() - t1, 1), "ground_truth": truth_metrics,
+                  "parameters": sum(p.numel() for p in model.net.parameters())}
+        if rule:
+            record["strength_passed"], record["strength_why"] = strength_check(truth_metrics, rule)
+        attempts.append(record)
+        if rule:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(log_file, attempts)
+            print(f"[zoo] {entry['name']} attempt {i + 1}: {record['strength_why']}"
+                  + ("" if record["strength_passed"] else " (fails the strength rule)"), file=sys.stderr, flush=True)
+            if record["strength_passed"]:
+                break
+    last = attempts[-1]
+    if rule:
+        _check_holds(out, last)             # the folder must hold the attempt that zoo.json describes
+    info = {**last,
             "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                         "torch": torch.__version__},
             "weights": "fp16 safetensors (loaded as fp32)"}
+    info.pop("strength_passed", None), info.pop("strength_why", None)
+    if rule:
+        passed = bool(last["strength_passed"])
+        info["strength"] = {"rule": rule, "passed": passed,
+                            "attempts": [{"steps": a["recipe"]["steps"], "seed": a["recipe"]["seed"],
+                                          "ground_truth": a["ground_truth"], "passed": a["strength_passed"],
+                                          "why": a["strength_why"]} for a in attempts]}
+        if not passed:
+            info["rejected"] = f"no attempt passed the strength rule ({last['strength_why']})"
     atomic_write_json(out / "zoo.json", info)
-    print(f"[zoo] {entry['name']}: loss {loss:.4f}, {(train_s or 0) / 60:.1f} min; truth {truth_metrics}",
+    print(f"[zoo] {entry['name']}: loss {last['final_loss']:.4f}, {(last['train_seconds'] or 0) / 60:.1f} min; truth "
+          f"{last['ground_truth']}" + (f"; REJECTED: {info['rejected']}" if info.get("rejected") else ""),
           file=sys.stderr, flush=True)
-    remeasure(entry, recipe)
+    if not info.get("rejected"):
+        remeasure(entry, recipe)
+
+
+def _check_holds(out: Path, record: dict) -> None:
+    """Stop unless the model folder holds the attempt ``record`` describes (each attempt saves over the previous one;
+    a folder touched by hand between an interrupted build and its resumption would not)."""
+    saved = json.loads((out / "backdoor.json").read_text()) if (out / "backdoor.json").is_file() else {}
+    if saved.get("steps") != record["recipe"]["steps"] or saved.get("seed") != record["recipe"]["seed"]:
+        raise SystemExit(f"error: {out} does not hold the last attempt ({record['recipe']['steps']} steps, seed "
+                         f"{record['recipe']['seed']}); remove it and {CKPT} to rebuild")
+
+
+def _zoo_json(name: str) -> dict:
+    try:
+        return json.loads((MODELS / name / "zoo.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def remeasure(entry: dict, recipe: dict) -> None:
@@ -194,7 +276,9 @@ def main(argv=None) -> int:
         todo = [m for m in todo if _size(m, by_name) == args.size]
     if args.list:
         for m in recipe["models"]:
-            print(f"{m['name']:20s} {m['split']:5s} {m['kind']:15s} {'built' if is_built(m['name']) else 'missing'}")
+            state = "missing" if not is_built(m["name"]) else \
+                ("REJECTED (strength rule)" if _zoo_json(m["name"]).get("rejected") else "built")
+            print(f"{m['name']:20s} {m['split']:5s} {m['kind']:15s} {state}")
         return 0
     for entry in todo:
         build(entry, by_name, recipe)
