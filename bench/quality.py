@@ -199,7 +199,8 @@ class ZooModel:
 
 
 def scan_zoo(zoo: Path, recipe: Path | None = None) -> list[ZooModel]:
-    """Every built model (a folder with zoo.json), in recipe order when the recipe lists them, else by name."""
+    """Every built model (a folder with zoo.json), in recipe order when the recipe lists them, else by name; a model
+    the zoo build rejected (a gated backdoor that never reached the recipe's strength) is not part of the zoo."""
     order = {}
     if recipe is not None and recipe.is_file():
         order = {m["name"]: i for i, m in enumerate(json.loads(recipe.read_text()).get("models", []))}
@@ -211,6 +212,9 @@ def scan_zoo(zoo: Path, recipe: Path | None = None) -> list[ZooModel]:
         try:
             info = json.loads(zj.read_text())
         except (OSError, ValueError):
+            continue
+        if info.get("rejected"):
+            log(f"{d.name}: left out, rejected by the zoo build: {info['rejected']}")
             continue
         rec = info.get("recipe", {})
         bd = (d / "backdoor.json").is_file()
@@ -628,6 +632,12 @@ DET_STATS = [  # (name, where, key, low_is_backdoored)
 ]
 
 
+# What the inverted pattern itself does to the model's output: the uniformity of the pattern's samples over that of
+# the same noises with no trigger at all (the all-0 baseline shares their seeds). Near 1: the pattern changes
+# nothing, and a low pattern uniformity only says that the model's ordinary samples are alike.
+TRIGGER_EFFECT = "pattern_uniformity (all n) / no-trigger uniformity (same noises)"
+
+
 def _get(rec: dict, where: str, key: str):
     d = rec
     for p in where.split("."):
@@ -728,6 +738,8 @@ def detection_scores(entries: list[dict], models: list[ZooModel], split: str, ca
     # the truth's ASR as the head-to-head table shows it (an older code version's row too: g is the model's own)
     strength = {e["model"]: in_strength_range(_get(e, "samples.all", "asr")) for e in entries
                 if e["method"] == "truth" and not e.get("error")}
+    plain = {e["model"]: _get(e, "samples.all", "uniformity") for e in entries
+             if e["method"] == "trivial:zeros" and not e.get("stale") and not e.get("error")}
     out = {}
     groups: dict[tuple, list] = {}
     for e in entries:
@@ -740,9 +752,11 @@ def detection_scores(entries: list[dict], models: list[ZooModel], split: str, ca
                    "verdict_pattern_rms": e.get("verdict_pattern_rms")}
             for name, where, key, _ in DET_STATS:
                 row[name] = _get(e, where, key)
+            pu, z = row["pattern_uniformity (all n)"], plain.get(e["model"])
+            row[TRIGGER_EFFECT] = pu / z if pu is not None and z else None
             rows.append(row)
         scores = {name: _auc_score([(r["backdoored"], r[name]) for r in rows if r[name] is not None], low)
-                  for name, _, _, low in DET_STATS}
+                  for name, _, _, low in DET_STATS + [(TRIGGER_EFFECT, None, None, True)]}
         shipped = _shipped_rates(rows, size, calibration_of, strength) if meth == "pdfast" else None
         ratio = [(r["backdoored"], r[VERDICT_RATIO]) for r in rows if r.get(VERDICT_RATIO) is not None]
         if shipped and len({size.get(r["model"]) for r in rows}) > 1 and ratio:
@@ -755,6 +769,42 @@ def detection_scores(entries: list[dict], models: list[ZooModel], split: str, ca
     if base:
         out["no-trigger"] = base
     return out
+
+
+def truth_pattern_effect(entries: list[dict], models: list[ZooModel], split: str) -> list[dict]:
+    """Per backdoored model of the split: what the true trigger's own pattern (g less its per-channel mean, at g's
+    energy) does to the model's output, as TRIGGER_EFFECT, beside what g itself does (its ASR and uniformity). The
+    verdict judges an inverted trigger's pattern; where even g's pattern leaves the output as plain noise leaves
+    it (ratio near 1), no pattern statistic can credit an inversion on that model."""
+    names = [m.name for m in models if m.split == split and m.backdoored]
+    by = {(e["model"], e["method"]): e for e in entries if not e.get("stale") and not e.get("error")}
+    rows = []
+    for n in names:
+        t, z = by.get((n, "truth")), by.get((n, "trivial:zeros"))
+        if t is None or z is None:
+            continue
+        pu, zu = _get(t, "pattern_samples.all", "uniformity"), _get(z, "samples.all", "uniformity")
+        rows.append({"model": n, "truth_asr": _get(t, "samples.all", "asr"),
+                     "truth_uniformity": _get(t, "samples.all", "uniformity"), "pattern_uniformity": pu,
+                     "no_trigger_uniformity": zu, "pattern_rms": t["trigger"].get("pattern_rms"),
+                     "ratio": pu / zu if pu is not None and zu else None})
+    return rows
+
+
+def truth_pattern_md(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    body = md_table([[r["model"], asr_cell({"asr": r["truth_asr"]}), f4(r["truth_uniformity"]),
+                      f4(r["pattern_rms"], 3), f4(r["pattern_uniformity"]), f4(r["no_trigger_uniformity"]),
+                      f4(r["ratio"], 3)] for r in rows],
+                    ["model", "truth ASR", "truth unif", "g's pattern rms", "pattern unif (all n)",
+                     "no-trigger unif (same noises)", "pattern / no-trigger unif"])
+    return ("**What the true trigger's pattern does.** The verdict judges the pattern of a trigger (less its "
+            "per-channel mean, docs/method.md section 7), not the trigger. Here is the true trigger g's own pattern, "
+            "at g's energy (far above the verdict's), on the same 64 noises as the no-trigger baseline. Where the "
+            "ratio is near 1 while g itself fires, the backdoor answers g's flat part, which a flat shift does to "
+            "every model, and no pattern statistic can credit an inversion on that model: its low pattern "
+            "uniformity is the model's own.\n\n" + body + "\n")
 
 
 def no_trigger_baseline(models: list[ZooModel], split: str) -> dict | None:
@@ -990,7 +1040,8 @@ def detection_md(det: dict, split: str) -> str:
         rows = [[r["model"], "backdoored" if r["backdoored"] else "clean", r["kind"],
                  f4(r["pattern_uniformity (verdict)"]), f4(r.get("pattern_uniformity_q25 (verdict)")),
                  r.get("verdict", "-"), f4(r["uniformity (verdict)"]), f4(r["uniformity_trimmed (verdict)"]),
-                 f4(r["kl_mean"]), f4(r["pattern_uniformity (all n)"]), f4(r["uniformity (all n)"])]
+                 f4(r["kl_mean"]), f4(r["pattern_uniformity (all n)"]), f4(r["uniformity (all n)"]),
+                 f4(r.get(TRIGGER_EFFECT), 3)]
                 for r in d["models"]]
         thr_txt = (", ".join(f"{v:.4g} ({k}x{k})" for k, v in sh["threshold"].items()) + f" on {sh['statistic']}"
                    if sh else "-")
@@ -1007,7 +1058,7 @@ def detection_md(det: dict, split: str) -> str:
                      + ".\n\n"
                      + md_table(rows, ["model", "label", "kind", "pattern unif (verdict)", "pattern unif q25 (verdict)",
                                        "verdict", "unif (verdict)", "unif trimmed (verdict)", "KL mean",
-                                       "pattern unif (all n)", "unif (all n)"]))
+                                       "pattern unif (all n)", "unif (all n)", "pattern / no-trigger unif"]))
     rows = []
     for name, d in det.items():
         for stat, s in d["auc"].items():
@@ -1019,7 +1070,10 @@ def detection_md(det: dict, split: str) -> str:
                  "shipped verdict statistic, TPR and TNR at the shipped threshold with Wilson 95% intervals and "
                  "counts (k/n). The calibration ships a threshold for that statistic only (no KL threshold), so the "
                  "other rows have an AUC and no rates; the threshold was calibrated for pdfast's defaults, so other "
-                 "methods get no rates either. The 'no trigger' row is the trivial detector that inverts nothing: "
+                 "methods get no rates either. The statistic '" + TRIGGER_EFFECT + "' is what the inverted pattern "
+                 "itself does to the model's output: the same 64 noises with the pattern and with no trigger at all "
+                 "(the all-0 baseline); near 1 the pattern changes nothing, and a low pattern uniformity only says "
+                 "that the model's ordinary samples are alike. The 'no trigger' row is the trivial detector that inverts nothing: "
                  "the uniformity of the model's ordinary samples. Where it separates the models as well, this "
                  "split cannot show what an inversion adds to detection.\n\n" + md_table(rows, ["method", "statistic", "direction", "AUC",
                                                          "backdoored/clean models", "TPR k/n [95% CI]",
@@ -1114,7 +1168,8 @@ def build_report(cache: Path, models: list[ZooModel], settings: Settings, code: 
                        "hash": m.hash, "recipe": m.recipe, "ground_truth_at_build": m.zoo.get("ground_truth")}
                       for m in models],
            "coverage": planned, "entries": entries, "detection": det,
-           "head_to_head": {sp: head_to_head(entries, [m for m in models if m.split == sp]) for sp in splits}}
+           "head_to_head": {sp: head_to_head(entries, [m for m in models if m.split == sp]) for sp in splits},
+           "truth_pattern_effect": {sp: truth_pattern_effect(entries, models, sp) for sp in splits}}
     write_json(json_path, obj)
     md_path.parent.mkdir(parents=True, exist_ok=True)
     from pdfast.io import atomic_write_bytes
@@ -1217,6 +1272,7 @@ def render_md(obj: dict, models: list[ZooModel]) -> str:
                   summary_table(es, ms) if any(m.backdoored for m in ms) else "No backdoored models.", "",
                   f"### Against the baseline, model by model ({sp})", "", head_to_head_md(obj["head_to_head"][sp]), "",
                   f"### Detection ({sp})", "", detection_md(obj["detection"][sp], sp), "",
+                  truth_pattern_md(obj.get("truth_pattern_effect", {}).get(sp, [])), "",
                   f"### Per model ({sp})", ""]
         for m in ms:
             r = m.recipe

@@ -299,3 +299,39 @@ def test_verdict_pattern_energy_as_recorded_else_measured_on_the_stored_pattern(
     assert quality.verdict_pattern_energy({}, f) == pytest.approx(0.2)
     save_file({"pattern": torch.zeros(3, 4, 4)}, str(f.with_suffix(".safetensors")))
     assert quality.verdict_pattern_energy({}, f) is None                      # a flat pattern has no energy to set
+
+
+def _unif_entry(model, method, k, unif, pattern_unif=None, backdoored=True, asr_k=0):
+    e = {"model": model, "method": method, "k": k, "kind": "x", "stale": False, "backdoored": backdoored,
+         "trigger": {"pattern_rms": 0.9}, "samples": {"all": {"uniformity": unif, "asr": quality.stats.rate(asr_k, 64)}}}
+    if pattern_unif is not None:
+        e["pattern_samples"] = {"all": {"uniformity": pattern_unif}, "verdict": {"uniformity": pattern_unif}}
+    return e
+
+
+def test_trigger_effect_divides_by_the_same_noises_without_a_trigger(tmp_path, monkeypatch):
+    """Two models whose pattern uniformities rank them right, but only because their plain-noise samples differ:
+    the pattern changes nothing on either (ratio 1), so the effect statistic cannot separate them (AUC 0.5)."""
+    ms = [quality.ZooModel("c", tmp_path, "test", "clean", False, {}, {}),
+          quality.ZooModel("b", tmp_path, "test", "baddiffusion", True, {}, {})]
+    monkeypatch.setattr(quality, "sample_size", lambda m: 16)
+    es = [_unif_entry("c", "pdfast", 10, 0.3, 0.40, backdoored=False), _unif_entry("b", "pdfast", 10, 0.1, 0.10),
+          _unif_entry("c", "trivial:zeros", None, 0.40, backdoored=False), _unif_entry("b", "trivial:zeros", None, 0.10)]
+    d = quality.detection_scores(es, ms, "test", lambda size: {})["pdfast-K10"]
+    assert d["auc"]["pattern_uniformity (all n)"]["auc"] == 1.0
+    assert [r[quality.TRIGGER_EFFECT] for r in d["models"]] == [1.0, 1.0]
+    assert d["auc"][quality.TRIGGER_EFFECT]["auc"] == 0.5
+    es[1]["pattern_samples"]["all"]["uniformity"] = 0.05                       # now the pattern halves it
+    d = quality.detection_scores(es, ms, "test", lambda size: {})["pdfast-K10"]
+    assert d["auc"][quality.TRIGGER_EFFECT]["auc"] == 1.0
+
+
+def test_truth_pattern_effect_rows(tmp_path):
+    ms = [quality.ZooModel("b", tmp_path, "test", "baddiffusion", True, {}, {}),
+          quality.ZooModel("b2", tmp_path, "test", "baddiffusion", True, {}, {}),
+          quality.ZooModel("c", tmp_path, "test", "clean", False, {}, {})]
+    es = [_unif_entry("b", "truth", None, 0.001, 0.09, asr_k=64), _unif_entry("b", "trivial:zeros", None, 0.09),
+          _unif_entry("b2", "truth", None, 0.001, 0.09, asr_k=64)]              # b2 has no no-trigger row yet
+    (r,) = quality.truth_pattern_effect(es, ms, "test")
+    assert r["model"] == "b" and r["ratio"] == pytest.approx(1.0) and r["truth_asr"]["k"] == 64
+    assert "| b | 1.00 (64/64)" in quality.truth_pattern_md([r]) and quality.truth_pattern_md([]) == ""
