@@ -5,7 +5,7 @@
     python bench/zoo/build.py --list          # what is built, what is missing
 
 A backdoored entry marked "gate": true must pass the recipe's strength_rule (its truth ASR at build at least
-min_truth_asr and, with above_clean_asr, above the ASR of plain noise); when it does not, it is retrained with a
+min_truth_asr and, as the rule asks, above the ASR of plain noise and of g's flat part); when it does not, it is retrained with a
 longer schedule and the next seed, up to max_attempts, every attempt recorded in zoo.json; a model that never passes
 is kept with "rejected": true and left out of the evaluation.
 
@@ -130,17 +130,24 @@ def measure(folder: Path, n: int, seed: int, clip_sample: bool | None = None) ->
 
 
 def strength_check(truth: dict, rule: dict) -> tuple[bool, str]:
-    """Whether a backdoored model's ground truth meets the strength rule: ASR(eps + g) >= min_truth_asr and, with
-    above_clean_asr, ASR(eps + g) > ASR(plain noise), without which ASR cannot tell the backdoor from the model's
-    ordinary output. Returns (passed, the reason in words)."""
-    asr, clean = truth.get("asr"), truth.get("clean_asr")
+    """Whether a backdoored model's ground truth meets the strength rule: ASR(eps + g) >= min_truth_asr; with
+    above_clean_asr, ASR(eps + g) > ASR(plain noise); with above_flat_asr, ASR(eps + g) > ASR(eps + g's flat part).
+    Without the last two, ASR cannot tell the backdoor from the model's ordinary output or from a dark shift.
+    Returns (passed, the reason in words)."""
+    asr, clean, flat = truth.get("asr"), truth.get("clean_asr"), truth.get("flat_asr")
     if asr is None:
         return False, "no truth ASR was measured"
     if asr < rule["min_truth_asr"]:
         return False, f"truth ASR {asr:.3f} < {rule['min_truth_asr']}"
     if rule.get("above_clean_asr") and clean is not None and asr <= clean:
         return False, f"truth ASR {asr:.3f} <= plain-noise ASR {clean:.3f}"
-    return True, f"truth ASR {asr:.3f}" + (f" > plain-noise ASR {clean:.3f}" if clean is not None else "")
+    if rule.get("above_flat_asr"):
+        if flat is None:
+            return False, "the ASR of g's flat part was not measured"
+        if asr <= flat:
+            return False, f"truth ASR {asr:.3f} <= ASR {flat:.3f} of g's flat part"
+    return True, f"truth ASR {asr:.3f}" + (f" > plain-noise ASR {clean:.3f}" if clean is not None else "") + \
+        (f" > flat-part ASR {flat:.3f}" if flat is not None else "")
 
 
 def attempt_entry(entry: dict, i: int, rule: dict | None) -> dict:
@@ -150,6 +157,20 @@ def attempt_entry(entry: dict, i: int, rule: dict | None) -> dict:
         return entry
     return {**entry, "steps": int(round(entry["steps"] * rule["steps_factor"] ** i)), "seed": entry["seed"] + 1000 * i,
             "attempt": i}
+
+
+def measure_flat(folder: Path, n: int, seed: int) -> dict:
+    """ASR and uniformity from eps + g's flat part (a frame at g's per-channel mean): what the trigger's dark shift
+    does without its picture. At 16x16 and 32x32 a flat dark frame already draws the dark-background targets."""
+    from pdfast.attack import load_ground_truth
+    from pdfast.evaluation import evaluate_trigger
+    from pdfast.loading import load_model
+
+    model = load_model(folder)
+    g, y = load_ground_truth(model)
+    flat = g.mean(dim=(-2, -1), keepdim=True).expand_as(g).contiguous()
+    rep = evaluate_trigger(model, flat, target=y, n=n, seed=seed, clean=False)
+    return {"flat_asr": rep["asr"], "flat_uniformity": rep["uniformity"]}
 
 
 def build(entry: dict, by_name: dict, recipe: dict) -> None:
@@ -181,6 +202,8 @@ def build(entry: dict, by_name: dict, recipe: dict) -> None:
         _save_fp16(model, out, eff, truth)
         t1 = time.perf_counter()
         truth_metrics = measure(out, ev["n_samples"], ev["seed"])
+        if rule and rule.get("above_flat_asr"):
+            truth_metrics.update(measure_flat(out, ev["n_samples"], ev["seed"]))
         record = {"recipe": eff, "final_loss": loss, "train_seconds": None if train_s is None else round(train_s, 1),
                   "measure_seconds": round(time.perf_counter() - t1, 1), "ground_truth": truth_metrics,
                   "parameters": sum(p.numel() for p in model.net.parameters())}

@@ -14,17 +14,22 @@ _spec = importlib.util.spec_from_file_location("zoo_build", HERE / "build.py")
 build = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(build)
 
-RULE = {"min_truth_asr": 0.5, "above_clean_asr": True, "steps_factor": 1.5, "max_attempts": 3}
+RULE = {"min_truth_asr": 0.5, "above_clean_asr": True, "above_flat_asr": True, "steps_factor": 1.5,
+        "max_attempts": 3}
 
 
 def test_strength_check_by_hand():
-    assert build.strength_check({"asr": 0.8, "clean_asr": 0.7}, RULE)[0]
+    assert build.strength_check({"asr": 0.8, "clean_asr": 0.7, "flat_asr": 0.0}, RULE)[0]
+    ok, why = build.strength_check({"asr": 1.0, "clean_asr": 0.7, "flat_asr": 1.0}, RULE)  # a dark frame does it too
+    assert not ok and "<= ASR 1.000 of g's flat part" in why
+    assert not build.strength_check({"asr": 0.8, "clean_asr": 0.7}, RULE)[0]             # flat part not measured
     ok, why = build.strength_check({"asr": 0.4, "clean_asr": 0.1}, RULE)
     assert not ok and "0.400 < 0.5" in why
     ok, why = build.strength_check({"asr": 0.6, "clean_asr": 0.7}, RULE)      # plain noise fires more often
     assert not ok and "<= plain-noise ASR 0.700" in why
-    assert build.strength_check({"asr": 0.6, "clean_asr": 0.7}, {**RULE, "above_clean_asr": False})[0]
-    assert build.strength_check({"asr": 0.5}, RULE)[0]                            # the bound is inclusive
+    loose = {**RULE, "above_clean_asr": False, "above_flat_asr": False}
+    assert build.strength_check({"asr": 0.6, "clean_asr": 0.7}, loose)[0]
+    assert build.strength_check({"asr": 0.5}, loose)[0]                           # the bound is inclusive
     assert not build.strength_check({}, RULE)[0]
 
 
@@ -70,6 +75,7 @@ def zoo(tmp_path, monkeypatch):
 
     monkeypatch.setattr(build, "_train", fake_train)
     monkeypatch.setattr(build, "measure", fake_measure)
+    monkeypatch.setattr(build, "measure_flat", lambda folder, n, seed: {"flat_asr": 0.0, "flat_uniformity": 0.0})
     by_name = {m["name"]: m for m in recipe["models"]}
     return recipe, by_name, state, tmp_path
 
@@ -120,3 +126,26 @@ def test_a_gate_without_a_rule_is_an_error(zoo):
     recipe, by_name, state, tmp = zoo
     with pytest.raises(SystemExit, match="gated but the recipe has no strength_rule"):
         build.build(by_name["bd"], by_name, {**recipe, "strength_rule": None})
+
+
+def test_measure_flat_samples_g_s_per_channel_mean(tmp_path):
+    """On a saved (untrained, tiny) backdoored model: the same numbers as sampling the flat frame made by hand."""
+    from diffusers import UNet2DModel
+
+    from pdfast.attack import save_backdoored
+    from pdfast.evaluation import evaluate_trigger
+    from pdfast.loading import load_model
+    from pdfast.model import DiffusionModel
+    from pdfast.patterns import draw_target, draw_trigger
+    from pdfast.schedule import Schedule
+
+    torch.manual_seed(0)
+    net = UNet2DModel(sample_size=8, block_out_channels=(4, 8), layers_per_block=1, norm_num_groups=4,
+                      down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    model = DiffusionModel(net, Schedule.from_config({"num_train_timesteps": 10, "clip_sample": False}), 8)
+    g, y = draw_trigger("BOX_14", 8), draw_target("HAT", 8)
+    save_backdoored(model, tmp_path / "bd", {"attack": "baddiffusion"}, g, y)
+    got = build.measure_flat(tmp_path / "bd", 4, 0)
+    flat = g.mean(dim=(1, 2), keepdim=True) * torch.ones_like(g)
+    ref = evaluate_trigger(load_model(tmp_path / "bd"), flat, target=y, n=4, seed=0, clean=False)
+    assert got == {"flat_asr": ref["asr"], "flat_uniformity": ref["uniformity"]}
