@@ -966,6 +966,9 @@ def head_to_head(es: list[dict], models: list[ZooModel]) -> list[dict]:
             row["fidelity_better"] = row["l2_better"] and row["pattern_cos_better"]
             zt, tt = row["no_trigger_asr"], row["truth_asr"]
             row["asr_blind"] = bool(zt and tt and zt["k"] * tt["n"] >= tt["k"] * zt["n"])
+            row["best_trivial"], row["best_trivial_asr"] = _best_trivial(by, m)
+            bt = row["best_trivial_asr"]
+            row["trivial_blind"] = bool(bt and tt and bt["k"] * tt["n"] >= tt["k"] * bt["n"])
             row["in_strength_range"] = in_strength_range(tt)
             rows.append(row)
         if rows:
@@ -975,11 +978,23 @@ def head_to_head(es: list[dict], models: list[ZooModel]) -> list[dict]:
             strong = [r for r in cur if r["in_strength_range"]]
             out.append({"method": meth, "k": k, "models": rows, "n": len(cur), "counts": count,
                         "asr_blind": [r["model"] for r in cur if r["asr_blind"]],
+                        "trivial_blind": [r["model"] for r in cur if r["trivial_blind"]],
                         "strength_range": {
                             "n": len(strong),
                             "counts": {key: sum(r[key] for r in strong) for key in ("asr_at_least", "fidelity_better")},
                             "outside": [r["model"] for r in cur if not r["in_strength_range"]]}})
     return out
+
+
+def _best_trivial(by: dict, model: str) -> tuple[str | None, dict | None]:
+    """The trivial trigger (all 0, -0.5, -1, Elijah's init) that fires most often on ``model`` (current code)."""
+    best = (None, None)
+    for t in TRIVIAL:
+        e = by.get((model, f"trivial:{t}", None))
+        a = _get(e, "samples.all", "asr") if e and not e.get("stale") and not e.get("error") else None
+        if a and a.get("n") and (best[1] is None or a["k"] * best[1]["n"] > best[1]["k"] * a["n"]):
+            best = (TRIVIAL_LABEL[t], a)
+    return best
 
 
 def in_strength_range(truth_asr: dict | None) -> bool | None:
@@ -1010,7 +1025,9 @@ def head_to_head_md(h2h: list[dict]) -> str:
                  f"{f4(r['l2'])} / {f4(r['elijah_l2'])}", f"{f4(r['pattern_cos'], 3)} / {f4(r['elijah_pattern_cos'], 3)}",
                  f"{f4(r['footprint_l2'])} / {f4(r['elijah_footprint_l2'])}",
                  "yes" if r["fidelity_better"] else "no",
-                 asr_cell({"asr": r["no_trigger_asr"]})] for r in h["models"]]
+                 asr_cell({"asr": r["no_trigger_asr"]}),
+                 f"{asr_cell({'asr': r.get('best_trivial_asr')})} ({r.get('best_trivial')})" if r.get("best_trivial")
+                 else "-"] for r in h["models"]]
         c, n = h["counts"], h["n"]
         label = h["method"] + (f" K={h['k']}" if h["k"] else "")
         parts.append(
@@ -1022,10 +1039,13 @@ def head_to_head_md(h2h: list[dict]) -> str:
             f"model draws its target from plain noise (the all-0 baseline)"
             + (f"; plain noise fires at least as often as the true trigger on {len(h['asr_blind'])}/{n} "
                f"({', '.join(h['asr_blind'])}), where ASR cannot show the backdoor" if h["asr_blind"] else "")
+            + (f"; a trivial trigger (one that knows nothing of the model: all 0, -0.5, -1 or Elijah's init) fires "
+               f"at least as often as the true trigger on {len(h['trivial_blind'])}/{n} "
+               f"({', '.join(h['trivial_blind'])})" if h.get("trivial_blind") else "")
             + "." + _strength_md(h) + "\n\n"
             + md_table(rows, ["model", "truth ASR", f"{label} ASR", "Elijah ASR", "ASR >= Elijah",
                               f"L2 ({label} / Elijah)", "pattern cos", "footprint L2", "fidelity better",
-                              "no-trigger ASR"]))
+                              "no-trigger ASR", "best trivial ASR (which)"]))
     return "\n\n".join(parts) + "\n"
 
 

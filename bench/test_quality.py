@@ -202,7 +202,9 @@ def test_head_to_head_counts_by_hand(tmp_path):
           _hand_entry("c", "pdfast", 10, 64, 5.0, 0.9, 2.0, stale=True), _hand_entry("c", "elijah", None, 0, 9, 0, 9),
           _hand_entry("a", "truth", None, 64, 0.0, 1.0, 0.0), _hand_entry("b", "truth", None, 10, 0.0, 1.0, 0.0),
           _hand_entry("a", "trivial:zeros", None, 40, 9.0, 0.0, 9.0),
-          _hand_entry("b", "trivial:zeros", None, 50, 9.0, 0.0, 9.0)]
+          _hand_entry("b", "trivial:zeros", None, 50, 9.0, 0.0, 9.0),
+          _hand_entry("a", "trivial:flat-1", None, 64, 9.0, 0.0, 9.0),
+          _hand_entry("a", "trivial:flat-0.5", None, 64, 9.0, 0.0, 9.0, stale=True)]
     (h,) = quality.head_to_head(es, ms)
     assert (h["method"], h["k"], h["n"]) == ("pdfast", 10, 2)           # the stale row is shown, not counted
     assert h["counts"] == {"asr_at_least": 1, "l2_better": 2, "pattern_cos_better": 1, "footprint_better": 1,
@@ -212,8 +214,12 @@ def test_head_to_head_counts_by_hand(tmp_path):
     # plain noise fires 50/64 on b, more than its truth's 10/64: ASR cannot show b's backdoor; on a it can
     assert a["no_trigger_asr"]["k"] == 40 and h["asr_blind"] == ["b"] and c["no_trigger_asr"] is None
     assert not b["asr_at_least"] and a["fidelity_better"] and not b["fidelity_better"]
+    # on a, the all -1 frame fires as often as the truth (64/64): ASR cannot show a's backdoor either
+    assert (a["best_trivial"], a["best_trivial_asr"]["k"]) == ("all -1", 64) and (b["best_trivial"]) == "all 0"
+    assert h["trivial_blind"] == ["a", "b"]
     md = quality.head_to_head_md([h])
     assert "ASR at least Elijah's on 1/2" in md and "as the true trigger on 1/2 (b)" in md
+    assert "fires at least as often as the true trigger on 2/2 (a, b)" in md and "(all -1)" in md
     # b's truth fires 10/64, below the strength range: a is counted beside the bar, b named outside it
     assert a["in_strength_range"] and b["in_strength_range"] is False
     assert h["strength_range"] == {"n": 1, "counts": {"asr_at_least": 1, "fidelity_better": 1}, "outside": ["b"]}
