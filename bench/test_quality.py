@@ -8,47 +8,6 @@ import torch
 import quality
 
 
-def _save_zoo_json(folder, recipe):
-    (folder / "zoo.json").write_text(json.dumps({"recipe": recipe, "ground_truth": {}}))
-
-
-@pytest.fixture(scope="module")
-def micro_zoo(tmp_path_factory):
-    """models/c8 (clean, dev), models/bd8 (BOX_14 -> HAT ground truth, dev), models/c8t (clean, test). Untrained
-    weights: the script's plumbing is under test, not the backdoor."""
-    from diffusers import UNet2DModel
-
-    from pdfast.attack import save_backdoored
-    from pdfast.model import DiffusionModel
-    from pdfast.patterns import draw_target, draw_trigger
-    from pdfast.schedule import Schedule
-
-    root = tmp_path_factory.mktemp("qz")
-    zoo = root / "models"
-    torch.manual_seed(0)
-    net = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(4, 8), layers_per_block=1,
-                      down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                      norm_num_groups=4)
-    clean = DiffusionModel(net, Schedule.from_config({"num_train_timesteps": 20, "clip_sample": False}), 8)
-    clean.save(zoo / "c8")
-    _save_zoo_json(zoo / "c8", {"name": "c8", "split": "dev", "kind": "clean"})
-    bad = clean.copy()
-    with torch.no_grad():
-        for p in bad.net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    save_backdoored(bad, zoo / "bd8", {"attack": "baddiffusion", "trigger": "BOX_14", "target": "HAT"},
-                    draw_trigger("BOX_14", 8), draw_target("HAT", 8))
-    _save_zoo_json(zoo / "bd8", {"name": "bd8", "split": "dev", "kind": "baddiffusion", "trigger": "BOX_14",
-                                 "target": "HAT", "poison_rate": 0.1, "steps": 0, "base": "c8"})
-    other = clean.copy()
-    with torch.no_grad():
-        for p in other.net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    other.save(zoo / "c8t")
-    _save_zoo_json(zoo / "c8t", {"name": "c8t", "split": "test", "kind": "clean"})
-    return root
-
-
 def _args(root, *extra):
     return ["--zoo", str(root / "models"), "--out", str(root / "out"), "--smoke", "--n-samples", "4", "--ks", "2",
             "--threads", "1", *extra]

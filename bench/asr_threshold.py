@@ -1,0 +1,158 @@
+"""Can any ASR threshold tell a zoo backdoor from a dark frame? Per-image MSE to the target on the dev backdoors.
+
+ASR counts the samples within MSE 0.1 of the target (both in [0, 1]; the threshold of VillanDiffusion that the
+issue's bar uses). On the zoo, a flat dark frame already draws the dark-background HAT target within that distance
+(docs/results.md, the baseline rows), so ASR cannot show those backdoors. This script measures, on each backdoored
+model of a split, the per-image MSE to the target of n samples from each of:
+  truth       eps + g, the model's own trigger
+  zeros       eps (plain noise)
+  flat-0.5    eps + a frame of -0.5
+  flat-1      eps + a frame of -1
+  flat-g      eps + g's flat part (a frame at g's per-channel mean)
+and reports, at each threshold, the truth's ASR beside the best of the others (Wilson 95% intervals) and whether
+the threshold separates them: truth ASR >= 0.5 and above every trivial trigger's. Choose on dev (the default);
+--split test only reports.
+
+    OMP_NUM_THREADS=1 python bench/asr_threshold.py                       # dev backdoors, n = 64
+    python bench/asr_threshold.py --report-only                           # tables from the cache
+
+Every (model, trigger) is cached under bench/results/asr_threshold/ (keyed by the model's content hash, n and
+seed): a re-run skips finished work and a killed run resumes. Outputs: bench/results/asr_threshold.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import quality  # noqa: E402
+import stats  # noqa: E402
+
+TRIGGERS = ("truth", "zeros", "flat-0.5", "flat-1", "flat-g")
+THRESHOLDS = (0.1, 0.05, 0.02, 0.01, 0.005)
+CACHE = HERE / "results" / "asr_threshold"
+OUT = HERE / "results" / "asr_threshold"
+
+
+def trigger_tensor(name: str, g):
+    """The trigger ``name`` for a model whose true trigger is ``g``."""
+    if name == "truth":
+        return g
+    if name == "flat-g":
+        return g.mean(dim=(-2, -1), keepdim=True).expand_as(g).contiguous()
+    return quality.trivial_trigger(name, g.shape)
+
+
+def measure(ctx: "quality.ModelCtx", name: str, n: int, seed: int) -> dict:
+    """Per-image MSE of n samples from eps + trigger to the target ([0, 1] scale), their uniformity, the time."""
+    from pdfast import metrics
+
+    t0 = time.perf_counter()
+    imgs = ctx.engine.sample(n, trigger=trigger_tensor(name, ctx.truth), seed=seed)
+    return {"trigger": name, "n": n, "seed": seed, "mse": [float(v) for v in metrics.per_image_mse(imgs, ctx.target)],
+            "uniformity": metrics.uniformity(imgs), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def asr_at(mse: list[float], thr: float) -> dict:
+    return stats.rate(sum(v < thr for v in mse), len(mse))
+
+
+def summarize(units: dict[str, dict[str, dict]], thresholds=THRESHOLDS) -> list[dict]:
+    """Per model and threshold: the truth's ASR, the best other trigger's, and whether the threshold separates them
+    (truth ASR >= 0.5 and strictly above every other trigger's)."""
+    rows = []
+    for model, by in units.items():
+        if "truth" not in by:
+            continue
+        for thr in thresholds:
+            truth = asr_at(by["truth"]["mse"], thr)
+            others = {k: asr_at(v["mse"], thr) for k, v in by.items() if k != "truth"}
+            best = max(others.items(), key=lambda kv: kv[1]["rate"]) if others else (None, None)
+            sep = truth["rate"] >= 0.5 and all(truth["rate"] > o["rate"] for o in others.values())
+            rows.append({"model": model, "threshold": thr, "truth_asr": truth, "best_other": best[0],
+                         "best_other_asr": best[1], "others": others, "separates": sep})
+    return rows
+
+
+def render_md(obj: dict) -> str:
+    head = ["model", "threshold", "truth ASR", "best other (which)", "separates"]
+    rows = [[r["model"], f"{r['threshold']:g}", stats.fmt_rate(r["truth_asr"]),
+             f"{stats.fmt_rate(r['best_other_asr'])} ({r['best_other']})", "yes" if r["separates"] else "no"]
+            for r in obj["rows"]]
+    med = [[m, *(f"{sorted(u['mse'])[len(u['mse']) // 2]:.4f} / {u['uniformity']:.4f}" if u else "-"
+                 for u in (by.get(t) for t in TRIGGERS))] for m, by in obj["units"].items()]
+    count = {f"{t:g}": sum(r["separates"] for r in obj["rows"] if r["threshold"] == t) for t in obj["thresholds"]}
+    n_models = len({r["model"] for r in obj["rows"]})
+    return "\n".join([
+        f"# ASR thresholds on the {obj['split']} backdoors", "",
+        f"Generated {obj['date']} by `{obj['command']}`; commit {obj['git'].get('commit')}; device "
+        f"{obj['environment'].get('device')}; torch {obj['environment'].get('torch')}. n = {obj['n']} samples per "
+        f"trigger (seed {obj['seed']}), the full DDPM chain (fast engine, clip_sample as saved).", "",
+        "A threshold separates a model when the truth's ASR is at least 0.5 and above that of every trigger that "
+        "knows nothing of the model (plain noise, flat -0.5 and -1 frames, g's flat part). Models separated, per "
+        "threshold: " + ", ".join(f"{t}: {c}/{n_models}" for t, c in count.items()) + ".", "",
+        quality.md_table(rows, head), "",
+        "Median per-image MSE to the target / uniformity of the samples, per trigger:", "",
+        quality.md_table(med, ["model", *TRIGGERS]), ""])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--split", default="dev", choices=["dev", "test"])
+    ap.add_argument("--models", nargs="*", help="only these backdoored models")
+    ap.add_argument("--n", type=int, default=64, help="samples per trigger (default 64)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--zoo", type=Path, default=quality.ZOO)
+    ap.add_argument("--cache", type=Path, default=CACHE)
+    ap.add_argument("--out", type=Path, default=OUT, help="output stem: STEM.json and STEM.md")
+    ap.add_argument("--report-only", action="store_true")
+    a = ap.parse_args(argv)
+    import torch
+
+    from pdfast.envinfo import environment
+    from pdfast.io import atomic_write_bytes
+
+    torch.set_num_threads(1)
+    models = [m for m in quality.scan_zoo(a.zoo, quality.RECIPE if a.zoo == quality.ZOO else None)
+              if m.split == a.split and m.backdoored and (not a.models or m.name in a.models)]
+    if a.models and len(models) != len(set(a.models)):
+        found = {m.name for m in models}
+        print(f"error: not a built backdoored {a.split} model: {sorted(set(a.models) - found)[0]}; see "
+              f"python bench/zoo/build.py --list", file=sys.stderr)
+        return 2
+    units: dict[str, dict[str, dict]] = {}
+    for m in models:
+        h = quality.model_hash(m, a.cache)
+        ctx = None
+        for t in TRIGGERS:
+            f = a.cache / m.name / f"{t}-n{a.n}-s{a.seed}-{h}.json"
+            if f.is_file():
+                units.setdefault(m.name, {})[t] = json.loads(f.read_text())
+                continue
+            if a.report_only:
+                continue
+            if ctx is None:
+                m.hash = h
+                ctx = quality.ModelCtx(m)
+            quality.log(f"{m.name} {t} ...")
+            rec = measure(ctx, t, a.n, a.seed)
+            quality.write_json(f, rec)
+            units.setdefault(m.name, {})[t] = rec
+            quality.log(f"{m.name} {t}: {rec['seconds']} s")
+    obj = {"schema": "pdfast.asr-threshold/1", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "command": "python bench/asr_threshold.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "git": quality.git_info(), "environment": environment(), "split": a.split, "n": a.n, "seed": a.seed,
+           "thresholds": list(THRESHOLDS), "units": units, "rows": summarize(units)}
+    quality.write_json(a.out.with_suffix(".json"), obj)
+    atomic_write_bytes(a.out.with_suffix(".md"), render_md(obj).encode())
+    quality.log(f"wrote {a.out.with_suffix('.json')} and {a.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
