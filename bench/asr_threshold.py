@@ -17,7 +17,7 @@ the threshold separates them: truth ASR >= 0.5 and above every trivial trigger's
     python bench/asr_threshold.py --report-only                           # tables from the cache
 
 Every (model, trigger) is cached under bench/results/asr_threshold/ (keyed by the model's content hash, n and
-seed): a re-run skips finished work and a killed run resumes. Outputs: bench/results/asr_threshold.json and .md.
+seed): a re-run skips finished work and a killed run resumes. Outputs: bench/results/asr-threshold-SPLIT.json, .md.
 """
 from __future__ import annotations
 
@@ -36,7 +36,6 @@ import stats  # noqa: E402
 TRIGGERS = ("truth", "zeros", "flat-0.5", "flat-1", "flat-g")
 THRESHOLDS = (0.1, 0.05, 0.02, 0.01, 0.005)
 CACHE = HERE / "results" / "asr_threshold"
-OUT = HERE / "results" / "asr_threshold"
 
 
 def trigger_tensor(name: str, g):
@@ -109,9 +108,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--zoo", type=Path, default=quality.ZOO)
     ap.add_argument("--cache", type=Path, default=CACHE)
-    ap.add_argument("--out", type=Path, default=OUT, help="output stem: STEM.json and STEM.md")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output stem: STEM.json and STEM.md (default bench/results/asr-threshold-SPLIT)")
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args(argv)
+    a.out = a.out or HERE / "results" / f"asr-threshold-{a.split}"
     import torch
 
     from pdfast.envinfo import environment
