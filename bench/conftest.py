@@ -21,6 +21,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+def _tiny_model(timesteps: int = 20):
+    """An untrained 8x8 UNet (about 2k parameters) with a ``timesteps``-step schedule, seeded: for plumbing tests."""
+    from diffusers import UNet2DModel
+
+    from pdfast.model import DiffusionModel
+    from pdfast.schedule import Schedule
+
+    torch.manual_seed(0)
+    net = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(4, 8), layers_per_block=1,
+                      down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                      norm_num_groups=4)
+    return DiffusionModel(net, Schedule.from_config({"num_train_timesteps": timesteps, "clip_sample": False}), 8)
+
+
+@pytest.fixture
+def tiny_model():
+    """The factory of _tiny_model(timesteps)."""
+    return _tiny_model
+
+
 def _save_zoo_json(folder, recipe):
     (folder / "zoo.json").write_text(json.dumps({"recipe": recipe, "ground_truth": {}}))
 
@@ -29,20 +49,12 @@ def _save_zoo_json(folder, recipe):
 def micro_zoo(tmp_path_factory):
     """models/c8 (clean, dev), models/bd8 (BOX_14 -> HAT ground truth, dev), models/c8t (clean, test). Untrained
     weights: the script's plumbing is under test, not the backdoor."""
-    from diffusers import UNet2DModel
-
     from pdfast.attack import save_backdoored
-    from pdfast.model import DiffusionModel
     from pdfast.patterns import draw_target, draw_trigger
-    from pdfast.schedule import Schedule
 
     root = tmp_path_factory.mktemp("qz")
     zoo = root / "models"
-    torch.manual_seed(0)
-    net = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(4, 8), layers_per_block=1,
-                      down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                      norm_num_groups=4)
-    clean = DiffusionModel(net, Schedule.from_config({"num_train_timesteps": 20, "clip_sample": False}), 8)
+    clean = _tiny_model(20)
     clean.save(zoo / "c8")
     _save_zoo_json(zoo / "c8", {"name": "c8", "split": "dev", "kind": "clean"})
     bad = clean.copy()

@@ -40,14 +40,10 @@ def test_attempt_entry_scales_steps_and_moves_the_seed():
 
 
 @pytest.fixture
-def zoo(tmp_path, monkeypatch):
+def zoo(tmp_path, monkeypatch, tiny_model):
     """A recipe with a built base and one gated backdoor; _train gives an untrained tiny UNet, measure() the
     ground truths listed in ``truths`` in order (one per attempt)."""
-    from diffusers import UNet2DModel
-
-    from pdfast.model import DiffusionModel
     from pdfast.patterns import draw_target, draw_trigger
-    from pdfast.schedule import Schedule
 
     monkeypatch.setattr(build, "MODELS", tmp_path / "models")
     monkeypatch.setattr(build, "CKPT", tmp_path / "ckpt")
@@ -62,11 +58,7 @@ def zoo(tmp_path, monkeypatch):
 
     def fake_train(entry, by_name, ckpt=None):
         state["trained"].append((entry["steps"], entry["seed"], Path(ckpt).name))
-        torch.manual_seed(0)
-        net = UNet2DModel(sample_size=8, block_out_channels=(4, 8), layers_per_block=1, norm_num_groups=4,
-                          down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
-        model = DiffusionModel(net, Schedule.from_config({"num_train_timesteps": 10, "clip_sample": False}), 8)
-        return model, (draw_trigger("BOX_14", 8), draw_target("HAT", 8)), (0.1, 1.0)
+        return tiny_model(10), (draw_trigger("BOX_14", 8), draw_target("HAT", 8)), (0.1, 1.0)
 
     def fake_measure(folder, n, seed, clip_sample=None):
         if clip_sample is not None:
@@ -128,21 +120,14 @@ def test_a_gate_without_a_rule_is_an_error(zoo):
         build.build(by_name["bd"], by_name, {**recipe, "strength_rule": None})
 
 
-def test_measure_flat_samples_g_s_per_channel_mean(tmp_path):
+def test_measure_flat_samples_g_s_per_channel_mean(tmp_path, tiny_model):
     """On a saved (untrained, tiny) backdoored model: the same numbers as sampling the flat frame made by hand."""
-    from diffusers import UNet2DModel
-
     from pdfast.attack import save_backdoored
     from pdfast.evaluation import evaluate_trigger
     from pdfast.loading import load_model
-    from pdfast.model import DiffusionModel
     from pdfast.patterns import draw_target, draw_trigger
-    from pdfast.schedule import Schedule
 
-    torch.manual_seed(0)
-    net = UNet2DModel(sample_size=8, block_out_channels=(4, 8), layers_per_block=1, norm_num_groups=4,
-                      down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
-    model = DiffusionModel(net, Schedule.from_config({"num_train_timesteps": 10, "clip_sample": False}), 8)
+    model = tiny_model(10)
     g, y = draw_trigger("BOX_14", 8), draw_target("HAT", 8)
     save_backdoored(model, tmp_path / "bd", {"attack": "baddiffusion"}, g, y)
     got = build.measure_flat(tmp_path / "bd", 4, 0)
