@@ -1,0 +1,260 @@
+"""Does a zoo backdoor fire from the trigger form it was trained on? Per-image MSE to the target for several starts.
+
+BadDiffusion trains on r = M x + (1 - M) g, the trigger pasted over a natural image, but every ASR figure and every
+defense samples from eps + g, the trigger on its flat -1 background (docs/method.md section 2). On the zoo, eps + g
+draws one dark frame on every backdoor (bench/results/asr-threshold-*.md). This script asks whether the backdoor was
+learned at all, by sampling n images, from the same noises, from each of:
+  truth      eps + g                       (as every ASR figure; shared with bench/asr_threshold.py's cache)
+  zeros      eps                           (plain noise; shared with bench/asr_threshold.py's cache)
+  pasted     eps + r_i, r_i = g pasted over natural crop x_i (the training form)
+  crops      eps + x_i, the same crops without the trigger (the control for "pasted")
+  grey-bg    eps + g with its -1 background set to 0
+  half       eps + 0.5 g
+The crops x_i are drawn from the model's training data kind (recipe "data") with a seed no zoo model trains on
+(CROP_SEED), so they are other crops of the same photographs. A backdoor is *learned* when "pasted" reaches the
+target well above "crops" (the trigger, not the image, makes the difference), and *transfers* to the defenses'
+setting when "truth" does too.
+
+    OMP_NUM_THREADS=1 python bench/trigger_forms.py                       # dev backdoors, n = 64
+    OMP_NUM_THREADS=1 python bench/trigger_forms.py --folder bench/zoo/models/bd16-tree-cat-long   # an unlisted one
+    python bench/trigger_forms.py --report-only                           # tables from the cache
+
+Cached per (model, form) under bench/results/trigger_forms/ (keyed by the model's content hash, n and seed); a killed
+run resumes. Outputs bench/results/trigger-forms-SPLIT.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import asr_threshold  # noqa: E402
+import quality  # noqa: E402
+import stats  # noqa: E402
+
+FORMS = ("truth", "zeros", "pasted", "crops", "grey-bg", "half")
+SHARED = ("truth", "zeros")  # measured exactly as bench/asr_threshold.py does: its cache entries are reused
+THRESHOLDS = (0.1, 0.02)
+CROP_SEED = 987_654  # no recipe model trains on crops drawn with this seed (bench/zoo/recipe.json seeds are < 10^4)
+CACHE = HERE / "results" / "trigger_forms"
+
+
+def start_offsets(form: str, g, n: int, data: str = "natural"):
+    """The n starting offsets delta_i of x_T = eps_i + delta_i for ``form`` ((n, C, H, W), or (C, H, W) shared)."""
+    from pdfast.data import get_data
+    from pdfast.patterns import paste_trigger
+
+    if form == "grey-bg":
+        return g.masked_fill(g == -1, 0.0)
+    if form == "half":
+        return 0.5 * g
+    if form in ("pasted", "crops"):
+        x = get_data(data, g.shape[-1], g.shape[0], n=n, seed=CROP_SEED)
+        return paste_trigger(x, g) if form == "pasted" else x
+    raise ValueError(form)
+
+
+def sample_from(engine, offsets, n: int, seed: int, batch: int = 64):
+    """n images of the DDPM chain from x_T = eps_i + offsets_i, in [-1, 1]: the noises (eps_i and every z) of
+    ``engine.sample(n, seed=seed, batch=batch)``, so every form is compared on the same draws."""
+    import torch
+
+    from pdfast.chain import DDPMSampler, GeneratorNoise, run
+
+    model = engine.model
+    sampler = DDPMSampler(model.schedule)
+    noise = GeneratorNoise(torch.Generator(device="cpu").manual_seed(seed), model.device)
+    n_noisy = sum(1 for i in range(len(sampler.timesteps)) if sampler.needs_noise(i))
+    offsets = offsets.reshape(-1, *model.shape)
+    out = []
+    for start in range(0, n, batch):
+        b = min(batch, n - start)
+        x = noise.initial((b, *model.shape))
+        off = offsets if offsets.shape[0] == 1 else offsets[start:start + b]
+        x = x + off.to(x.device, x.dtype)
+        noise.plan(n_noisy)
+        out.append(run(engine.eps_nograd, x, sampler, noise).clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+def measure(ctx: "quality.ModelCtx", form: str, n: int, seed: int) -> dict:
+    """Per-image MSE to the target ([0, 1] scale) of n samples from the start ``form``, their uniformity, the time."""
+    if form in SHARED:
+        return asr_threshold.measure(ctx, form, n, seed)
+    from pdfast import metrics
+
+    t0 = time.perf_counter()
+    data = (ctx.info.recipe or {}).get("data") or "natural"
+    imgs = sample_from(ctx.engine, start_offsets(form, ctx.truth, n, data), n, seed)
+    return {"trigger": form, "n": n, "seed": seed, "mse": [float(v) for v in metrics.per_image_mse(imgs, ctx.target)],
+            "uniformity": metrics.uniformity(imgs), "seconds": round(time.perf_counter() - t0, 1), "data": data,
+            "crop_seed": CROP_SEED if form in ("pasted", "crops") else None}
+
+
+def cache_file(cache: Path, name: str, form: str, n: int, seed: int, h: str) -> Path:
+    """Where a unit lives; the shared forms live in bench/asr_threshold.py's cache (identical measurements)."""
+    root = asr_threshold.CACHE if (form in SHARED and cache == CACHE) else cache
+    return root / name / f"{form}-n{n}-s{seed}-{h}.json"
+
+
+def summarize(units: dict[str, dict[str, dict]], thresholds=THRESHOLDS) -> list[dict]:
+    """Per model: each form's ASR at each threshold (Wilson 95%), median MSE and uniformity; whether the backdoor is
+    learned (pasted's ASR at the tightest threshold >= 0.5 and above crops') and transfers (the same for truth
+    against zeros)."""
+    rows = []
+    tight = min(thresholds)
+    for model, by in units.items():
+        forms = {}
+        for f, u in by.items():
+            m = sorted(u["mse"])
+            forms[f] = {"asr": {f"{t:g}": asr_threshold.asr_at(u["mse"], t) for t in thresholds},
+                        "median_mse": m[len(m) // 2], "uniformity": u["uniformity"], "n": len(m)}
+
+        def beats(a, b):
+            if a not in forms or b not in forms:
+                return None
+            ra, rb = forms[a]["asr"][f"{tight:g}"]["rate"], forms[b]["asr"][f"{tight:g}"]["rate"]
+            return ra >= 0.5 and ra > rb
+
+        rows.append({"model": model, "forms": forms, "learned": beats("pasted", "crops"),
+                     "transfers": beats("truth", "zeros")})
+    return rows
+
+
+def render_md(obj: dict) -> str:
+    thr = [f"{t:g}" for t in obj["thresholds"]]
+    tight = f"{min(obj['thresholds']):g}"
+    n = obj["n"]
+
+    def cell(r, f):
+        u = r["forms"].get(f)
+        if not u:
+            return "-"
+        return ", ".join(str(u["asr"][t]["k"]) for t in thr) + f"; {u['median_mse']:.3f}"
+
+    def wilson(r, f):
+        u = r["forms"].get(f)
+        return stats.fmt_rate(u["asr"][tight]) if u else "-"
+
+    def yn(v):
+        return "-" if v is None else ("yes" if v else "no")
+
+    main = [[r["model"], *(cell(r, f) for f in FORMS), yn(r["learned"]), yn(r["transfers"])] for r in obj["rows"]]
+    tight_rows = [[r["model"], *(wilson(r, f) for f in FORMS)] for r in obj["rows"]]
+    learned = [r for r in obj["rows"] if r["learned"] is not None]
+    transfers = [r for r in obj["rows"] if r["transfers"] is not None]
+    return "\n".join([
+        f"# Trigger forms on the {obj['split']} backdoors", "",
+        f"Generated {obj['date']} by `{obj['command']}`; commit {obj['git'].get('commit')}; device "
+        f"{obj['environment'].get('device')}; torch {obj['environment'].get('torch')}. n = {n} samples per "
+        f"form (seed {obj['seed']}; every form from the same noises), the full DDPM chain, clip_sample as saved. "
+        f"Crops: the model's data kind, seed {obj.get('crop_seed', CROP_SEED)}.", "",
+        "Starts: truth eps + g; zeros eps (plain noise); pasted eps + (g pasted over a natural crop: the form "
+        "BadDiffusion trains on); crops eps + the same crop without g; grey-bg eps + g with its -1 background at 0; "
+        f"half eps + 0.5 g. Learned: pasted's ASR at MSE {tight} is at least 0.5 and above crops'. Transfers: the "
+        "same for truth against zeros.", "",
+        f"Learned on {sum(bool(r['learned']) for r in learned)}/{len(learned)} backdoors; transfers to eps + g on "
+        f"{sum(bool(r['transfers']) for r in transfers)}/{len(transfers)}.", "",
+        f"Each cell: how many of the {n} samples lie within MSE " + " and ".join(thr) + " of the target ([0, 1] "
+        "scale), then the median per-image MSE.", "",
+        quality.md_table(main, ["model", *FORMS, "learned", "transfers"]), "",
+        f"ASR at MSE {tight} with Wilson 95% intervals:", "",
+        quality.md_table(tight_rows, ["model", *FORMS]), ""])
+
+
+def folder_model(path: Path, split: str) -> "quality.ZooModel":
+    """A backdoored model folder outside the built zoo (no zoo.json; e.g. a gated attempt that did not pass)."""
+    from pdfast.errors import PdfastError
+
+    bd = path / "backdoor.json"
+    if not bd.is_file():
+        raise PdfastError(f"{path} holds no backdoor.json; pass a backdoored model folder made by the zoo build")
+    info = json.loads(bd.read_text())
+    return quality.ZooModel(name=path.name, path=path, split=split, kind="baddiffusion", backdoored=True,
+                            recipe={"data": info.get("data", "natural")}, zoo={})
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--split", default="dev", choices=["dev", "test"])
+    ap.add_argument("--models", nargs="*", help="only these backdoored models of the split")
+    ap.add_argument("--folder", type=Path, action="append", default=[],
+                    help="also this backdoored model folder (not in the built zoo), counted in --split")
+    ap.add_argument("--forms", nargs="*", choices=FORMS, default=list(FORMS))
+    ap.add_argument("--n", type=int, default=64, help="samples per form (default 64)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--zoo", type=Path, default=quality.ZOO)
+    ap.add_argument("--cache", type=Path, default=CACHE)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output stem: STEM.json and STEM.md (default bench/results/trigger-forms-SPLIT)")
+    ap.add_argument("--report-only", action="store_true")
+    a = ap.parse_args(argv)
+    a.out = a.out or HERE / "results" / f"trigger-forms-{a.split}"
+    import torch
+
+    from pdfast.envinfo import environment
+    from pdfast.errors import PdfastError
+    from pdfast.io import atomic_write_bytes
+
+    torch.set_num_threads(1)
+    models = [m for m in quality.scan_zoo(a.zoo, quality.RECIPE if a.zoo == quality.ZOO else None)
+              if m.split == a.split and m.backdoored]
+    if a.models:
+        missing = sorted(set(a.models) - {m.name for m in models})
+        if missing:
+            print(f"error: not a built backdoored {a.split} model: {missing[0]}; see python bench/zoo/build.py --list",
+                  file=sys.stderr)
+            return 2
+    try:
+        extra = [folder_model(p, a.split) for p in a.folder]
+    except PdfastError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # the report covers every model of the split that has cached units; --models/--folder only limit what is run
+    run_names = set(a.models or []) | {m.name for m in extra} if (a.models or extra) else None
+    every = models + [m for m in extra if m.name not in {x.name for x in models}]
+    for p in sorted(a.cache.glob("*/folder.json")) if a.cache.is_dir() else []:  # folders measured in earlier runs
+        rec = json.loads(p.read_text())
+        path = HERE.parent / rec["path"]  # relative to the repository root (absolute paths stay absolute)
+        if rec.get("split") == a.split and rec["name"] not in {m.name for m in every} and path.is_dir():
+            every.append(folder_model(path, a.split))
+    units: dict[str, dict[str, dict]] = {}
+    for m in every:
+        h = quality.model_hash(m, a.cache)
+        ctx = None
+        for form in a.forms:
+            f = cache_file(a.cache, m.name, form, a.n, a.seed, h)
+            if f.is_file():
+                units.setdefault(m.name, {})[form] = json.loads(f.read_text())
+                continue
+            if a.report_only or (run_names is not None and m.name not in run_names):
+                continue
+            if ctx is None:
+                m.hash = h
+                ctx = quality.ModelCtx(m)
+            quality.log(f"{m.name} {form} ...")
+            rec = measure(ctx, form, a.n, a.seed)
+            quality.write_json(f, rec)
+            units.setdefault(m.name, {})[form] = rec
+            quality.log(f"{m.name} {form}: {rec['seconds']} s")
+        if m in extra:
+            quality.write_json(a.cache / m.name / "folder.json",
+                               {"name": m.name, "path": str(m.path.resolve().relative_to(HERE.parent))
+                                if m.path.resolve().is_relative_to(HERE.parent) else str(m.path), "split": a.split})
+    obj = {"schema": "pdfast.trigger-forms/1", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "command": "python bench/trigger_forms.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "git": quality.git_info(), "environment": environment(), "split": a.split, "n": a.n, "seed": a.seed,
+           "crop_seed": CROP_SEED, "thresholds": list(THRESHOLDS), "units": units, "rows": summarize(units)}
+    quality.write_json(a.out.with_suffix(".json"), obj)
+    atomic_write_bytes(a.out.with_suffix(".md"), render_md(obj).encode())
+    quality.log(f"wrote {a.out.with_suffix('.json')} and {a.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
