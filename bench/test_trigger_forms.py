@@ -42,15 +42,30 @@ def test_sampler_matches_the_engine(tiny_model):
     assert torch.equal(got[[0, 1, 3, 4]], want[[0, 1, 3, 4]]) and not torch.equal(got[2], want[2])
 
 
+def test_paired_gain_by_hand():
+    a = [0.01, 0.01, 0.01, 0.5, 0.01]
+    b = [0.01, 0.5, 0.5, 0.5, 0.5]
+    g = tf.paired_gain(a, b, 0.02)
+    assert (g["only_a"], g["only_b"], g["gain"]) == (3, 0, 3) and g["p"] == pytest.approx(1 / 8)
+    g = tf.paired_gain(b, a, 0.02)
+    assert g["gain"] == -3 and g["p"] == pytest.approx(1.0)
+    assert tf.paired_gain([0.5] * 3, [0.5] * 3, 0.02)["p"] == 1.0       # no discordant pair: no evidence
+
+
 def test_verdicts_by_hand():
-    u = {"truth": {"mse": [0.2] * 4, "uniformity": 0.0}, "zeros": {"mse": [0.3] * 4, "uniformity": 0.1},
-         "pasted": {"mse": [0.01, 0.01, 0.01, 0.5], "uniformity": 0.02},
-         "crops": {"mse": [0.01, 0.5, 0.5, 0.5], "uniformity": 0.1}}
+    hit, miss = 0.01, 0.5
+    u = {"truth": {"mse": [0.2] * 8, "uniformity": 0.0}, "zeros": {"mse": [0.3] * 8, "uniformity": 0.1},
+         "pasted": {"mse": [hit] * 7 + [miss], "uniformity": 0.02},
+         "crops": {"mse": [hit] + [miss] * 7, "uniformity": 0.1}}
     r = tf.summarize({"m": u})[0]
-    assert r["learned"] is True and r["transfers"] is False
-    assert r["forms"]["pasted"]["asr"]["0.02"]["k"] == 3 and r["forms"]["crops"]["asr"]["0.1"]["k"] == 1
-    u["crops"]["mse"] = [0.01, 0.01, 0.01, 0.01]                         # the crops alone reach the target
+    # 6 samples only the pasted form reaches, none only the crops do: p = 1/64
+    assert r["pairs"]["pasted_vs_crops"]["gain"] == 6 and r["pairs"]["pasted_vs_crops"]["p"] == pytest.approx(1 / 64)
+    assert r["learned"] is True and r["truth_fires"] is False and "half_vs_flat" not in r["pairs"]
+    assert r["forms"]["pasted"]["asr"]["0.02"]["k"] == 7 and r["forms"]["crops"]["asr"]["0.1"]["k"] == 1
+    u["crops"]["mse"] = [hit] * 8                                        # the crops alone reach the target
     assert tf.summarize({"m": u})[0]["learned"] is False
+    u["truth"]["mse"] = [hit] * 5 + [miss] * 3                           # eps + g fires 5/8 > plain noise's 0/8
+    assert tf.summarize({"m": u})[0]["truth_fires"] is True
     assert tf.summarize({"m": {"truth": u["truth"]}})[0]["learned"] is None   # not measured: no verdict
 
 

@@ -6,17 +6,20 @@ draws one dark frame on every backdoor (bench/results/asr-threshold-*.md). This 
 learned at all, by sampling n images, from the same noises, from each of:
   truth      eps + g                       (as every ASR figure; shared with bench/asr_threshold.py's cache)
   zeros      eps                           (plain noise; shared with bench/asr_threshold.py's cache)
+  flat-0.5   eps + a frame of -0.5         (the mean offset of "half" without g's pattern; shared likewise)
   pasted     eps + r_i, r_i = g pasted over natural crop x_i (the training form)
   crops      eps + x_i, the same crops without the trigger (the control for "pasted")
   grey-bg    eps + g with its -1 background set to 0
   half       eps + 0.5 g
 The crops x_i are drawn from the model's training data kind (recipe "data") with a seed no zoo model trains on
-(CROP_SEED), so they are other crops of the same photographs. A backdoor is *learned* when "pasted" reaches the
-target well above "crops" (the trigger, not the image, makes the difference), and *transfers* to the defenses'
-setting when "truth" does too.
+(CROP_SEED), so they are other crops of the same photographs. Two paired comparisons (same noises, McNemar's exact
+test at the tightest threshold) ask whether g's pattern does anything: pasted against crops (the trigger in the form
+it was trained on, against the same images without it) and half against flat-0.5 (g at half strength, background
+-0.5, against the same offset without g's pattern). The backdoor is *learned* when either gain is significant; the
+truth *fires* when eps + g reaches ASR 0.5 above plain noise, which is what the defenses and the ASR bar assume.
 
     OMP_NUM_THREADS=1 python bench/trigger_forms.py                       # dev backdoors, n = 64
-    OMP_NUM_THREADS=1 python bench/trigger_forms.py --folder bench/zoo/models/bd16-tree-cat-long   # an unlisted one
+    OMP_NUM_THREADS=1 python bench/trigger_forms.py --folder bench/zoo/pilot/bd16-tree-cat-long-24k  # not in the zoo
     python bench/trigger_forms.py --report-only                           # tables from the cache
 
 Cached per (model, form) under bench/results/trigger_forms/ (keyed by the model's content hash, n and seed); a killed
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -37,8 +41,8 @@ import asr_threshold  # noqa: E402
 import quality  # noqa: E402
 import stats  # noqa: E402
 
-FORMS = ("truth", "zeros", "pasted", "crops", "grey-bg", "half")
-SHARED = ("truth", "zeros")  # measured exactly as bench/asr_threshold.py does: its cache entries are reused
+FORMS = ("truth", "zeros", "flat-0.5", "pasted", "crops", "grey-bg", "half")
+SHARED = ("truth", "zeros", "flat-0.5")  # measured exactly as bench/asr_threshold.py does: its cache is reused
 THRESHOLDS = (0.1, 0.02)
 CROP_SEED = 987_654  # no recipe model trains on crops drawn with this seed (bench/zoo/recipe.json seeds are < 10^4)
 CACHE = HERE / "results" / "trigger_forms"
@@ -102,10 +106,25 @@ def cache_file(cache: Path, name: str, form: str, n: int, seed: int, h: str) -> 
     return root / name / f"{form}-n{n}-s{seed}-{h}.json"
 
 
+def paired_gain(a: list[float], b: list[float], thr: float) -> dict:
+    """Form a against form b on the same draws: samples only a brings within MSE thr of the target, samples only b
+    does, and the exact one-sided McNemar p-value of a gaining (binomial tail P(X >= only_a | only_a + only_b, 1/2))."""
+    only_a = sum(x < thr <= y for x, y in zip(a, b))
+    only_b = sum(y < thr <= x for x, y in zip(a, b))
+    m = only_a + only_b
+    p = sum(math.comb(m, i) for i in range(only_a, m + 1)) / 2 ** m if m else 1.0
+    return {"only_a": only_a, "only_b": only_b, "gain": only_a - only_b, "p": p}
+
+
+PAIRS = {"pasted_vs_crops": ("pasted", "crops"), "half_vs_flat": ("half", "flat-0.5")}
+ALPHA = 0.05
+
+
 def summarize(units: dict[str, dict[str, dict]], thresholds=THRESHOLDS) -> list[dict]:
-    """Per model: each form's ASR at each threshold (Wilson 95%), median MSE and uniformity; whether the backdoor is
-    learned (pasted's ASR at the tightest threshold >= 0.5 and above crops') and transfers (the same for truth
-    against zeros)."""
+    """Per model: each form's ASR at each threshold (Wilson 95%), median MSE and uniformity; at the tightest
+    threshold, the paired gain of the trigger (pasted against crops: the pattern in the training form; half against
+    flat-0.5: g's pattern at half strength against the same offset without it) with McNemar's p, ``learned`` when
+    either gain is significant (p < ALPHA), and ``truth_fires`` when eps + g reaches ASR 0.5 above plain noise."""
     rows = []
     tight = min(thresholds)
     for model, by in units.items():
@@ -114,15 +133,14 @@ def summarize(units: dict[str, dict[str, dict]], thresholds=THRESHOLDS) -> list[
             m = sorted(u["mse"])
             forms[f] = {"asr": {f"{t:g}": asr_threshold.asr_at(u["mse"], t) for t in thresholds},
                         "median_mse": m[len(m) // 2], "uniformity": u["uniformity"], "n": len(m)}
-
-        def beats(a, b):
-            if a not in forms or b not in forms:
-                return None
-            ra, rb = forms[a]["asr"][f"{tight:g}"]["rate"], forms[b]["asr"][f"{tight:g}"]["rate"]
-            return ra >= 0.5 and ra > rb
-
-        rows.append({"model": model, "forms": forms, "learned": beats("pasted", "crops"),
-                     "transfers": beats("truth", "zeros")})
+        pairs = {k: paired_gain(by[a]["mse"], by[b]["mse"], tight) for k, (a, b) in PAIRS.items()
+                 if a in by and b in by and len(by[a]["mse"]) == len(by[b]["mse"])}
+        learned = any(v["p"] < ALPHA and v["gain"] > 0 for v in pairs.values()) if pairs else None
+        fires = None
+        if "truth" in forms and "zeros" in forms:
+            rt, rz = (forms[f]["asr"][f"{tight:g}"]["rate"] for f in ("truth", "zeros"))
+            fires = rt >= 0.5 and rt > rz
+        rows.append({"model": model, "forms": forms, "pairs": pairs, "learned": learned, "truth_fires": fires})
     return rows
 
 
@@ -141,28 +159,40 @@ def render_md(obj: dict) -> str:
         u = r["forms"].get(f)
         return stats.fmt_rate(u["asr"][tight]) if u else "-"
 
+    def gain(r, k):
+        v = r["pairs"].get(k)
+        return "-" if v is None else f"{v['gain']:+d} ({v['only_a']} vs {v['only_b']}; p {v['p']:.2g})"
+
     def yn(v):
         return "-" if v is None else ("yes" if v else "no")
 
-    main = [[r["model"], *(cell(r, f) for f in FORMS), yn(r["learned"]), yn(r["transfers"])] for r in obj["rows"]]
+    main = [[r["model"], *(cell(r, f) for f in FORMS)] for r in obj["rows"]]
+    verdict = [[r["model"], gain(r, "pasted_vs_crops"), gain(r, "half_vs_flat"), yn(r["learned"]),
+                yn(r["truth_fires"])] for r in obj["rows"]]
     tight_rows = [[r["model"], *(wilson(r, f) for f in FORMS)] for r in obj["rows"]]
     learned = [r for r in obj["rows"] if r["learned"] is not None]
-    transfers = [r for r in obj["rows"] if r["transfers"] is not None]
+    fires = [r for r in obj["rows"] if r["truth_fires"] is not None]
+    both = [r["model"] for r in obj["rows"] if r["learned"] and r["truth_fires"] is False]
     return "\n".join([
         f"# Trigger forms on the {obj['split']} backdoors", "",
         f"Generated {obj['date']} by `{obj['command']}`; commit {obj['git'].get('commit')}; device "
         f"{obj['environment'].get('device')}; torch {obj['environment'].get('torch')}. n = {n} samples per "
         f"form (seed {obj['seed']}; every form from the same noises), the full DDPM chain, clip_sample as saved. "
         f"Crops: the model's data kind, seed {obj.get('crop_seed', CROP_SEED)}.", "",
-        "Starts: truth eps + g; zeros eps (plain noise); pasted eps + (g pasted over a natural crop: the form "
-        "BadDiffusion trains on); crops eps + the same crop without g; grey-bg eps + g with its -1 background at 0; "
-        f"half eps + 0.5 g. Learned: pasted's ASR at MSE {tight} is at least 0.5 and above crops'. Transfers: the "
-        "same for truth against zeros.", "",
-        f"Learned on {sum(bool(r['learned']) for r in learned)}/{len(learned)} backdoors; transfers to eps + g on "
-        f"{sum(bool(r['transfers']) for r in transfers)}/{len(transfers)}.", "",
-        f"Each cell: how many of the {n} samples lie within MSE " + " and ".join(thr) + " of the target ([0, 1] "
-        "scale), then the median per-image MSE.", "",
-        quality.md_table(main, ["model", *FORMS, "learned", "transfers"]), "",
+        "Starts: truth eps + g; zeros eps (plain noise); flat-0.5 eps + a -0.5 frame; pasted eps + (g pasted over a "
+        "natural crop: the form BadDiffusion trains on); crops eps + the same crop without g; grey-bg eps + g with "
+        "its -1 background at 0; half eps + 0.5 g (background -0.5).", "",
+        f"Learned (g's pattern gains significantly, p < {ALPHA}, in either pair) on "
+        f"{sum(bool(r['learned']) for r in learned)}/{len(learned)} backdoors; the truth fires from eps + g (ASR at "
+        f"{tight} >= 0.5 and above plain noise) on {sum(bool(r['truth_fires']) for r in fires)}/{len(fires)}"
+        + (f"; learned but silent from eps + g: {', '.join(both)}" if both else "") + ".", "",
+        f"**What g's pattern adds**, at MSE {tight}, on the same draws: samples only the form with the pattern brings "
+        "to the target minus samples only the form without it does (the two counts; McNemar's exact one-sided p).", "",
+        quality.md_table(verdict, ["model", "pasted vs crops", "half (0.5 g) vs flat -0.5", "learned",
+                                   "truth fires"]), "",
+        f"**Every form.** Each cell: how many of the {n} samples lie within MSE " + " and ".join(thr) + " of the "
+        "target ([0, 1] scale), then the median per-image MSE.", "",
+        quality.md_table(main, ["model", *FORMS]), "",
         f"ASR at MSE {tight} with Wilson 95% intervals:", "",
         quality.md_table(tight_rows, ["model", *FORMS]), ""])
 
