@@ -90,6 +90,13 @@ def test_end_to_end_on_the_micro_zoo(micro_zoo, capsys, tmp_path):
     assert set(json.loads(out.with_suffix(".json").read_text())["units"]["pilot-x"]) == {"pasted", "crops"}
     assert tf.main(args + ["--report-only"]) == 0
     assert "pilot-x" in json.loads(out.with_suffix(".json").read_text())["units"]
+    # the negative control: the clean c8 with bd8's g and target, only the forms the paired tests need
+    assert tf.main(args + ["--controls"]) == 0
+    obj = json.loads(out.with_suffix(".json").read_text())
+    assert set(obj["units"]["c8+bd8"]) == set(tf.CONTROL_FORMS)
+    row = next(r for r in obj["rows"] if r["model"] == "c8+bd8")
+    assert row["control_of"] == "bd8" and set(row["pairs"]) == {"pasted_vs_crops", "half_vs_flat"}
+    assert "**Negative controls**" in out.with_suffix(".md").read_text()
     capsys.readouterr()
     assert tf.main(args + ["--folder", str(micro_zoo / "models" / "c8")]) == 2   # not a backdoor: one line
     err = capsys.readouterr().err

@@ -93,7 +93,7 @@ def measure(ctx: "quality.ModelCtx", form: str, n: int, seed: int) -> dict:
     from pdfast import metrics
 
     t0 = time.perf_counter()
-    data = (ctx.info.recipe or {}).get("data") or "natural"
+    data = getattr(ctx, "data", None) or (ctx.info.recipe or {}).get("data") or "natural"
     imgs = sample_from(ctx.engine, start_offsets(form, ctx.truth, n, data), n, seed)
     return {"trigger": form, "n": n, "seed": seed, "mse": [float(v) for v in metrics.per_image_mse(imgs, ctx.target)],
             "uniformity": metrics.uniformity(imgs), "seconds": round(time.perf_counter() - t0, 1), "data": data,
@@ -101,8 +101,9 @@ def measure(ctx: "quality.ModelCtx", form: str, n: int, seed: int) -> dict:
 
 
 def cache_file(cache: Path, name: str, form: str, n: int, seed: int, h: str) -> Path:
-    """Where a unit lives; the shared forms live in bench/asr_threshold.py's cache (identical measurements)."""
-    root = asr_threshold.CACHE if (form in SHARED and cache == CACHE) else cache
+    """Where a unit lives; a backdoor's shared forms live in bench/asr_threshold.py's cache (identical
+    measurements), a control's (name "clean+backdoor") in this script's own."""
+    root = asr_threshold.CACHE if (form in SHARED and cache == CACHE and "+" not in name) else cache
     return root / name / f"{form}-n{n}-s{seed}-{h}.json"
 
 
@@ -140,7 +141,8 @@ def summarize(units: dict[str, dict[str, dict]], thresholds=THRESHOLDS) -> list[
         if "truth" in forms and "zeros" in forms:
             rt, rz = (forms[f]["asr"][f"{tight:g}"]["rate"] for f in ("truth", "zeros"))
             fires = rt >= 0.5 and rt > rz
-        rows.append({"model": model, "forms": forms, "pairs": pairs, "learned": learned, "truth_fires": fires})
+        rows.append({"model": model, "control_of": model.split("+", 1)[1] if "+" in model else None,
+                     "forms": forms, "pairs": pairs, "learned": learned, "truth_fires": fires})
     return rows
 
 
@@ -166,13 +168,23 @@ def render_md(obj: dict) -> str:
     def yn(v):
         return "-" if v is None else ("yes" if v else "no")
 
+    bds = [r for r in obj["rows"] if not r.get("control_of")]
+    ctl = [r for r in obj["rows"] if r.get("control_of")]
     main = [[r["model"], *(cell(r, f) for f in FORMS)] for r in obj["rows"]]
     verdict = [[r["model"], gain(r, "pasted_vs_crops"), gain(r, "half_vs_flat"), yn(r["learned"]),
-                yn(r["truth_fires"])] for r in obj["rows"]]
+                yn(r["truth_fires"])] for r in bds]
+    controls = [[r["model"].split("+")[0], r["control_of"], gain(r, "pasted_vs_crops"), gain(r, "half_vs_flat"),
+                 yn(r["learned"])] for r in ctl]
     tight_rows = [[r["model"], *(wilson(r, f) for f in FORMS)] for r in obj["rows"]]
-    learned = [r for r in obj["rows"] if r["learned"] is not None]
-    fires = [r for r in obj["rows"] if r["truth_fires"] is not None]
-    both = [r["model"] for r in obj["rows"] if r["learned"] and r["truth_fires"] is False]
+    learned = [r for r in bds if r["learned"] is not None]
+    fires = [r for r in bds if r["truth_fires"] is not None]
+    both = [r["model"] for r in bds if r["learned"] and r["truth_fires"] is False]
+    ctl_done = [r for r in ctl if r["learned"] is not None]
+    control_part = [
+        "**Negative controls**: each clean model with a backdoor's g and target, the same forms and draws. A gain "
+        "here would be the trigger's own look (or the target's), not a backdoor.", "",
+        quality.md_table(controls, ["clean model", "g and target of", "pasted vs crops", "half (0.5 g) vs flat -0.5",
+                                    "gains"]), ""] if ctl else []
     return "\n".join([
         f"# Trigger forms on the {obj['split']} backdoors", "",
         f"Generated {obj['date']} by `{obj['command']}`; commit {obj['git'].get('commit')}; device "
@@ -185,11 +197,14 @@ def render_md(obj: dict) -> str:
         f"Learned (g's pattern gains significantly, p < {ALPHA}, in either pair) on "
         f"{sum(bool(r['learned']) for r in learned)}/{len(learned)} backdoors; the truth fires from eps + g (ASR at "
         f"{tight} >= 0.5 and above plain noise) on {sum(bool(r['truth_fires']) for r in fires)}/{len(fires)}"
-        + (f"; learned but silent from eps + g: {', '.join(both)}" if both else "") + ".", "",
+        + (f"; learned but silent from eps + g: {', '.join(both)}" if both else "") + "."
+        + (f" Negative controls (clean models): g's pattern gains significantly on "
+           f"{sum(bool(r['learned']) for r in ctl_done)}/{len(ctl_done)}." if ctl_done else ""), "",
         f"**What g's pattern adds**, at MSE {tight}, on the same draws: samples only the form with the pattern brings "
         "to the target minus samples only the form without it does (the two counts; McNemar's exact one-sided p).", "",
         quality.md_table(verdict, ["model", "pasted vs crops", "half (0.5 g) vs flat -0.5", "learned",
                                    "truth fires"]), "",
+        *control_part,
         f"**Every form.** Each cell: how many of the {n} samples lie within MSE " + " and ".join(thr) + " of the "
         "target ([0, 1] scale), then the median per-image MSE.", "",
         quality.md_table(main, ["model", *FORMS]), "",
@@ -209,6 +224,36 @@ def folder_model(path: Path, split: str) -> "quality.ZooModel":
                             recipe={"data": info.get("data", "natural")}, zoo={})
 
 
+CONTROL_FORMS = ("flat-0.5", "pasted", "crops", "half")  # what the two paired tests need
+
+
+def control_pairs(models: list["quality.ZooModel"]) -> list[tuple["quality.ZooModel", "quality.ZooModel"]]:
+    """Negative controls: each clean model with the ground truth (g, target) of a backdoor of its image size, the
+    backdoors taken in turn (recipe order). On a clean model g's pattern should gain nothing."""
+    by_size: dict[int | None, list] = {}
+    for m in models:
+        if m.backdoored:
+            by_size.setdefault(quality.sample_size(m), []).append(m)
+    out, used = [], {}
+    for m in models:
+        size = quality.sample_size(m)
+        if m.backdoored or not by_size.get(size):
+            continue
+        i = used.get(size, 0)
+        out.append((m, by_size[size][i % len(by_size[size])]))
+        used[size] = i + 1
+    return out
+
+
+class _ControlCtx:
+    """A clean model's sampling context carrying a backdoor's ground truth (g, target) for the negative control."""
+
+    def __init__(self, clean: "quality.ZooModel", backdoor: "quality.ZooModel"):
+        ctx, bd = quality.ModelCtx(clean), quality.ModelCtx(backdoor)
+        self.info, self.engine, self.truth, self.target = clean, ctx.engine, bd.truth, bd.target
+        self.data = (backdoor.recipe or {}).get("data") or "natural"  # the crops the trigger was pasted over
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--split", default="dev", choices=["dev", "test"])
@@ -216,6 +261,9 @@ def main(argv=None) -> int:
     ap.add_argument("--folder", type=Path, action="append", default=[],
                     help="also this backdoored model folder (not in the built zoo), counted in --split")
     ap.add_argument("--forms", nargs="*", choices=FORMS, default=list(FORMS))
+    ap.add_argument("--controls", action="store_true",
+                    help="run the negative controls instead of the backdoors: each clean model of the split with a "
+                         "backdoor's g and target (the forms the paired tests need)")
     ap.add_argument("--n", type=int, default=64, help="samples per form (default 64)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--zoo", type=Path, default=quality.ZOO)
@@ -232,8 +280,9 @@ def main(argv=None) -> int:
     from pdfast.io import atomic_write_bytes
 
     torch.set_num_threads(1)
-    models = [m for m in quality.scan_zoo(a.zoo, quality.RECIPE if a.zoo == quality.ZOO else None)
-              if m.split == a.split and m.backdoored]
+    split_models = [m for m in quality.scan_zoo(a.zoo, quality.RECIPE if a.zoo == quality.ZOO else None)
+                    if m.split == a.split]
+    models = [m for m in split_models if m.backdoored]
     if a.models:
         missing = sorted(set(a.models) - {m.name for m in models})
         if missing:
@@ -254,28 +303,36 @@ def main(argv=None) -> int:
         if rec.get("split") == a.split and rec["name"] not in {m.name for m in every} and path.is_dir():
             every.append(folder_model(path, a.split))
     units: dict[str, dict[str, dict]] = {}
-    for m in every:
-        h = quality.model_hash(m, a.cache)
+
+    def collect(name, h, forms, may_run, make_ctx):
         ctx = None
-        for form in a.forms:
-            f = cache_file(a.cache, m.name, form, a.n, a.seed, h)
+        for form in forms:
+            f = cache_file(a.cache, name, form, a.n, a.seed, h)
             if f.is_file():
-                units.setdefault(m.name, {})[form] = json.loads(f.read_text())
+                units.setdefault(name, {})[form] = json.loads(f.read_text())
                 continue
-            if a.report_only or (run_names is not None and m.name not in run_names):
+            if a.report_only or not may_run:
                 continue
-            if ctx is None:
-                m.hash = h
-                ctx = quality.ModelCtx(m)
-            quality.log(f"{m.name} {form} ...")
+            ctx = ctx or make_ctx()
+            quality.log(f"{name} {form} ...")
             rec = measure(ctx, form, a.n, a.seed)
             quality.write_json(f, rec)
-            units.setdefault(m.name, {})[form] = rec
-            quality.log(f"{m.name} {form}: {rec['seconds']} s")
+            units.setdefault(name, {})[form] = rec
+            quality.log(f"{name} {form}: {rec['seconds']} s")
+
+    for m in every:
+        h = quality.model_hash(m, a.cache)
+        m.hash = h
+        collect(m.name, h, a.forms, not a.controls and (run_names is None or m.name in run_names),
+                lambda m=m: quality.ModelCtx(m))
         if m in extra:
             quality.write_json(a.cache / m.name / "folder.json",
                                {"name": m.name, "path": str(m.path.resolve().relative_to(HERE.parent))
                                 if m.path.resolve().is_relative_to(HERE.parent) else str(m.path), "split": a.split})
+    for clean, bd in control_pairs(split_models):
+        clean.hash, bd.hash = quality.model_hash(clean, a.cache), quality.model_hash(bd, a.cache)
+        collect(f"{clean.name}+{bd.name}", f"{clean.hash}-{bd.hash[:8]}", [f for f in a.forms if f in CONTROL_FORMS],
+                a.controls, lambda c=clean, b=bd: _ControlCtx(c, b))
     obj = {"schema": "pdfast.trigger-forms/1", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "command": "python bench/trigger_forms.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "git": quality.git_info(), "environment": environment(), "split": a.split, "n": a.n, "seed": a.seed,
