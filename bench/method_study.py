@@ -28,7 +28,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import quality  # noqa: E402
-import stats  # noqa: E402
 
 OUT = HERE / "results" / "method-study"
 OLD_CODE = "49bf94199d"  # the first runs (before the code version was recorded in each run)

@@ -480,7 +480,6 @@ def _image_metrics(imgs, target, thr: float) -> dict:
 def run_unit(u: Unit, ctx: ModelCtx, settings: Settings, cache: Path, code: str, env: dict) -> dict:
     """Invert (or take the truth / a trivial trigger), measure, and write the entry (JSON + safetensors)."""
     import pdfast
-    from pdfast import metrics
 
     timing: dict = {}
     inv: dict = {}

@@ -15,7 +15,6 @@ bench/results/verdict-study-dev.md and .json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
