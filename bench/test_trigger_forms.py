@@ -90,6 +90,8 @@ def test_end_to_end_on_the_micro_zoo(micro_zoo, capsys, tmp_path):
     assert set(json.loads(out.with_suffix(".json").read_text())["units"]["pilot-x"]) == {"pasted", "crops"}
     assert tf.main(args + ["--report-only"]) == 0
     assert "pilot-x" in json.loads(out.with_suffix(".json").read_text())["units"]
+    assert tf.main(args + ["--forms", "half"]) == 0                      # --forms limits the work, not the report
+    assert set(json.loads(out.with_suffix(".json").read_text())["units"]["bd8"]) == set(tf.FORMS)
     # the negative control: the clean c8 with bd8's g and target, only the forms the paired tests need
     assert tf.main(args + ["--controls"]) == 0
     obj = json.loads(out.with_suffix(".json").read_text())

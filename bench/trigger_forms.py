@@ -260,7 +260,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="*", help="only these backdoored models of the split")
     ap.add_argument("--folder", type=Path, action="append", default=[],
                     help="also this backdoored model folder (not in the built zoo), counted in --split")
-    ap.add_argument("--forms", nargs="*", choices=FORMS, default=list(FORMS))
+    ap.add_argument("--forms", nargs="*", choices=FORMS, default=list(FORMS),
+                    help="measure only these forms (the report shows every cached one)")
     ap.add_argument("--controls", action="store_true",
                     help="run the negative controls instead of the backdoors: each clean model of the split with a "
                          "backdoor's g and target (the forms the paired tests need)")
@@ -305,13 +306,14 @@ def main(argv=None) -> int:
     units: dict[str, dict[str, dict]] = {}
 
     def collect(name, h, forms, may_run, make_ctx):
+        """Every cached form of ``forms`` into the report; the missing ones of --forms are measured if may_run."""
         ctx = None
         for form in forms:
             f = cache_file(a.cache, name, form, a.n, a.seed, h)
             if f.is_file():
                 units.setdefault(name, {})[form] = json.loads(f.read_text())
                 continue
-            if a.report_only or not may_run:
+            if a.report_only or not may_run or form not in a.forms:
                 continue
             ctx = ctx or make_ctx()
             quality.log(f"{name} {form} ...")
@@ -323,7 +325,7 @@ def main(argv=None) -> int:
     for m in every:
         h = quality.model_hash(m, a.cache)
         m.hash = h
-        collect(m.name, h, a.forms, not a.controls and (run_names is None or m.name in run_names),
+        collect(m.name, h, FORMS, not a.controls and (run_names is None or m.name in run_names),
                 lambda m=m: quality.ModelCtx(m))
         if m in extra:
             quality.write_json(a.cache / m.name / "folder.json",
@@ -331,7 +333,7 @@ def main(argv=None) -> int:
                                 if m.path.resolve().is_relative_to(HERE.parent) else str(m.path), "split": a.split})
     for clean, bd in control_pairs(split_models):
         clean.hash, bd.hash = quality.model_hash(clean, a.cache), quality.model_hash(bd, a.cache)
-        collect(f"{clean.name}+{bd.name}", f"{clean.hash}-{bd.hash[:8]}", [f for f in a.forms if f in CONTROL_FORMS],
+        collect(f"{clean.name}+{bd.name}", f"{clean.hash}-{bd.hash[:8]}", CONTROL_FORMS,
                 a.controls, lambda c=clean, b=bd: _ControlCtx(c, b))
     obj = {"schema": "pdfast.trigger-forms/1", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "command": "python bench/trigger_forms.py " + " ".join(argv if argv is not None else sys.argv[1:]),
