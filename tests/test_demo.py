@@ -44,19 +44,36 @@ def test_demo_ground_truth_trigger_fires(demo):
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
+DRIFT_FREE = 10  # loss values reproduced on any CPU kernels (an AVX2-only CPU drifts from the 19th on, 8e-6)
+
+
+def same_arithmetic(name: str) -> bool:
+    """Whether torch runs the CPU kernels the golden ``name`` was recorded with (its ``cpu_capability``)."""
+    import torch
+
+    want = json.loads((GOLDEN / f"{name}.json").read_text()).get("cpu_capability")
+    return want is None or torch.backends.cpu.get_cpu_capability().upper() == want.upper()
+
+
 def assert_golden(folder: Path, name: str) -> None:
-    """Trigger, loss history, drawn steps, lambda table and verdict equal the recording (tests/golden/record.py)."""
+    """Trigger, loss history, drawn steps, lambda table and verdict equal the recording (tests/golden/record.py).
+    On other CPU kernels (another last-bit rounding, amplified by the optimiser) only what does not drift: the drawn
+    steps, the lambda table and the first DRIFT_FREE loss values."""
     from safetensors.torch import load_file
 
     want = json.loads((GOLDEN / f"{name}.json").read_text())
     rep = json.loads((folder / "report.json").read_text())
+    hist = rep["loss"]["history"]
+    assert len(hist) == len(want["loss_history"])
+    assert rep["loss"]["drawn_steps"] == want["drawn_steps"]
+    assert max(abs(a - b) for a, b in zip(rep["scales"]["lambda"], want["lambda"])) <= 1e-5
+    assert max(abs(a - b) for a, b in zip(hist[:DRIFT_FREE], want["loss_history"][:DRIFT_FREE])) <= 1e-5
+    if not same_arithmetic(name):
+        return
     got_t, want_t = (load_file(str(f))["trigger"] for f in (folder / "trigger.safetensors",
                                                             GOLDEN / f"{name}.safetensors"))
     assert (got_t - want_t).abs().max() <= 1e-6, float((got_t - want_t).abs().max())
-    hist = rep["loss"]["history"]
-    assert len(hist) == len(want["loss_history"])
     assert max(abs(a - b) for a, b in zip(hist, want["loss_history"])) <= 1e-6
-    assert rep["loss"]["drawn_steps"] == want["drawn_steps"]
     assert max(abs(a - b) for a, b in zip(rep["scales"]["lambda"], want["lambda"])) <= 1e-6
     det = rep["metrics"]["detection"]
     assert det["verdict"] == want["detection"]["verdict"]
@@ -68,8 +85,9 @@ def test_puredif_is_closer_to_the_truth_than_elijah_on_the_demo(tmp_path, monkey
     and the verdict is "backdoored".
 
     Golden: with pdfast 0.1's settings (`--preset v0.1`, its threshold) both runs equal, to 1e-6, what the same
-    commands gave before the one-chain restructuring (fp32 on CPU, the fused ops on their torch references); that
-    preset also fires the backdoor (ASR >= 0.8). The current defaults (chosen on the zoo's dev models, not on the
+    commands gave before the one-chain restructuring (fp32 on CPU, the fused ops on their torch references), where
+    torch runs the CPU kernels of the recording (elsewhere: assert_golden); that preset also fires the backdoor
+    (ASR >= 0.8). The current defaults (chosen on the zoo's dev models, not on the
     demo) must be nearer the truth than Elijah and be judged backdoored (the verdict samples the pattern at the
     calibrated energy, rms 0.15, where it fires on part of the samples only)."""
     from click.testing import CliRunner
@@ -95,7 +113,11 @@ def test_puredif_is_closer_to_the_truth_than_elijah_on_the_demo(tmp_path, monkey
     for m in out.values():
         assert {"asr", "l2", "uniformity", "kl_mean", "detection"} <= set(m)
     assert out["puredif"]["l2"] < out["elijah"]["l2"], out
-    assert out["puredif"]["asr"] >= 0.8 and out["puredif"]["pattern_asr"] >= 0.8, out["puredif"]
-    assert out["puredif"]["detection"]["verdict"] == "backdoored", out["puredif"]
+    assert out["puredif"]["asr"] >= 0.8, out["puredif"]
+    if same_arithmetic("demo-k10-puredif"):
+        # pdfast 0.1's pattern result is fragile: on AVX2-only kernels its pattern fires on 0.5 of the samples and
+        # its uniformity (0.134) is above that preset's threshold (0.091): tests/golden/record.py
+        assert out["puredif"]["pattern_asr"] >= 0.8, out["puredif"]
+        assert out["puredif"]["detection"]["verdict"] == "backdoored", out["puredif"]
     assert out["default"]["l2"] < out["elijah"]["l2"], out
     assert out["default"]["detection"]["verdict"] == "backdoored", out["default"]
