@@ -100,18 +100,32 @@ def render_md(obj: dict) -> str:
         quality.md_table(med, ["model", *TRIGGERS]), ""])
 
 
+def add_study_args(ap: argparse.ArgumentParser, cache: Path, stem: str, per: str) -> None:
+    """The options every per-model sampling study here shares (this script, trigger_forms.py)."""
+    ap.add_argument("--n", type=int, default=64, help=f"samples per {per} (default 64)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--zoo", type=Path, default=quality.ZOO)
+    ap.add_argument("--cache", type=Path, default=cache)
+    ap.add_argument("--out", type=Path, default=None,
+                    help=f"output stem: STEM.json and STEM.md (default bench/results/{stem}-SPLIT)")
+    ap.add_argument("--report-only", action="store_true")
+
+
+def split_models(zoo: Path, split: str, names: list[str] | None) -> tuple[list, str | None]:
+    """Every built model of ``split`` (recipe order) and an error line when a name in ``names`` is not one of its
+    backdoors."""
+    models = [m for m in quality.scan_zoo(zoo, quality.RECIPE if zoo == quality.ZOO else None) if m.split == split]
+    missing = sorted(set(names or []) - {m.name for m in models if m.backdoored})
+    return models, (f"error: not a built backdoored {split} model: {missing[0]}; see python bench/zoo/build.py --list"
+                    if missing else None)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--split", default="dev", choices=["dev", "test"])
     ap.add_argument("--models", nargs="*",
                     help="run only these backdoored models (the report covers every model of the split with cached units)")
-    ap.add_argument("--n", type=int, default=64, help="samples per trigger (default 64)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--zoo", type=Path, default=quality.ZOO)
-    ap.add_argument("--cache", type=Path, default=CACHE)
-    ap.add_argument("--out", type=Path, default=None,
-                    help="output stem: STEM.json and STEM.md (default bench/results/asr-threshold-SPLIT)")
-    ap.add_argument("--report-only", action="store_true")
+    add_study_args(ap, CACHE, "asr-threshold", "trigger")
     a = ap.parse_args(argv)
     a.out = a.out or HERE / "results" / f"asr-threshold-{a.split}"
     import torch
@@ -120,12 +134,11 @@ def main(argv=None) -> int:
     from pdfast.io import atomic_write_bytes
 
     torch.set_num_threads(1)
-    models = [m for m in quality.scan_zoo(a.zoo, quality.RECIPE if a.zoo == quality.ZOO else None)
-              if m.split == a.split and m.backdoored]
-    if a.models and not set(a.models) <= {m.name for m in models}:
-        print(f"error: not a built backdoored {a.split} model: {sorted(set(a.models) - {m.name for m in models})[0]}; "
-              f"see python bench/zoo/build.py --list", file=sys.stderr)
+    models, err = split_models(a.zoo, a.split, a.models)
+    if err:
+        print(err, file=sys.stderr)
         return 2
+    models = [m for m in models if m.backdoored]
     units: dict[str, dict[str, dict]] = {}
     for m in models:
         h = quality.model_hash(m, a.cache)

@@ -265,13 +265,7 @@ def main(argv=None) -> int:
     ap.add_argument("--controls", action="store_true",
                     help="run the negative controls instead of the backdoors: each clean model of the split with a "
                          "backdoor's g and target (the forms the paired tests need)")
-    ap.add_argument("--n", type=int, default=64, help="samples per form (default 64)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--zoo", type=Path, default=quality.ZOO)
-    ap.add_argument("--cache", type=Path, default=CACHE)
-    ap.add_argument("--out", type=Path, default=None,
-                    help="output stem: STEM.json and STEM.md (default bench/results/trigger-forms-SPLIT)")
-    ap.add_argument("--report-only", action="store_true")
+    asr_threshold.add_study_args(ap, CACHE, "trigger-forms", "form")
     a = ap.parse_args(argv)
     a.out = a.out or HERE / "results" / f"trigger-forms-{a.split}"
     import torch
@@ -281,15 +275,11 @@ def main(argv=None) -> int:
     from pdfast.io import atomic_write_bytes
 
     torch.set_num_threads(1)
-    split_models = [m for m in quality.scan_zoo(a.zoo, quality.RECIPE if a.zoo == quality.ZOO else None)
-                    if m.split == a.split]
+    split_models, err = asr_threshold.split_models(a.zoo, a.split, a.models)
+    if err:
+        print(err, file=sys.stderr)
+        return 2
     models = [m for m in split_models if m.backdoored]
-    if a.models:
-        missing = sorted(set(a.models) - {m.name for m in models})
-        if missing:
-            print(f"error: not a built backdoored {a.split} model: {missing[0]}; see python bench/zoo/build.py --list",
-                  file=sys.stderr)
-            return 2
     try:
         extra = [folder_model(p, a.split) for p in a.folder]
     except PdfastError as e:
