@@ -130,9 +130,6 @@ def main(argv=None) -> int:
     a.out = a.out or HERE / "results" / f"asr-threshold-{a.split}"
     import torch
 
-    from pdfast.envinfo import environment
-    from pdfast.io import atomic_write_bytes
-
     torch.set_num_threads(1)
     models, err = split_models(a.zoo, a.split, a.models)
     if err:
@@ -158,14 +155,23 @@ def main(argv=None) -> int:
             quality.write_json(f, rec)
             units.setdefault(m.name, {})[t] = rec
             quality.log(f"{m.name} {t}: {rec['seconds']} s")
-    obj = {"schema": "pdfast.asr-threshold/1", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "command": "python bench/asr_threshold.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "git": quality.git_info(), "environment": environment(), "split": a.split, "n": a.n, "seed": a.seed,
-           "thresholds": list(THRESHOLDS), "units": units, "rows": summarize(units)}
-    quality.write_json(a.out.with_suffix(".json"), obj)
-    atomic_write_bytes(a.out.with_suffix(".md"), render_md(obj).encode())
-    quality.log(f"wrote {a.out.with_suffix('.json')} and {a.out.with_suffix('.md')}")
+    write_report(a, argv, "asr_threshold.py", "pdfast.asr-threshold/1", render_md,
+                 {"thresholds": list(THRESHOLDS), "units": units, "rows": summarize(units)})
     return 0
+
+
+def write_report(a, argv, script: str, schema: str, render, body: dict) -> None:
+    """OUT.json (the run's provenance, then ``body``) and OUT.md (``render`` of it), each written atomically."""
+    from pdfast.envinfo import environment
+    from pdfast.io import atomic_write_bytes
+
+    obj = {"schema": schema, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "command": f"python bench/{script} " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "git": quality.git_info(), "environment": environment(), "split": a.split, "n": a.n, "seed": a.seed,
+           **body}
+    quality.write_json(a.out.with_suffix(".json"), obj)
+    atomic_write_bytes(a.out.with_suffix(".md"), render(obj).encode())
+    quality.log(f"wrote {a.out.with_suffix('.json')} and {a.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

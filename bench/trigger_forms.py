@@ -65,7 +65,9 @@ def start_offsets(form: str, g, n: int, data: str = "natural"):
 
 def sample_from(engine, offsets, n: int, seed: int, batch: int = 64):
     """n images of the DDPM chain from x_T = eps_i + offsets_i, in [-1, 1]: the noises (eps_i and every z) of
-    ``engine.sample(n, seed=seed, batch=batch)``, so every form is compared on the same draws."""
+    ``engine.sample(n, seed=seed, batch=batch)``, so every form is compared on the same draws. (pdfast.chain's
+    sample_together takes one offset per trigger, not one per sample; it stays as it is because every pdfast module is
+    part of the zoo results' code version, and a change there would re-key all of them.)"""
     import torch
 
     from pdfast.chain import DDPMSampler, GeneratorNoise, run
@@ -249,8 +251,11 @@ class _ControlCtx:
     """A clean model's sampling context carrying a backdoor's ground truth (g, target) for the negative control."""
 
     def __init__(self, clean: "quality.ZooModel", backdoor: "quality.ZooModel"):
-        ctx, bd = quality.ModelCtx(clean), quality.ModelCtx(backdoor)
-        self.info, self.engine, self.truth, self.target = clean, ctx.engine, bd.truth, bd.target
+        from pdfast.attack import load_ground_truth
+        from pdfast.loading import load_model
+
+        self.info, self.engine = clean, quality.ModelCtx(clean).engine
+        self.truth, self.target = load_ground_truth(load_model(backdoor.path))  # no engine for the backdoor
         self.data = (backdoor.recipe or {}).get("data") or "natural"  # the crops the trigger was pasted over
 
 
@@ -270,9 +275,7 @@ def main(argv=None) -> int:
     a.out = a.out or HERE / "results" / f"trigger-forms-{a.split}"
     import torch
 
-    from pdfast.envinfo import environment
     from pdfast.errors import PdfastError
-    from pdfast.io import atomic_write_bytes
 
     torch.set_num_threads(1)
     split_models, err = asr_threshold.split_models(a.zoo, a.split, a.models)
@@ -325,13 +328,9 @@ def main(argv=None) -> int:
         clean.hash, bd.hash = quality.model_hash(clean, a.cache), quality.model_hash(bd, a.cache)
         collect(f"{clean.name}+{bd.name}", f"{clean.hash}-{bd.hash[:8]}", CONTROL_FORMS,
                 a.controls, lambda c=clean, b=bd: _ControlCtx(c, b))
-    obj = {"schema": "pdfast.trigger-forms/1", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "command": "python bench/trigger_forms.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "git": quality.git_info(), "environment": environment(), "split": a.split, "n": a.n, "seed": a.seed,
-           "crop_seed": CROP_SEED, "thresholds": list(THRESHOLDS), "units": units, "rows": summarize(units)}
-    quality.write_json(a.out.with_suffix(".json"), obj)
-    atomic_write_bytes(a.out.with_suffix(".md"), render_md(obj).encode())
-    quality.log(f"wrote {a.out.with_suffix('.json')} and {a.out.with_suffix('.md')}")
+    asr_threshold.write_report(a, argv, "trigger_forms.py", "pdfast.trigger-forms/1", render_md,
+                               {"crop_seed": CROP_SEED, "thresholds": list(THRESHOLDS), "units": units,
+                                "rows": summarize(units)})
     return 0
 
 

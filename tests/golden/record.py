@@ -17,10 +17,11 @@ from pathlib import Path
 
 def main(src: str, dst: str) -> None:
     src_p, dst_p = Path(src), Path(dst)
-    rep = json.loads((src_p / "report.json").read_text())
     import torch
 
-    keep = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "config": rep["config"], "loss_history": rep["loss"]["history"], "drawn_steps": rep["loss"]["drawn_steps"],
+    rep = json.loads((src_p / "report.json").read_text())
+    keep = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "config": rep["config"],
+            "loss_history": rep["loss"]["history"], "drawn_steps": rep["loss"]["drawn_steps"],
             "lambda": rep["scales"]["lambda"], "detection": rep["metrics"]["detection"],
             "pattern_uniformity": rep["metrics"]["pattern_uniformity"], "uniformity": rep["metrics"]["uniformity"]}
     dst_p.parent.mkdir(parents=True, exist_ok=True)
