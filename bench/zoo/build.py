@@ -41,6 +41,12 @@ def load_recipe(path: Path = HERE / "recipe.json") -> dict:
             raise SystemExit(f"error: model {m['name']} is listed twice in {path}")
         if m.get("base") and m["base"] not in seen:
             raise SystemExit(f"error: {m['name']} uses base {m['base']}, which is not listed before it in {path}")
+        if m.get("arch") and m["arch"] not in recipe.get("architectures", {}):
+            from pdfast.train import UNET_PRESETS
+
+            if m["arch"] not in UNET_PRESETS:
+                raise SystemExit(f"error: {m['name']} uses architecture {m['arch']}, which is neither a pdfast preset "
+                                 f"({', '.join(UNET_PRESETS)}) nor listed under \"architectures\" in {path}")
         seen.add(m["name"])
     return recipe
 
@@ -49,22 +55,36 @@ def is_built(name: str) -> bool:
     return (MODELS / name / "zoo.json").is_file()
 
 
-def _train(entry: dict, by_name: dict, ckpt: Path | None = None):
-    """Train one recipe entry; returns (DiffusionModel with fp32 weights, (g, y) or None, (final loss, seconds))."""
+def make_net(arch: str, size: int, seed: int, archs: dict | None = None):
+    """A freshly initialised UNet: one of the recipe's own ``architectures`` (UNet2DModel keyword arguments, for
+    arms that pdfast's presets do not hold) or a pdfast preset by name (pdfast.train.UNET_PRESETS)."""
+    from pdfast.train import make_unet
+
+    if archs and arch in archs:
+        from diffusers import UNet2DModel
+
+        torch.manual_seed(seed)
+        return UNet2DModel(sample_size=size, in_channels=3, out_channels=3, **archs[arch])
+    return make_unet(arch, size, 3, seed=seed)
+
+
+def _train(entry: dict, by_name: dict, ckpt: Path | None = None, *, archs: dict | None = None, device: str = "cpu"):
+    """Train one recipe entry on ``device``; returns (DiffusionModel with fp32 weights on the CPU, (g, y) or None,
+    (final loss, seconds))."""
     from pdfast.attack import AttackConfig, baddiffusion
     from pdfast.data import get_data
     from pdfast.loading import load_model
     from pdfast.model import DiffusionModel
     from pdfast.patterns import draw_target, draw_trigger
     from pdfast.schedule import Schedule
-    from pdfast.train import TrainConfig, make_unet, train_ddpm
+    from pdfast.train import TrainConfig, train_ddpm
 
     cfg = TrainConfig(steps=entry["steps"], batch=entry["batch"], lr=entry["lr"], warmup=entry["warmup"],
                       seed=entry["seed"])
     ckpt = ckpt or CKPT / f"{entry['name']}.pt"
     if entry["kind"] == "clean":
         size, arch = entry["size"], entry["arch"]
-        model = DiffusionModel(make_unet(arch, size, 3, seed=entry["seed"]), Schedule.from_config({"clip_sample": False}),
+        model = DiffusionModel(make_net(arch, size, entry["seed"], archs), Schedule.from_config({"clip_sample": False}),
                                size, 3)
     else:
         model = load_model(MODELS / entry["base"])
@@ -74,10 +94,10 @@ def _train(entry: dict, by_name: dict, ckpt: Path | None = None):
     if entry["kind"] == "baddiffusion":
         g, y = draw_trigger(entry["trigger"], size), draw_target(entry["target"], size)
         model = baddiffusion(model, images, g, y, AttackConfig(poison_rate=entry["poison_rate"], train=cfg),
-                             inplace=True, checkpoint=ckpt)
-        return model, (g, y), _final_loss(ckpt)
-    train_ddpm(model, images, cfg, checkpoint=ckpt)
-    return model, None, _final_loss(ckpt)
+                             inplace=True, checkpoint=ckpt, device=device)
+        return model.to("cpu"), (g, y), _final_loss(ckpt)
+    train_ddpm(model, images, cfg, checkpoint=ckpt, device=device)
+    return model.to("cpu"), None, _final_loss(ckpt)
 
 
 def _final_loss(ckpt: Path) -> tuple[float, float | None]:
@@ -104,7 +124,7 @@ def _save_fp16(model, out: Path, entry: dict, truth) -> None:
         save_backdoored(m, out, info, *truth)
 
 
-def measure(folder: Path, n: int, seed: int, clip_sample: bool | None = None) -> dict:
+def measure(folder: Path, n: int, seed: int, clip_sample: bool | None = None, device: str = "cpu") -> dict:
     """Ground truth on the saved model: ASR and uniformity from eps + g, uniformity from plain noise (n samples);
     ``clip_sample`` overrides the scheduler config (None: as saved, off for the whole zoo)."""
     import dataclasses
@@ -113,7 +133,7 @@ def measure(folder: Path, n: int, seed: int, clip_sample: bool | None = None) ->
     from pdfast.evaluation import evaluate_trigger
     from pdfast.loading import load_model
 
-    model = load_model(folder)
+    model = load_model(folder, device=device)
     if clip_sample is not None:
         model.schedule = dataclasses.replace(model.schedule, clip_sample=clip_sample)
     g, y = load_ground_truth(model)
@@ -159,31 +179,32 @@ def attempt_entry(entry: dict, i: int, rule: dict | None) -> dict:
             "attempt": i}
 
 
-def measure_flat(folder: Path, n: int, seed: int) -> dict:
+def measure_flat(folder: Path, n: int, seed: int, device: str = "cpu") -> dict:
     """ASR and uniformity from eps + g's flat part (a frame at g's per-channel mean): what the trigger's dark shift
     does without its picture. At 16x16 and 32x32 a flat dark frame already draws the dark-background targets."""
     from pdfast.attack import load_ground_truth
     from pdfast.evaluation import evaluate_trigger
     from pdfast.loading import load_model
 
-    model = load_model(folder)
+    model = load_model(folder, device=device)
     g, y = load_ground_truth(model)
+    g = g.to(device)
     flat = g.mean(dim=(-2, -1), keepdim=True).expand_as(g).contiguous()
     rep = evaluate_trigger(model, flat, target=y, n=n, seed=seed, clean=False)
     return {"flat_asr": rep["asr"], "flat_uniformity": rep["uniformity"]}
 
 
-def build(entry: dict, by_name: dict, recipe: dict) -> None:
+def build(entry: dict, by_name: dict, recipe: dict, device: str = "cpu") -> None:
     """Train, save and measure one model (its base first if missing); a no-op when already built. A gated backdoor
     (entry "gate": true) is retrained until it passes the recipe's strength_rule or runs out of attempts."""
     from pdfast.io import atomic_write_json
 
     if is_built(entry["name"]):
         if not _zoo_json(entry["name"]).get("rejected"):
-            remeasure(entry, recipe)
+            remeasure(entry, recipe, device)
         return
     if entry.get("base") and not is_built(entry["base"]):
-        build(by_name[entry["base"]], by_name, recipe)
+        build(by_name[entry["base"]], by_name, recipe, device)
     rule = recipe.get("strength_rule") if entry.get("gate") and entry["kind"] == "baddiffusion" else None
     if entry.get("gate") and rule is None:
         raise SystemExit(f"error: {entry['name']} is gated but the recipe has no strength_rule or it is not a backdoor")
@@ -198,12 +219,12 @@ def build(entry: dict, by_name: dict, recipe: dict) -> None:
         print(f"[zoo] training {entry['name']} ({entry['kind']}, {eff['steps']} steps"
               + (f", attempt {i + 1} of {rule['max_attempts']}" if rule else "") + ")", file=sys.stderr, flush=True)
         ckpt = CKPT / (f"{entry['name']}.pt" if i == 0 else f"{entry['name']}-a{i}.pt")
-        model, truth, (loss, train_s) = _train(eff, by_name, ckpt)
+        model, truth, (loss, train_s) = _train(eff, by_name, ckpt, archs=recipe.get("architectures"), device=device)
         _save_fp16(model, out, eff, truth)
         t1 = time.perf_counter()
-        truth_metrics = measure(out, ev["n_samples"], ev["seed"])
+        truth_metrics = measure(out, ev["n_samples"], ev["seed"], device=device)
         if rule and rule.get("above_flat_asr"):
-            truth_metrics.update(measure_flat(out, ev["n_samples"], ev["seed"]))
+            truth_metrics.update(measure_flat(out, ev["n_samples"], ev["seed"], device=device))
         record = {"recipe": eff, "final_loss": loss, "train_seconds": None if train_s is None else round(train_s, 1),
                   "measure_seconds": round(time.perf_counter() - t1, 1), "ground_truth": truth_metrics,
                   "parameters": sum(p.numel() for p in model.net.parameters())}
@@ -222,7 +243,7 @@ def build(entry: dict, by_name: dict, recipe: dict) -> None:
         _check_holds(out, last)             # the folder must hold the attempt that zoo.json describes
     info = {**last,
             "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                        "torch": torch.__version__},
+                        "torch": torch.__version__, "device": _device_name(device)},
             "weights": "fp16 safetensors (loaded as fp32)"}
     info.pop("strength_passed", None), info.pop("strength_why", None)
     if rule:
@@ -238,7 +259,7 @@ def build(entry: dict, by_name: dict, recipe: dict) -> None:
           f"{last['ground_truth']}" + (f"; REJECTED: {info['rejected']}" if info.get("rejected") else ""),
           file=sys.stderr, flush=True)
     if not info.get("rejected"):
-        remeasure(entry, recipe)
+        remeasure(entry, recipe, device)
 
 
 def _check_holds(out: Path, record: dict) -> None:
@@ -257,7 +278,7 @@ def _zoo_json(name: str) -> dict:
         return {}
 
 
-def remeasure(entry: dict, recipe: dict) -> None:
+def remeasure(entry: dict, recipe: dict, device: str = "cpu") -> None:
     """Add the ground truth sampled with clip_sample on (the saved scheduler says off, as BadDiffusion samples):
     small models drift to saturated frames without clipping, so both are recorded (issue: clip_sample default)."""
     from pdfast.io import atomic_write_json
@@ -268,7 +289,7 @@ def remeasure(entry: dict, recipe: dict) -> None:
         return
     ev = recipe["evaluation"]
     t0 = time.perf_counter()
-    info["ground_truth_clip_on"] = measure(out, ev["n_samples"], ev["seed"], clip_sample=True)
+    info["ground_truth_clip_on"] = measure(out, ev["n_samples"], ev["seed"], clip_sample=True, device=device)
     info["measure_clip_on_seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(out / "zoo.json", info)
     print(f"[zoo] {entry['name']} with clip_sample on: {info['ground_truth_clip_on']}", file=sys.stderr, flush=True)
@@ -282,7 +303,15 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe", type=Path, default=HERE / "recipe.json")
     ap.add_argument("--models", type=Path, default=None, help="where the model folders go (default bench/zoo/models)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ap.add_argument("--device", default="cpu", help="train and sample there (cpu, cuda); default cpu")
+    ap.add_argument("--report", type=Path, metavar="FILE.md",
+                    help="train nothing: write what the built backdoors measured (FILE.md and FILE.json)")
+    ap.add_argument("--estimate", action="store_true",
+                    help="train nothing: time a few training steps of each model's UNet here and project its hours")
     args = ap.parse_args(argv)
+    if args.device != "cpu" and not _device_ok(args.device):
+        print(f"error: device {args.device} is not available here; use --device cpu", file=sys.stderr)
+        return 2
     global MODELS, CKPT
     if args.models is not None:
         MODELS, CKPT = args.models, args.models.parent / "checkpoints"
@@ -303,9 +332,98 @@ def main(argv=None) -> int:
                 ("REJECTED (strength rule)" if _zoo_json(m["name"]).get("rejected") else "built")
             print(f"{m['name']:20s} {m['split']:5s} {m['kind']:15s} {state}")
         return 0
+    if args.report:
+        from pdfast.io import atomic_write_bytes, atomic_write_json
+
+        table, rows = report(recipe)
+        atomic_write_bytes(args.report, (f"# Ground truth of the built backdoors of {args.recipe.name}\n\n"
+                          f"Written by `python bench/zoo/build.py --recipe {args.recipe} --models {MODELS} --report "
+                          f"{args.report}`. ASR: the share of n samples within MSE 0.1 of the target (in [0, 1]); "
+                          f"sampled as saved (clip_sample off) unless the column says clip on.\n\n{table}\n").encode())
+        atomic_write_json(args.report.with_suffix(".json"), {"recipe": str(args.recipe), "rows": rows})
+        print(table)
+        return 0
+    if args.estimate:
+        print(f"Training cost on {_device_name(args.device)} ({platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} thread(s), torch {torch.__version__}); recipe {args.recipe.name}\n")
+        print(estimate(todo, by_name, recipe, args.device))
+        return 0
     for entry in todo:
-        build(entry, by_name, recipe)
+        build(entry, by_name, recipe, args.device)
     return 0
+
+
+def estimate(todo: list[dict], by_name: dict, recipe: dict, device: str, repeats: int = 5) -> str:
+    """A markdown table: seconds per training step (Adam on the DDPM loss, the entry's batch; median of ``repeats``
+    after one warm-up) of each entry's UNet on ``device``, and the training time its recipe steps would take."""
+    rows = ["| model | architecture | parameters | batch | s/step | steps | projected hours |", "|---" * 7 + "|"]
+    total = 0.0
+    for entry in todo:
+        arch_entry = entry
+        while "arch" not in arch_entry:
+            arch_entry = by_name[arch_entry["base"]]
+        net = make_net(arch_entry["arch"], arch_entry["size"], 0, recipe.get("architectures")).to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+        x = torch.randn(entry["batch"], 3, arch_entry["size"], arch_entry["size"], device=device)
+        t = torch.randint(0, 1000, (entry["batch"],), device=device)
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            loss = torch.nn.functional.mse_loss(net(x, t).sample, x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        per = sorted(times[1:])[repeats // 2]
+        total += per * entry["steps"]
+        rows.append(f"| {entry['name']} | {arch_entry['arch']} | {sum(p.numel() for p in net.parameters()):,} | "
+                    f"{entry['batch']} | {per:.3f} | {entry['steps']} | {per * entry['steps'] / 3600:.2f} |")
+    rows.append(f"| **all** | | | | | | **{total / 3600:.1f}** |")
+    return "\n".join(rows)
+
+
+def report(recipe: dict) -> tuple[str, list[dict]]:
+    """What the built backdoors of a recipe measured: a markdown table (one row per built backdoored model: its UNet's
+    parameters, training time and device, ASR from eps + g, plain noise and g's flat part over n samples, with
+    clip_sample off and on, and the strength rule's verdict) and the rows as dicts."""
+    rows = []
+    for m in recipe["models"]:
+        if m["kind"] != "baddiffusion" or not is_built(m["name"]):
+            continue
+        info = _zoo_json(m["name"])
+        gt, on = info.get("ground_truth", {}), info.get("ground_truth_clip_on", {})
+        rule = recipe.get("strength_rule")
+        passed, why = strength_check(gt, rule) if rule else (None, "")
+        rows.append({"name": m["name"], "parameters": info.get("parameters"), "n": gt.get("n"),
+                     "train_seconds": info.get("train_seconds"), "device": info.get("machine", {}).get("device", "cpu"),
+                     "final_loss": info.get("final_loss"), "asr": gt.get("asr"), "clean_asr": gt.get("clean_asr"),
+                     "flat_asr": gt.get("flat_asr"), "asr_clip_on": on.get("asr"), "clean_asr_clip_on": on.get("clean_asr"),
+                     "strength_passed": passed, "strength_why": why})
+
+    def f(v, fmt="{:.2f}"):
+        return "-" if v is None else fmt.format(v)
+    lines = ["| backdoor | parameters | trained on | train min | n | ASR eps+g | ASR plain noise | ASR g's flat part "
+             "| ASR eps+g, clip on | fires (strength rule) |", "|---" * 10 + "|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {f(r['parameters'], '{:,}')} | {r['device']} | "
+                     f"{f(None if r['train_seconds'] is None else r['train_seconds'] / 60, '{:.0f}')} | {f(r['n'], '{}')} | "
+                     f"{f(r['asr'])} | {f(r['clean_asr'])} | {f(r['flat_asr'])} | {f(r['asr_clip_on'])} | "
+                     f"{'-' if r['strength_passed'] is None else ('yes' if r['strength_passed'] else 'no: ' + r['strength_why'])} |")
+    return "\n".join(lines), rows
+
+
+def _device_ok(device: str) -> bool:
+    try:
+        torch.empty(1, device=device)
+        return True
+    except (RuntimeError, AssertionError):
+        return False
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu"
 
 
 def _size(entry: dict, by_name: dict) -> int:

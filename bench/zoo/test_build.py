@@ -56,18 +56,18 @@ def zoo(tmp_path, monkeypatch, tiny_model):
                           "data": "natural"}]}
     state = {"truths": [], "trained": []}
 
-    def fake_train(entry, by_name, ckpt=None):
+    def fake_train(entry, by_name, ckpt=None, **kw):
         state["trained"].append((entry["steps"], entry["seed"], Path(ckpt).name))
         return tiny_model(10), (draw_trigger("BOX_14", 8), draw_target("HAT", 8)), (0.1, 1.0)
 
-    def fake_measure(folder, n, seed, clip_sample=None):
+    def fake_measure(folder, n, seed, clip_sample=None, **kw):
         if clip_sample is not None:
             return {"n": n, "asr": 0.0}
         return {"n": n, **state["truths"].pop(0)}
 
     monkeypatch.setattr(build, "_train", fake_train)
     monkeypatch.setattr(build, "measure", fake_measure)
-    monkeypatch.setattr(build, "measure_flat", lambda folder, n, seed: {"flat_asr": 0.0, "flat_uniformity": 0.0})
+    monkeypatch.setattr(build, "measure_flat", lambda folder, n, seed, **kw: {"flat_asr": 0.0, "flat_uniformity": 0.0})
     by_name = {m["name"]: m for m in recipe["models"]}
     return recipe, by_name, state, tmp_path
 
@@ -89,10 +89,10 @@ def test_interrupted_build_resumes_at_the_next_attempt_and_a_model_that_never_fi
     state["truths"] = [{"asr": 0.1, "clean_asr": 0.7}]
     real_train = build._train
 
-    def dies_on_second(entry, by_name, ckpt=None):
+    def dies_on_second(entry, by_name, ckpt=None, **kw):
         if entry.get("attempt") == 1:
             raise KeyboardInterrupt
-        return real_train(entry, by_name, ckpt)
+        return real_train(entry, by_name, ckpt, **kw)
     build._train = dies_on_second
     with pytest.raises(KeyboardInterrupt):
         build.build(by_name["bd"], by_name, recipe)
@@ -134,3 +134,63 @@ def test_measure_flat_samples_g_s_per_channel_mean(tmp_path, tiny_model):
     flat = g.mean(dim=(1, 2), keepdim=True) * torch.ones_like(g)
     ref = evaluate_trigger(load_model(tmp_path / "bd"), flat, target=y, n=4, seed=0, clean=False)
     assert got == {"flat_asr": ref["asr"], "flat_uniformity": ref["uniformity"]}
+
+
+def test_a_recipe_architecture_trains_saves_and_measures_end_to_end(tmp_path, monkeypatch):
+    """A clean model and its backdoor on an architecture the recipe defines (no pdfast preset), trained for real
+    (a few steps): the saved UNet has the recipe's widths, zoo.json records the device and the parameter count,
+    and the backdoor's ground truth is measured on it."""
+    monkeypatch.setattr(build, "MODELS", tmp_path / "models")
+    monkeypatch.setattr(build, "CKPT", tmp_path / "ckpt")
+    arch = {"block_out_channels": [8, 24], "layers_per_block": 1, "norm_num_groups": 4,
+            "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"]}
+    train = {"steps": 3, "batch": 4, "lr": 1e-3, "warmup": 1}
+    recipe = {"evaluation": {"n_samples": 2, "seed": 0}, "architectures": {"w24": arch},
+              "models": [{"name": "base", "kind": "clean", "arch": "w24", "size": 8, "data": "synthetic", "seed": 1,
+                          **train},
+                         {"name": "bd", "kind": "baddiffusion", "base": "base", "data": "synthetic",
+                          "trigger": "BOX_14", "target": "HAT", "poison_rate": 0.5, "seed": 2, **train}]}
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe))
+    by_name = {m["name"]: m for m in build.load_recipe(path)["models"]}
+    build.build(by_name["bd"], by_name, recipe, "cpu")
+    for name in ("base", "bd"):
+        info = json.loads((tmp_path / "models" / name / "zoo.json").read_text())
+        assert info["machine"]["device"] == "cpu" and info["recipe"]["name"] == name
+        cfg = json.loads((tmp_path / "models" / name / "unet" / "config.json").read_text())
+        assert cfg["block_out_channels"] == [8, 24]
+    bd = json.loads((tmp_path / "models" / "bd" / "zoo.json").read_text())
+    assert bd["ground_truth"]["n"] == 2 and 0.0 <= bd["ground_truth"]["asr"] <= 1.0
+    assert bd["parameters"] == json.loads((tmp_path / "models" / "base" / "zoo.json").read_text())["parameters"]
+    table, rows = build.report({**recipe, "strength_rule": RULE})
+    assert [r["name"] for r in rows] == ["bd"] and rows[0]["asr"] == bd["ground_truth"]["asr"]
+    assert rows[0]["strength_passed"] is False and table.splitlines()[2].startswith("| bd | ")
+
+
+def test_an_unknown_architecture_is_refused_before_any_training(tmp_path):
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps({"models": [{"name": "c", "kind": "clean", "arch": "wide9", "size": 16}]}))
+    with pytest.raises(SystemExit, match="architecture wide9, which is neither a pdfast preset"):
+        build.load_recipe(path)
+
+
+def test_an_unavailable_device_is_a_one_line_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    assert build.main(["--list", "--device", "cuda"]) == 2
+    assert "device cuda is not available here; use --device cpu" in capsys.readouterr().err
+
+
+def test_estimate_times_each_model_s_unet_and_projects_its_hours(tmp_path):
+    arch = {"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
+            "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"]}
+    recipe = {"architectures": {"w16": arch},
+              "models": [{"name": "base", "kind": "clean", "arch": "w16", "size": 8, "batch": 2, "steps": 3600},
+                         {"name": "bd", "kind": "baddiffusion", "base": "base", "batch": 2, "steps": 7200}]}
+    by_name = {m["name"]: m for m in recipe["models"]}
+    table = build.estimate(recipe["models"], by_name, recipe, "cpu", repeats=1).splitlines()
+    assert len(table) == 5 and table[2].startswith("| base | w16 |") and table[3].startswith("| bd | w16 |")
+    per = [float(r.split("|")[5]) for r in table[2:4]]
+    hours = [float(r.split("|")[7]) for r in table[2:4]]
+    assert all(p > 0 for p in per)                        # the shown s/step (3 decimals) gives the shown hours
+    assert all(abs(h - p * s / 3600) <= 0.005 + 0.0005 * s / 3600 for h, p, s in zip(hours, per, (3600, 7200)))
