@@ -2,7 +2,8 @@
 # One prepared GPU check, at most 9 minutes: kernel + engine tests on the real GPU, the native build's CUDA backend
 # and its op tests, the engine sweep, and the README job end to end (`pdfast invert --steps 50` on the GPU). Logs and result files go to ${OUT:-bench/results}.
 #
-#   bash bench/gpu_check.sh            # OUT=bench/results
+#   bash bench/device_wheels.sh        # here, once: the wheels the device image lacks (diffusers), into .whl/
+#   bash bench/gpu_check.sh            # there, with carry [".whl"]; OUT=bench/results
 #   OUT=/tmp/gpu bash bench/gpu_check.sh
 #
 # Every stage runs under `timeout` inside one overall deadline, and a failed stage does not stop the next one: the
@@ -41,10 +42,9 @@ stage() {
   return 0
 }
 
-if ! python -c "import pdfast, pdfast.kernels" >/dev/null 2>&1; then
-  # offline machine: no build isolation (setuptools from the environment); drop the extras if they cannot install
-  stage install 90 380 bash -c 'pip install -q --no-build-isolation -e ".[test]" || pip install -q --no-build-isolation --no-deps -e .'
-fi
+# the device image lacks diffusers: its wheels travel in .whl (bash bench/device_wheels.sh here, carry [".whl"])
+source bench/device_env.sh >"$OUT/env-setup.log" 2>&1 || { cat "$OUT/env-setup.log"; exit 1; }
+cat "$OUT/env-setup.log"
 stage nvidia-smi 15 370 nvidia-smi
 stage env 20 360 python -c "import json, pdfast.envinfo as e; print(json.dumps(e.environment(), indent=1))"
 
