@@ -11,7 +11,8 @@ if ! python -c "import diffusers" >/dev/null 2>&1; then
     return 1 2>/dev/null || exit 1
   fi
 fi
-if ! python -c "import pdfast, pdfast.kernels" >/dev/null 2>&1; then
+# (checked from outside the checkout: inside it `import pdfast` works uninstalled, without the `pdfast` command)
+if ! command -v pdfast >/dev/null || ! (cd / && python -c "import pdfast, pdfast.kernels") >/dev/null 2>&1; then
   pip install -q --no-build-isolation --no-deps -e . >/dev/null
 fi
 python -c "import pdfast, diffusers, torch; print('device env: pdfast', pdfast.__version__, '| diffusers', diffusers.__version__, '| torch', torch.__version__, '| cuda', torch.cuda.is_available())"
