@@ -17,6 +17,7 @@ build/zoo/ every 500 steps and an interrupted run continues from there (same wei
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -124,6 +125,27 @@ def _save_fp16(model, out: Path, entry: dict, truth) -> None:
         save_backdoored(m, out, info, *truth)
 
 
+def _fp32_engine(model):
+    """The sampling engine of a ground truth: fp32, not compiled, on every device (the fast engine's default on the
+    CPU; on a GPU its default would be bf16 and compiled). Used under _no_tf32, a ground truth measured on a GPU is
+    the CPU's fp32 arithmetic up to summation order."""
+    from pdfast.engine import make_engine
+
+    return make_engine("fast", model, dtype="float32", compile=False)
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    """TF32 off for CUDA convolutions and matrix products while sampling a ground truth (PyTorch allows it for
+    convolutions by default); restored after."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def measure(folder: Path, n: int, seed: int, clip_sample: bool | None = None, device: str = "cpu") -> dict:
     """Ground truth on the saved model: ASR and uniformity from eps + g, uniformity from plain noise (n samples);
     ``clip_sample`` overrides the scheduler config (None: as saved, off for the whole zoo)."""
@@ -141,10 +163,12 @@ def measure(folder: Path, n: int, seed: int, clip_sample: bool | None = None, de
         from pdfast import metrics
         from pdfast.sampling import sample
 
-        imgs = sample(model, n, seed=seed + 1)
+        with _no_tf32():
+            imgs = sample(model, n, seed=seed + 1)             # plain fp32 network calls
         return {"n": n, "clean_uniformity": metrics.uniformity(imgs),
                 "clean_uniformity_trimmed": metrics.uniformity_trimmed(imgs)}
-    rep = evaluate_trigger(model, g, target=y, n=n, seed=seed, clean=True)
+    with _no_tf32():
+        rep = evaluate_trigger(model, g, target=y, n=n, seed=seed, clean=True, engine=_fp32_engine(model))
     keep = ("n", "asr", "uniformity", "uniformity_trimmed", "clean_uniformity", "clean_asr", "seconds")
     return {k: rep[k] for k in keep if k in rep}
 
@@ -187,10 +211,10 @@ def measure_flat(folder: Path, n: int, seed: int, device: str = "cpu") -> dict:
     from pdfast.loading import load_model
 
     model = load_model(folder, device=device)
-    g, y = load_ground_truth(model)
-    g = g.to(device)
+    g, y = load_ground_truth(model)       # on the CPU, like the truth evaluate_trigger compares with (L2)
     flat = g.mean(dim=(-2, -1), keepdim=True).expand_as(g).contiguous()
-    rep = evaluate_trigger(model, flat, target=y, n=n, seed=seed, clean=False)
+    with _no_tf32():
+        rep = evaluate_trigger(model, flat, target=y, n=n, seed=seed, clean=False, engine=_fp32_engine(model))
     return {"flat_asr": rep["asr"], "flat_uniformity": rep["uniformity"]}
 
 

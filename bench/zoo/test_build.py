@@ -194,3 +194,14 @@ def test_estimate_times_each_model_s_unet_and_projects_its_hours(tmp_path):
     hours = [float(r.split("|")[7]) for r in table[2:4]]
     assert all(p > 0 for p in per)                        # the shown s/step (3 decimals) gives the shown hours
     assert all(abs(h - p * s / 3600) <= 0.005 + 0.0005 * s / 3600 for h, p, s in zip(hours, per, (3600, 7200)))
+
+
+def test_the_ground_truth_engine_is_fp32_uncompiled_and_tf32_is_restored(tiny_model):
+    """On a GPU the fast engine would default to bf16 and torch.compile; the ground truth asks for fp32 without
+    compile everywhere (here on the CPU that is the default, so every recorded CPU number stands)."""
+    eng = build._fp32_engine(tiny_model(10))
+    assert eng.mode == "float32" and eng.compile_backend is None
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with build._no_tf32():
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
