@@ -349,7 +349,7 @@ def main(argv=None) -> int:
             return 2
     todo = [by_name[n] for n in args.only] if args.only else recipe["models"]
     if args.size:
-        todo = [m for m in todo if _size(m, by_name) == args.size]
+        todo = [m for m in todo if _root(m, by_name)["size"] == args.size]
     if args.list:
         for m in recipe["models"]:
             state = "missing" if not is_built(m["name"]) else \
@@ -383,9 +383,7 @@ def estimate(todo: list[dict], by_name: dict, recipe: dict, device: str, repeats
     rows = ["| model | architecture | parameters | batch | s/step | steps | projected hours |", "|---" * 7 + "|"]
     total = 0.0
     for entry in todo:
-        arch_entry = entry
-        while "arch" not in arch_entry:
-            arch_entry = by_name[arch_entry["base"]]
+        arch_entry = _root(entry, by_name)
         net = make_net(arch_entry["arch"], arch_entry["size"], 0, recipe.get("architectures")).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)
         x = torch.randn(entry["batch"], 3, arch_entry["size"], arch_entry["size"], device=device)
@@ -450,10 +448,11 @@ def _device_name(device: str) -> str:
     return torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu"
 
 
-def _size(entry: dict, by_name: dict) -> int:
-    while "size" not in entry:
+def _root(entry: dict, by_name: dict) -> dict:
+    """The clean model at the bottom of an entry's chain of bases: the one that names the UNet and the image size."""
+    while "base" in entry and "size" not in entry:
         entry = by_name[entry["base"]]
-    return entry["size"]
+    return entry
 
 
 if __name__ == "__main__":
