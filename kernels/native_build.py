@@ -3,9 +3,11 @@
 Runs CMake on the repository's CMakeLists.txt (configure, build, install into kernels/_native/), then loads the
 library in a fresh process to check it. Missing tools fail with one line, a failed configure or compile with its
 first errors and the path of the full log (build/native/build.log), never a traceback. With --if-possible (the
-test command's form) a missing prerequisite (a source checkout, cmake >= 3.18, a C++ compiler, torch's CMake
-package) is not an error: one line says why the native backend is skipped and the exit status is 0; a failed
-configure or compile still fails. docs/native.md has the details and the plain cmake commands this runs.
+test command's form) a missing prerequisite (a source checkout, cmake >= 3.18, a C++ compiler, torch's C++ headers)
+is not an error: one line says why the native backend is skipped and the exit status is 0; a failed configure or
+compile still fails. The CUDA kernels are built only where CMake finds a usable CUDA toolkit matching torch's
+(cmake/PdfastCuda.cmake): elsewhere, a CUDA build of torch on a machine without one included, CMake prints one
+"CUDA backend skipped: <why>" line and the CPU library is built. docs/native.md has the details and the plain cmake commands this runs.
 """
 from __future__ import annotations
 
@@ -66,17 +68,17 @@ def _compiler() -> str:
     raise MissingPrerequisite("no C++ compiler found (looked for c++, g++, clang++ on PATH); install g++ or set CXX")
 
 
-def _torch_prefix() -> tuple[str, str]:
+def _torch_version() -> str:
+    """The torch the library is built against: importable, with its C++ headers (every torch wheel ships them)."""
     try:
         import torch
-        import torch.utils
     except Exception as err:  # noqa: BLE001 - any import failure is reported as one line
         raise MissingPrerequisite(f"cannot import torch in {sys.executable} ({type(err).__name__}: {err})") from None
-    prefix = Path(torch.utils.cmake_prefix_path)
-    if not (prefix / "Torch" / "TorchConfig.cmake").is_file():
-        raise MissingPrerequisite(f"the installed torch {torch.__version__} has no CMake package "
-                         f"({prefix / 'Torch' / 'TorchConfig.cmake'} is missing); install a torch wheel that ships it")
-    return str(prefix), torch.__version__
+    header = Path(torch.__file__).resolve().parent / "include" / "ATen" / "ATen.h"
+    if not header.is_file():
+        raise MissingPrerequisite(f"the installed torch {torch.__version__} has no C++ headers ({header} is "
+                                  "missing); install a torch wheel that ships them")
+    return torch.__version__
 
 
 def _errors(log: str, limit: int = 12) -> list[str]:
@@ -121,15 +123,16 @@ def _run(step: str, cmd: list[str], log_path: Path, verbose: bool, env: dict) ->
     return text
 
 
-def build(build_dir: Path, cuda: str, build_type: str, jobs: int | None, clean: bool, verbose: bool) -> Path:
-    if not (ROOT / "CMakeLists.txt").is_file():
-        raise MissingPrerequisite(f"no CMakeLists.txt in {ROOT}: the native build needs a source checkout of pdfast "
-                                  "(pip install -e .)")
+def build(build_dir: Path, cuda: str, build_type: str, jobs: int | None, clean: bool, verbose: bool,
+          source: Path = ROOT) -> Path:
+    if not (source / "CMakeLists.txt").is_file():
+        raise MissingPrerequisite(f"no CMakeLists.txt in {source}: the native build needs a source checkout of "
+                                  "pdfast (pip install -e .)")
     cmake = _cmake()
     compiler = _compiler()
-    _, torch_version = _torch_prefix()  # checked here for a one-line error; CMake asks this Python again
+    torch_version = _torch_version()  # checked here for a one-line error; CMake asks this Python again
 
-    build_dir = build_dir if build_dir.is_absolute() else ROOT / build_dir
+    build_dir = build_dir if build_dir.is_absolute() else source / build_dir
     if clean and build_dir.exists():
         shutil.rmtree(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +141,7 @@ def build(build_dir: Path, cuda: str, build_type: str, jobs: int | None, clean: 
     env = dict(os.environ)
     env.setdefault("CXX", compiler)
 
-    configure = [cmake, "-S", str(ROOT), "-B", str(build_dir), f"-DCMAKE_BUILD_TYPE={build_type}",
+    configure = [cmake, "-S", str(source), "-B", str(build_dir), f"-DCMAKE_BUILD_TYPE={build_type}",
                  f"-DPython3_EXECUTABLE={sys.executable}",
                  f"-DPDFAST_NATIVE_CUDA={cuda.upper()}"]
     if not (build_dir / "CMakeCache.txt").exists() and shutil.which("ninja"):
@@ -154,6 +157,10 @@ def build(build_dir: Path, cuda: str, build_type: str, jobs: int | None, clean: 
     check = ("import pdfast.kernels.native as n; ok = n.available(); print(n.status()); "
              "print('devices: ' + ', '.join(n.devices())); raise SystemExit(0 if ok else 1)")
     check_env = {k: v for k, v in os.environ.items() if k != "PDFAST_NATIVE_LIB"}
+    if source != ROOT:  # the library this build installed (CMakeLists.txt's default install dir), not this checkout's
+        installed = [p for p in (source / "kernels" / "_native").glob("*pdfast_native*") if p.suffix != ".json"]
+        if installed:
+            check_env["PDFAST_NATIVE_LIB"] = str(installed[0])
     proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=check_env)
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
     if proc.returncode != 0:
@@ -172,13 +179,16 @@ def main(argv=None) -> int:
     p.add_argument("--build-type", default="Release", help="CMAKE_BUILD_TYPE (default Release)")
     p.add_argument("--jobs", "-j", type=int, default=None, help="parallel compile jobs (default: the generator's)")
     p.add_argument("--clean", action="store_true", help="delete the build directory first")
+    p.add_argument("--source-dir", type=Path, default=ROOT, help="the source tree with CMakeLists.txt (default: "
+                   "this checkout)")
     p.add_argument("--verbose", "-v", action="store_true", help="show the full CMake and compiler output")
     p.add_argument("--if-possible", action="store_true",
-                   help="when cmake >= 3.18, a C++ compiler or torch's CMake package is missing, print why the native "
+                   help="when cmake >= 3.18, a C++ compiler or torch's C++ headers are missing, print why the native "
                         "backend is skipped and exit 0 instead of failing (a failed configure or compile still fails)")
     args = p.parse_args(argv)
     try:
-        build(args.build_dir, args.cuda, args.build_type, args.jobs, args.clean, args.verbose)
+        build(args.build_dir, args.cuda, args.build_type, args.jobs, args.clean, args.verbose,
+              args.source_dir.resolve())
     except MissingPrerequisite as err:
         if args.if_possible:
             print(f"{PREFIX}: native backend skipped: {err}")

@@ -634,3 +634,48 @@ def test_build_cuda_on_with_cpu_torch(tmp_path):
     assert "PDFAST_NATIVE_CUDA=ON but the installed torch" in " ".join(proc.stderr.split())
     assert "is a CPU build" in " ".join(proc.stderr.split())
     assert len(proc.stderr.splitlines()) < 10 and (tmp_path / "b" / "build.log").is_file()
+
+
+def _source_copy(dst: pathlib.Path) -> pathlib.Path:
+    """The native build's sources alone (CMakeLists.txt, cmake/, kernels/native/), to build or break in a temp dir
+    without touching this checkout's installed library."""
+    (dst / "kernels").mkdir(parents=True)
+    shutil.copy2(ROOT / "CMakeLists.txt", dst / "CMakeLists.txt")
+    shutil.copytree(ROOT / "cmake", dst / "cmake")
+    shutil.copytree(ROOT / "kernels" / "native", dst / "kernels" / "native",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
+def test_build_if_possible_still_fails_on_a_compile_error_in_pdfast_sources(tmp_path):
+    """--if-possible skips what the machine cannot build, never a broken pdfast source: a syntax error in
+    ops_cpu.cpp is exit 1 with the compiler's error line and the log path."""
+    src = _source_copy(tmp_path / "src")
+    with open(src / "kernels" / "native" / "ops_cpu.cpp", "a") as f:
+        f.write("\nthis_is_not_cpp pdfast_broken_on_purpose;\n")
+    proc = _build("--if-possible", "--cuda", "off", "--source-dir", str(src), "--build-dir", str(tmp_path / "b"))
+    _assert_one_line_error(proc, "cmake build failed")
+    assert "ops_cpu.cpp" in proc.stderr and "this_is_not_cpp" in proc.stderr, proc.stderr
+    assert not list((src / "kernels").glob("_native/*pdfast_native*"))
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
+@pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of torch (this torch is a CPU build)")
+def test_build_with_cuda_torch_and_no_cuda_toolkit(tmp_path):
+    """A CUDA build of torch on a machine without a CUDA toolkit (here: CUDA_HOME names an empty folder, which is
+    the only place looked at then): the CPU library is built and loads, and one line says the CUDA backend was
+    skipped and why; exit 0."""
+    src = _source_copy(tmp_path / "src")
+    empty = tmp_path / "no-cuda"
+    empty.mkdir()
+    proc = _build("--if-possible", "--source-dir", str(src), "--build-dir", str(tmp_path / "b"),
+                  env={**os.environ, "CUDA_HOME": str(empty)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    skipped = [ln for ln in proc.stdout.splitlines() if "CUDA backend skipped" in ln]
+    assert len(skipped) == 1 and f"no CUDA toolkit found (CUDA_HOME={empty}" in skipped[0], proc.stdout
+    assert "set CUDA_HOME to one" in skipped[0]
+    assert proc.stdout.splitlines()[-1].startswith("pdfast native build: loaded from "), proc.stdout
+    assert "(devices: cpu)" in proc.stdout.splitlines()[-1]
+    info = json.loads((src / "kernels" / "_native" / "build_info.json").read_text())
+    assert info["cuda"] is False and info["torch"] == torch.__version__
