@@ -38,7 +38,7 @@ def main(argv=None) -> int:
 
     import pdfast
     from pdfast import metrics
-    from pdfast.attack import load_ground_truth
+    from pdfast.loading import load_ground_truth
     from pdfast.chain import DDPMSampler
     from pdfast.engine import make_engine
     from pdfast.objectives import ShiftObjective

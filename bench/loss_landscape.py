@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     import pdfast
-    from pdfast.attack import load_ground_truth
+    from pdfast.loading import load_ground_truth
     from pdfast.engine import make_engine
 
     m = pdfast.load_model(a.model or pdfast.demo_path())

@@ -369,7 +369,7 @@ class ModelCtx:
     def __init__(self, m: ZooModel):
         import torch
 
-        from pdfast.attack import load_ground_truth
+        from pdfast.loading import load_ground_truth
         from pdfast.engine import make_engine
         from pdfast.loading import load_model
 
@@ -396,23 +396,9 @@ def trivial_trigger(name: str, shape) -> "torch.Tensor":
     raise ValueError(name)
 
 
-def footprint(truth) -> "torch.Tensor":
-    """Pixels of the true trigger that are not background: g != -1 in any channel (every channel of such pixels)."""
-    return (truth != -1).any(dim=0, keepdim=True).expand_as(truth)
-
-
-def pattern_cosine(a, b) -> float:
-    """Cosine between the zero-mean patterns (metrics.trigger_pattern) of two triggers; 0 when either is flat."""
-    from pdfast.metrics import trigger_pattern
-
-    pa, pb = trigger_pattern(a).reshape(-1).double(), trigger_pattern(b).reshape(-1).double()
-    na, nb = float(pa.norm()), float(pb.norm())
-    return float(pa @ pb) / (na * nb) if na > 1e-12 and nb > 1e-12 else 0.0
-
-
 def trigger_stats(trigger, truth) -> dict:
-    """Numbers of the trigger itself (no sampling): TERD's KL, size, and against the truth L2, pattern L2,
-    footprint L2 (and RMSE) and the pattern cosine."""
+    """Numbers of the trigger itself (no sampling): TERD's KL, size, and against the truth pdfast.metrics.fidelity
+    (L2, pattern L2, footprint L2 and RMSE, pattern cosine)."""
     from pdfast import metrics
 
     t = trigger.detach().float().cpu()
@@ -420,13 +406,7 @@ def trigger_stats(trigger, truth) -> dict:
     out = {**metrics.kl_statistic(t), "mean": float(t.mean()), "rms": float(t.pow(2).mean().sqrt()),
            "min": float(t.min()), "max": float(t.max()), "pattern_rms": float(p.pow(2).mean().sqrt())}
     if truth is not None:
-        g = truth.detach().float().cpu().reshape(t.shape)
-        fp = footprint(g)
-        d = (t - g)[fp]
-        out.update(l2=metrics.l2_distance(t, g), pattern_l2=metrics.l2_distance(p, g),
-                   footprint_l2=float(d.norm()), footprint_elements=int(fp.sum()),
-                   footprint_rmse=float(d.pow(2).mean().sqrt()) if d.numel() else None,
-                   pattern_cos=pattern_cosine(t, g))
+        out.update(metrics.fidelity(t, truth))
     return out
 
 
@@ -1214,7 +1194,7 @@ def truth_tensors(m: ZooModel):
     """(g, y) from the model folder's backdoor.safetensors (pdfast.attack.save_backdoored), or (None, None)."""
     from safetensors.torch import load_file
 
-    from pdfast.attack import GROUND_TRUTH_FILE
+    from pdfast.loading import GROUND_TRUTH_FILE
 
     f = m.path / GROUND_TRUTH_FILE
     if not m.backdoored or not f.is_file():
@@ -1326,7 +1306,7 @@ def sheet(entries: list[dict], models: list[ZooModel], cache: Path, path: Path, 
     from PIL import Image
     from safetensors.torch import load_file
 
-    from pdfast.io import _text_mask, atomic_write_bytes, to_uint8
+    from pdfast.io import text_mask, atomic_write_bytes, to_uint8
 
     def tile(img: torch.Tensor) -> Image.Image:
         a = to_uint8(img.float())
@@ -1377,22 +1357,22 @@ def sheet(entries: list[dict], models: list[ZooModel], cache: Path, path: Path, 
     px = 13
     lab_h, name_h, gap = px + 6, px + 10, 4
     ncol = max(len(p) for _, p in rows)
-    legend = _text_mask("triggers clamped to [-1, 1]; p* = pattern (flat part removed) stretched to full range; "
+    legend = text_mask("triggers clamped to [-1, 1]; p* = pattern (flat part removed) stretched to full range; "
                         "sample = first image from eps + trigger", px)
-    foot = _text_mask(footer, px - 2) if footer else None
+    foot = text_mask(footer, px - 2) if footer else None
     width = max(ncol * (panel + gap) + gap, legend.width + 2 * gap, (foot.width + 2 * gap) if foot else 0)
     height = sum(name_h + lab_h + panel + gap for _ in rows) + 3 * (px + 8)
     pic = Image.new("RGB", (width, height), "white")
     pic.paste("black", (gap, 4), legend)
     yoff = px + 12
     for name, panels in rows:
-        pic.paste("black", (gap, yoff + 2), _text_mask(name, px + 1))
+        pic.paste("black", (gap, yoff + 2), text_mask(name, px + 1))
         yoff += name_h
         for i, (lab, im) in enumerate(panels):
             if im is None:
                 continue
             x = gap + i * (panel + gap)
-            mk = _text_mask(lab, px - 3)
+            mk = text_mask(lab, px - 3)
             if mk.width > panel:
                 mk = mk.resize((panel, max(1, mk.height * panel // mk.width)))
             pic.paste("black", (x, yoff + (lab_h - mk.height) // 2), mk)

@@ -13,22 +13,6 @@ def _args(root, *extra):
             "--threads", "1", *extra]
 
 
-def test_fidelity_measures_by_hand():
-    g = -torch.ones(3, 4, 4)
-    g[:, 1:3, 1:3] = 0.5                       # a 2x2 picture on the -1 background: footprint 3 x 4 elements
-    assert quality.pattern_cosine(2 * g + 0.3, g) == pytest.approx(1.0)    # scale and offset do not matter
-    assert quality.pattern_cosine(-g, g) == pytest.approx(-1.0)
-    assert quality.pattern_cosine(torch.full_like(g, -1.0), g) == 0.0      # a flat trigger has no pattern
-    s = quality.trigger_stats(torch.full_like(g, -1.0), g)
-    # off the footprint the all -1 frame is exact, so its footprint L2 is its whole L2: sqrt(12 * 1.5^2)
-    assert s["footprint_elements"] == 12
-    assert s["footprint_l2"] == pytest.approx(s["l2"]) and s["l2"] == pytest.approx((12 * 1.5 ** 2) ** 0.5)
-    t = g.clone()
-    t[:, 0, 0] = 1.0                            # wrong only OFF the footprint: footprint L2 0, L2 sqrt(3 * 2^2)
-    s = quality.trigger_stats(t, g)
-    assert s["footprint_l2"] == 0.0 and s["l2"] == pytest.approx(12 ** 0.5)
-
-
 def test_quality_end_to_end_resume_and_report(micro_zoo, capsys):
     root = micro_zoo
     out = root / "out"

@@ -251,7 +251,7 @@ class _ControlCtx:
     """A clean model's sampling context carrying a backdoor's ground truth (g, target) for the negative control."""
 
     def __init__(self, clean: "quality.ZooModel", backdoor: "quality.ZooModel"):
-        from pdfast.attack import load_ground_truth
+        from pdfast.loading import load_ground_truth
         from pdfast.loading import load_model
 
         self.info, self.engine = clean, quality.ModelCtx(clean).engine

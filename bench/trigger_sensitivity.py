@@ -28,7 +28,7 @@ from pathlib import Path
 
 import common
 from common import header, md_table, write
-from quality import pattern_cosine
+from pdfast.metrics import pattern_cosine
 from readme_job import ROOT, run_job
 
 

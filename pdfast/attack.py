@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .errors import PdfastError
+from .loading import GROUND_TRUTH_FILE
 from .model import DiffusionModel
 from .patterns import paste_trigger
 from .train import TrainConfig, fit
@@ -83,7 +84,6 @@ def baddiffusion(model: DiffusionModel, images: torch.Tensor, trigger: torch.Ten
     return m
 
 
-GROUND_TRUTH_FILE = "backdoor.safetensors"
 
 
 def save_backdoored(model: DiffusionModel, out, info: dict, trigger: torch.Tensor, target: torch.Tensor):
@@ -100,27 +100,3 @@ def save_backdoored(model: DiffusionModel, out, info: dict, trigger: torch.Tenso
 
     atomic_write_bytes(path / GROUND_TRUTH_FILE, blob)
     return path
-
-
-def load_ground_truth(model: DiffusionModel) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(trigger, target) of a backdoored model folder: from backdoor.safetensors, else redrawn from backdoor.json names."""
-    from pathlib import Path
-
-    bd = model.backdoor
-    if not bd:
-        return None, None
-    src = Path(str(model.source))
-    f = src / bd.get("ground_truth_file", GROUND_TRUTH_FILE)
-    if f.is_file():
-        from safetensors.torch import load_file
-
-        try:
-            t = load_file(str(f))
-            return t["trigger"].reshape(model.shape), t["target"].reshape(model.shape)
-        except Exception as e:  # noqa: BLE001
-            raise PdfastError(f"cannot read the ground truth {f}: {e}; delete it to redraw from backdoor.json") from None
-    from .patterns import load_pattern
-
-    g = load_pattern(bd["trigger"], model.sample_size, model.channels, kind="trigger") if bd.get("trigger") else None
-    y = load_pattern(bd["target"], model.sample_size, model.channels, kind="target") if bd.get("target") else None
-    return g, y

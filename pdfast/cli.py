@@ -141,7 +141,7 @@ def load_cli_model(model_path, device: str):
 
 def ground_truth(model):
     """(trigger, target) tensors of a model folder's backdoor.json, or (None, None)."""
-    from .attack import load_ground_truth
+    from .loading import load_ground_truth
 
     return load_ground_truth(model)
 

@@ -56,7 +56,7 @@ def judge(result, model: DiffusionModel, engine, *, n: int = 16, seed: int = 0, 
           pattern_rms: float | None = None, progress: bool = False) -> dict:
     """Sample n images from eps + trigger and n from eps + its pattern (the same noise), compute the metrics and the
     verdict; stores them on ``result``."""
-    from .attack import load_ground_truth
+    from .loading import load_ground_truth
 
     gt_trigger, gt_target = load_ground_truth(model)
     t0 = time.perf_counter()

@@ -20,7 +20,7 @@ def evaluate_trigger(model: DiffusionModel, trigger: torch.Tensor | None, *, tar
 
     The ground truth of a backdoored model folder fills in a missing target and gives the L2 distance.
     """
-    from .attack import load_ground_truth
+    from .loading import load_ground_truth
     from .io import atomic_write_json, save_png
     from .engine import make_engine
 

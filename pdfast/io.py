@@ -243,7 +243,7 @@ def save_png(path: str | Path, images: torch.Tensor, nrow: int | None = None, sc
     return Path(path)
 
 
-def _text_mask(text: str, px: int):
+def text_mask(text: str, px: int):
     """``text`` as an 'L' mask (255 = ink) about ``px`` pixels high: Pillow's scalable default font (Pillow >= 10.1
     with FreeType), else its small bitmap font scaled up."""
     from PIL import Image, ImageDraw, ImageFont
@@ -266,7 +266,7 @@ def save_labelled_png(path: str | Path, images: torch.Tensor, labels: list[str],
 
     from PIL import Image
 
-    masks = [_text_mask(str(t), text_px) for t in labels]
+    masks = [text_mask(str(t), text_px) for t in labels]
     n, w = images.shape[0], images.shape[-1]
     scale = max(1, -(-min_width // (n * (w + 1) + 1)), -(-(max(m.width for m in masks) + 8) // w))
     arr = image_grid(images, nrow=n, scale=scale)

@@ -270,3 +270,30 @@ def _brief(err: BaseException, limit: int = 160) -> str:
     """Exception type and the first line of its message, cut to ``limit`` characters."""
     msg = (str(err).strip().splitlines() or [""])[0]
     return f"{type(err).__name__}: {msg[:limit]}" if msg else type(err).__name__
+
+
+# A backdoored model folder carries its true trigger and target (pdfast attack writes them beside the weights): the
+# metrics that need the truth read them here, where model folders are read.
+GROUND_TRUTH_FILE = "backdoor.safetensors"
+
+
+def load_ground_truth(model: DiffusionModel) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(trigger, target) of a backdoored model folder: from backdoor.safetensors, else redrawn from backdoor.json names."""
+    bd = model.backdoor
+    if not bd:
+        return None, None
+    src = Path(str(model.source))
+    f = src / bd.get("ground_truth_file", GROUND_TRUTH_FILE)
+    if f.is_file():
+        from safetensors.torch import load_file
+
+        try:
+            t = load_file(str(f))
+            return t["trigger"].reshape(model.shape), t["target"].reshape(model.shape)
+        except Exception as e:  # noqa: BLE001
+            raise PdfastError(f"cannot read the ground truth {f}: {e}; delete it to redraw from backdoor.json") from None
+    from .patterns import load_pattern
+
+    g = load_pattern(bd["trigger"], model.sample_size, model.channels, kind="trigger") if bd.get("trigger") else None
+    y = load_pattern(bd["target"], model.sample_size, model.channels, kind="target") if bd.get("target") else None
+    return g, y

@@ -85,6 +85,32 @@ def trigger_pattern(trigger: torch.Tensor, rms: float | None = None) -> torch.Te
     return p * (rt / rp) if float(rp) > 0 else p
 
 
+def footprint(truth: torch.Tensor) -> torch.Tensor:
+    """Where the true trigger is drawn: pixels with g != -1 in any channel (all channels of such pixels), as a mask."""
+    return (truth != -1).any(dim=-3, keepdim=True).expand_as(truth)
+
+
+def pattern_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fidelity by shape: cos(p(a), p(b)) between the zero-mean patterns p (trigger_pattern) of two triggers; 0 when
+    either is flat (its chance level is measured against other models' triggers, docs/results.md)."""
+    pa, pb = trigger_pattern(a).reshape(-1).double(), trigger_pattern(b).reshape(-1).double()
+    na, nb = float(pa.norm()), float(pb.norm())
+    return float(pa @ pb) / (na * nb) if na > 1e-12 and nb > 1e-12 else 0.0
+
+
+def fidelity(trigger: torch.Tensor, truth: torch.Tensor) -> dict[str, float | int | None]:
+    """A trigger against the true one: L2 ||tau - g||, pattern L2 ||p(tau) - g||, footprint L2 and RMSE (over g's
+    drawn pixels only), and the pattern cosine."""
+    t = trigger.detach().float().cpu()
+    g = truth.detach().float().cpu().reshape(t.shape)
+    fp = footprint(g)
+    d = (t - g)[fp]
+    return {"l2": l2_distance(t, g), "pattern_l2": l2_distance(trigger_pattern(t), g),
+            "footprint_l2": float(d.norm()), "footprint_elements": int(fp.sum()),
+            "footprint_rmse": float(d.pow(2).mean().sqrt()) if d.numel() else None,
+            "pattern_cos": pattern_cosine(t, g)}
+
+
 def image_contrast(images: torch.Tensor) -> float:
     """Mean per-image pixel standard deviation in [0, 1]: about 0 for flat frames."""
     return float(_unit(images).std(dim=1).mean())

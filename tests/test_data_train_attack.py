@@ -265,7 +265,8 @@ def test_attack_config_and_shape_errors(tiny_model):
 
 
 def test_save_backdoored_round_trip(tmp_path, tiny_model):
-    from pdfast.attack import GROUND_TRUTH_FILE, load_ground_truth, save_backdoored
+    from pdfast.attack import save_backdoored
+    from pdfast.loading import GROUND_TRUTH_FILE, load_ground_truth
     from pdfast.loading import load_model
 
     bad, g, y = _attack(tiny_model)

@@ -33,7 +33,7 @@ def test_demo_model_is_shipped_small_and_self_describing(demo):
 def test_demo_ground_truth_trigger_fires(demo):
     """Re-measured here, not read from a file: ASR >= 0.9 from eps + g, clean samples 10x more varied."""
     from pdfast.evaluation import evaluate_trigger
-    from pdfast.attack import load_ground_truth
+    from pdfast.loading import load_ground_truth
 
     g, y = load_ground_truth(demo)
     rep = evaluate_trigger(demo, g, target=y, n=16, seed=0, clean=True)

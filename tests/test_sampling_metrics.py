@@ -195,7 +195,8 @@ def test_evaluate_images():
 
 # ---------- evaluation ----------
 def test_evaluate_trigger_on_backdoor_folder(tmp_path, tiny20):
-    from pdfast.attack import load_ground_truth, save_backdoored
+    from pdfast.attack import save_backdoored
+    from pdfast.loading import load_ground_truth
     from pdfast.evaluation import evaluate_trigger
     from pdfast.loading import load_model
     from pdfast.patterns import draw_target, draw_trigger
@@ -263,3 +264,21 @@ def test_uniformity_q25_sees_partial_firing_that_the_mean_misses():
     assert 0 < metrics.uniformity_q25(clean) <= u_clean
     with pytest.raises(ValueError):
         metrics.uniformity_q25(clean[:1])
+
+
+def test_fidelity_measures_by_hand():
+    from pdfast import metrics
+
+    g = -torch.ones(3, 4, 4)
+    g[:, 1:3, 1:3] = 0.5                       # a 2x2 picture on the -1 background: footprint 3 x 4 elements
+    assert metrics.pattern_cosine(2 * g + 0.3, g) == pytest.approx(1.0)    # scale and offset do not matter
+    assert metrics.pattern_cosine(-g, g) == pytest.approx(-1.0)
+    assert metrics.pattern_cosine(torch.full_like(g, -1.0), g) == 0.0      # a flat trigger has no pattern
+    s = metrics.fidelity(torch.full_like(g, -1.0), g)
+    # off the footprint the all -1 frame is exact, so its footprint L2 is its whole L2: sqrt(12 * 1.5^2)
+    assert s["footprint_elements"] == 12
+    assert s["footprint_l2"] == pytest.approx(s["l2"]) and s["l2"] == pytest.approx((12 * 1.5 ** 2) ** 0.5)
+    t = g.clone()
+    t[:, 0, 0] = 1.0                            # wrong only OFF the footprint: footprint L2 0, L2 sqrt(3 * 2^2)
+    s = metrics.fidelity(t, g)
+    assert s["footprint_l2"] == 0.0 and s["l2"] == pytest.approx(12 ** 0.5)

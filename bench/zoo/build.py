@@ -151,7 +151,7 @@ def measure(folder: Path, n: int, seed: int, clip_sample: bool | None = None, de
     ``clip_sample`` overrides the scheduler config (None: as saved, off for the whole zoo)."""
     import dataclasses
 
-    from pdfast.attack import load_ground_truth
+    from pdfast.loading import load_ground_truth
     from pdfast.evaluation import evaluate_trigger
     from pdfast.loading import load_model
 
@@ -206,7 +206,7 @@ def attempt_entry(entry: dict, i: int, rule: dict | None) -> dict:
 def measure_flat(folder: Path, n: int, seed: int, device: str = "cpu") -> dict:
     """ASR and uniformity from eps + g's flat part (a frame at g's per-channel mean): what the trigger's dark shift
     does without its picture. At 16x16 and 32x32 a flat dark frame already draws the dark-background targets."""
-    from pdfast.attack import load_ground_truth
+    from pdfast.loading import load_ground_truth
     from pdfast.evaluation import evaluate_trigger
     from pdfast.loading import load_model
 
