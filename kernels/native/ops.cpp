@@ -92,21 +92,26 @@ at::Tensor batch_op_output(const char* op, const at::Tensor& eps_hat, const at::
   return at::empty(eps_hat.sizes().slice(1), eps_hat.options().dtype(ct));
 }
 
+// The backward checks and output shapes read sizes as SymInts: under torch.compile with dynamic shapes the Meta
+// kernels see symbolic sizes, where numel() and sizes() throw (torch 2.14's opcheck tests that); on real tensors a
+// SymInt is a plain integer.
 void check_shift_loss_backward(const at::Tensor& grad, int64_t n_batch) {
-  TORCH_CHECK(grad.numel() == 1 && n_batch >= 1, "pdfast::shift_loss_backward: grad must be a scalar and n_batch >= 1");
+  TORCH_CHECK(grad.sym_numel() == 1 && n_batch >= 1,
+              "pdfast::shift_loss_backward: grad must be a scalar and n_batch >= 1");
 }
 
 void check_lstsq_scale_backward(const at::Tensor& grad, const at::Tensor& m, const at::Tensor& delta,
                                 const at::Tensor& lam, int64_t n_batch) {
-  TORCH_CHECK(grad.numel() == 1 && lam.numel() == 1 && n_batch >= 1 && delta.numel() == m.numel(),
+  TORCH_CHECK(grad.sym_numel() == 1 && lam.sym_numel() == 1 && n_batch >= 1 && delta.sym_numel() == m.sym_numel(),
               "pdfast::lstsq_scale_backward: grad and lam must be scalars, n_batch >= 1, delta the size of m");
 }
 
 std::array<at::Tensor, 2> batch_op_grads(const at::Tensor& saved, int64_t n_batch, std::array<bool, 2> mask) {
-  std::vector<int64_t> eps_shape{n_batch};
-  eps_shape.insert(eps_shape.end(), saved.sizes().begin(), saved.sizes().end());
+  std::vector<c10::SymInt> eps_shape{c10::SymInt(n_batch)};
+  eps_shape.insert(eps_shape.end(), saved.sym_sizes().begin(), saved.sym_sizes().end());
   const auto opts = saved.options();
-  return {mask[0] ? at::empty(eps_shape, opts) : at::Tensor(), mask[1] ? at::empty(saved.sizes(), opts) : at::Tensor()};
+  return {mask[0] ? at::empty_symint(eps_shape, opts) : at::Tensor(),
+          mask[1] ? at::empty_symint(saved.sym_sizes(), opts) : at::Tensor()};
 }
 
 namespace {
