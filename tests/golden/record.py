@@ -1,36 +1,89 @@
-"""Record a golden result from a `pdfast invert --out DIR` folder: the trigger, the loss history and the verdict.
+"""Record the demo goldens on this machine: `pdfast invert --steps 10 --preset v0.1` and `--method elijah` on the demo
+model, run exactly as tests/test_demo.py runs them, saved with the arithmetic they were computed with.
 
-    python tests/golden/record.py DIR tests/golden/NAME
+    OMP_NUM_THREADS=1 python tests/golden/record.py            # writes tests/golden/demo-k10-{puredif,elijah}.<cpu>.*
 
-The files in this folder were recorded with `pdfast invert --steps 10 [--method elijah] --device cpu` on the demo
-model at commit 4a26fcf (before the one-chain restructuring), fp32 on CPU, kernels on their torch references, with
-torch 2.13.0+cpu on a CPU where torch runs its AVX512 kernels, one intra-op thread (``arithmetic``: what the machines
-that reproduced them to 1e-6 in every later session ran). The golden test (tests/test_demo.py) re-runs the same
-commands and asserts the same numbers to 1e-6 only where all three are the same; elsewhere the arithmetic differs in
-the last bits, which 60 optimiser steps amplify (an AVX2-only CPU reproduces the first 18 loss values, then drifts;
-torch 2.14.1 moves the trigger by 0.314), and the test checks what does not drift. Record with OMP_NUM_THREADS=1.
+What decides the last bits of a CPU run is the torch build, the CPU kernels torch and oneDNN pick (the capability
+torch reports is not enough: an Intel CPU with AMX and an AMD EPYC both report AVX512 and differ after 60 optimiser
+steps by 0.314 on the trigger) and the thread count. The test compares to 1e-6 only against a recording whose
+``arithmetic`` equals its own, and otherwise checks what does not drift. The first recordings (no suffix) were made
+at commit 4a26fcf, before the one-chain restructuring, with torch 2.13.0+cpu on an AMD EPYC whose torch kernels are
+AVX512, one thread (its family and model were not recorded); later sessions on such machines reproduced them to 1e-6
+up to commit 82f1786. Record a machine only at a commit whose results are known to be unchanged (its golden test
+passes on a recorded machine), since the recording becomes the reference for that machine.
 """
 import json
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
+GOLDEN = Path(__file__).resolve().parent
+RUNS = {"puredif": ["--preset", "v0.1"], "elijah": ["--method", "elijah"]}
 
-def main(src: str, dst: str) -> None:
-    src_p, dst_p = Path(src), Path(dst)
+
+def cpu_id() -> str:
+    """'<vendor> <family> <model>' from /proc/cpuinfo (Linux), else the platform's processor string."""
+    import platform
+
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines()[:30] if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        return f"{info['vendor_id']} {info['cpu family']} {info['model']}"
+    except (OSError, KeyError):
+        return platform.processor() or platform.machine()
+
+
+def arithmetic() -> dict:
+    """What decides the last bits of a CPU run: torch's version and build (+cpu, +cu130), the CPU (vendor, family,
+    model: the kernels oneDNN and torch pick), torch's capability and the intra-op thread count."""
     import torch
 
-    rep = json.loads((src_p / "report.json").read_text())
-    arithmetic = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                  "threads": torch.get_num_threads()}
-    keep = {"arithmetic": arithmetic, "config": rep["config"],
+    return {"torch": torch.__version__, "cpu": cpu_id(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability().upper(), "threads": torch.get_num_threads()}
+
+
+def invert_like_the_test(out: Path, args: list[str]) -> None:
+    """One golden run, as tests/test_demo.py makes it: torch kernels, the CLI, pdfast 0.1's calibration file."""
+    from click.testing import CliRunner
+
+    from pdfast.cli import main
+
+    res = CliRunner().invoke(main, ["invert", *args, "--steps", "10", "--out", str(out), "--json", "--no-progress",
+                                    "--device", "cpu", "--calibration", str(GOLDEN / "calibration-v0.1.json")])
+    if res.exit_code != 0:
+        raise SystemExit(f"pdfast invert {' '.join(args)} failed: {res.output}")
+
+
+def save(src: Path, dst: str) -> None:
+    """The recording of one run folder: arithmetic, config, loss history, drawn steps, lambda table, verdict, trigger."""
+    rep = json.loads((src / "report.json").read_text())
+    keep = {"arithmetic": arithmetic(), "config": rep["config"],
             "loss_history": rep["loss"]["history"], "drawn_steps": rep["loss"]["drawn_steps"],
             "lambda": rep["scales"]["lambda"], "detection": rep["metrics"]["detection"],
             "pattern_uniformity": rep["metrics"]["pattern_uniformity"], "uniformity": rep["metrics"]["uniformity"]}
-    dst_p.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{dst}.json").write_text(json.dumps(keep, indent=1))
-    shutil.copyfile(src_p / "trigger.safetensors", f"{dst}.safetensors")
+    shutil.copyfile(src / "trigger.safetensors", f"{dst}.safetensors")
+
+
+def slug(cpu: str) -> str:
+    return "-".join(cpu.replace("Genuine", "").replace("Authentic", "").lower().split())
+
+
+def main() -> int:
+    if os.environ.get("OMP_NUM_THREADS") != "1":
+        raise SystemExit("record with OMP_NUM_THREADS=1 (the tests run with one thread)")
+    os.environ["PDFAST_KERNELS"] = "torch"
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["PDFAST_CACHE_DIR"] = str(Path(tmp) / "cache")
+        for name, args in RUNS.items():
+            invert_like_the_test(Path(tmp) / name, args)
+            dst = str(GOLDEN / f"demo-k10-{name}.{slug(cpu_id())}")
+            save(Path(tmp) / name, dst)
+            print(f"recorded {dst}.json")
+    return 0
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    sys.exit(main())
