@@ -125,7 +125,7 @@ def gib(nbytes) -> str:
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# ---- result files of the experiment scripts (compare_methods, inversion_choices, calibrate_detection)
+# ---- result files of the scripts (compare_engines, profile_inversion, readme_job)
 
 
 def header() -> dict:
