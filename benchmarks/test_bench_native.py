@@ -1,4 +1,4 @@
-"""pytest-benchmark: the fused ops per op, backend and chain-state shape (bench_native.py has the side-by-side script).
+"""pytest-benchmark: the fused ops per op, backend and chain-state shape (fused_ops.py has the side-by-side script).
 
 Backends: torch (the references), native (the C++ library; skipped with the loader's reason when not built) and
 triton (CUDA only: the CPU interpreter is not worth timing). Shapes: batch 40 x 3x32x32 and batch 16 x 3x16x16.
@@ -11,7 +11,7 @@ reference; --benchmark-enable times them:
 import pytest
 import torch
 
-import bench_native as B
+import fused_ops as B
 import pdfast.kernels as K
 
 SHAPES = [pytest.param(s, id="x".join(map(str, s))) for s in B.SHAPES]
