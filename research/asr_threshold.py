@@ -30,8 +30,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import quality  # noqa: E402
 import stats  # noqa: E402
+from quality.base import RECIPE, ZOO, git_info, log, write_json  # noqa: E402
+from quality.measure import ModelCtx, trivial_trigger  # noqa: E402
+from quality.tables import md_table  # noqa: E402
+from quality.zoo import model_hash, scan_zoo  # noqa: E402
 
 TRIGGERS = ("truth", "zeros", "flat-0.5", "flat-1", "flat-g")
 THRESHOLDS = (0.1, 0.05, 0.02, 0.01, 0.005)
@@ -44,10 +47,10 @@ def trigger_tensor(name: str, g):
         return g
     if name == "flat-g":
         return g.mean(dim=(-2, -1), keepdim=True).expand_as(g).contiguous()
-    return quality.trivial_trigger(name, g.shape)
+    return trivial_trigger(name, g.shape)
 
 
-def measure(ctx: "quality.ModelCtx", name: str, n: int, seed: int) -> dict:
+def measure(ctx: "ModelCtx", name: str, n: int, seed: int) -> dict:
     """Per-image MSE of n samples from eps + trigger to the target ([0, 1] scale), their uniformity, the time."""
     from pdfast import metrics
 
@@ -95,16 +98,16 @@ def render_md(obj: dict) -> str:
         "A threshold separates a model when the truth's ASR is at least 0.5 and above that of every trigger that "
         "knows nothing of the model (plain noise, flat -0.5 and -1 frames, g's flat part). Models separated, per "
         "threshold: " + ", ".join(f"{t}: {c}/{n_models}" for t, c in count.items()) + ".", "",
-        quality.md_table(rows, head), "",
+        md_table(rows, head), "",
         "Median per-image MSE to the target / uniformity of the samples, per trigger:", "",
-        quality.md_table(med, ["model", *TRIGGERS]), ""])
+        md_table(med, ["model", *TRIGGERS]), ""])
 
 
 def add_study_args(ap: argparse.ArgumentParser, cache: Path, stem: str, per: str) -> None:
     """The options every per-model sampling study here shares (this script, trigger_forms.py)."""
     ap.add_argument("--n", type=int, default=64, help=f"samples per {per} (default 64)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--zoo", type=Path, default=quality.ZOO)
+    ap.add_argument("--zoo", type=Path, default=ZOO)
     ap.add_argument("--cache", type=Path, default=cache)
     ap.add_argument("--out", type=Path, default=None,
                     help=f"output stem: STEM.json and STEM.md (default research/results/{stem}-SPLIT)")
@@ -114,7 +117,7 @@ def add_study_args(ap: argparse.ArgumentParser, cache: Path, stem: str, per: str
 def split_models(zoo: Path, split: str, names: list[str] | None) -> tuple[list, str | None]:
     """Every built model of ``split`` (recipe order) and an error line when a name in ``names`` is not one of its
     backdoors."""
-    models = [m for m in quality.scan_zoo(zoo, quality.RECIPE if zoo == quality.ZOO else None) if m.split == split]
+    models = [m for m in scan_zoo(zoo, RECIPE if zoo == ZOO else None) if m.split == split]
     missing = sorted(set(names or []) - {m.name for m in models if m.backdoored})
     return models, (f"error: not a built backdoored {split} model: {missing[0]}; see python research/zoo/build.py --list"
                     if missing else None)
@@ -138,7 +141,7 @@ def main(argv=None) -> int:
     models = [m for m in models if m.backdoored]
     units: dict[str, dict[str, dict]] = {}
     for m in models:
-        h = quality.model_hash(m, a.cache)
+        h = model_hash(m, a.cache)
         ctx = None
         for t in TRIGGERS:
             f = a.cache / m.name / f"{t}-n{a.n}-s{a.seed}-{h}.json"
@@ -149,12 +152,12 @@ def main(argv=None) -> int:
                 continue
             if ctx is None:
                 m.hash = h
-                ctx = quality.ModelCtx(m)
-            quality.log(f"{m.name} {t} ...")
+                ctx = ModelCtx(m)
+            log(f"{m.name} {t} ...")
             rec = measure(ctx, t, a.n, a.seed)
-            quality.write_json(f, rec)
+            write_json(f, rec)
             units.setdefault(m.name, {})[t] = rec
-            quality.log(f"{m.name} {t}: {rec['seconds']} s")
+            log(f"{m.name} {t}: {rec['seconds']} s")
     write_report(a, argv, "asr_threshold.py", "pdfast.asr-threshold/1", render_md,
                  {"thresholds": list(THRESHOLDS), "units": units, "rows": summarize(units)})
     return 0
@@ -167,11 +170,11 @@ def write_report(a, argv, script: str, schema: str, render, body: dict) -> None:
 
     obj = {"schema": schema, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "command": f"python research/{script} " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "git": quality.git_info(), "environment": environment(), "split": a.split, "n": a.n, "seed": a.seed,
+           "git": git_info(), "environment": environment(), "split": a.split, "n": a.n, "seed": a.seed,
            **body}
-    quality.write_json(a.out.with_suffix(".json"), obj)
+    write_json(a.out.with_suffix(".json"), obj)
     atomic_write_bytes(a.out.with_suffix(".md"), render(obj).encode())
-    quality.log(f"wrote {a.out.with_suffix('.json')} and {a.out.with_suffix('.md')}")
+    log(f"wrote {a.out.with_suffix('.json')} and {a.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import quality  # noqa: E402
+from quality.base import CACHE as QUALITY_CACHE, RECIPE, ZOO, log, write_json  # noqa: E402
+from quality.codeversion import code_version  # noqa: E402
+from quality.measure import ModelCtx, trigger_stats  # noqa: E402
+from quality.planner import resolved_config  # noqa: E402
+from quality.tables import f4, md_table  # noqa: E402
+from quality.zoo import model_hash, scan_zoo  # noqa: E402
 
 OUT = HERE / "results" / "method-study"
 OLD_CODE = "49bf94199d"  # the first runs (before the code version was recorded in each run)
@@ -110,7 +115,7 @@ def ident(opts: dict, seed: int, k: int, samples: int) -> str:
     sample count, so a run is found again only while its options still mean the same inversion (changing a
     preset's defaults changes what a variant resolves to, and it runs again). The code version is recorded in the
     run, not in the key: options added since leave every earlier path bit-identical (tests/test_demo.py)."""
-    return _key(quality.resolved_config(invert_options(opts, seed, k)), samples)
+    return _key(resolved_config(invert_options(opts, seed, k)), samples)
 
 
 def _key(resolved: dict, samples: int) -> str:
@@ -141,7 +146,7 @@ def run_one(ctx, opts: dict, seed: int, k: int, samples: int) -> dict:
     rec = {"seconds": round(time.perf_counter() - t0, 2), "inversion_seconds": res.timings["inversion_seconds"],
            "network_calls": res.timings["network_calls"], "losses_last": res.losses[-3:]}
     if ctx.truth is not None:
-        rec["trigger"] = quality.trigger_stats(res.trigger, ctx.truth)
+        rec["trigger"] = trigger_stats(res.trigger, ctx.truth)
     if samples:
         pattern = metrics.trigger_pattern(res.trigger)
         pimgs = ctx.engine.sample(16, trigger=pattern, seed=0)
@@ -191,18 +196,18 @@ def render(rows: list[dict], summary: dict, command: str, env: dict) -> str:
             "worst ASR", "inversion s"]
     body = []
     for v, s in summary.items():
-        body.append([v, s["runs"], quality.f4(s["pattern_cos"]), quality.f4(s["footprint_l2"]), quality.f4(s["l2"]),
-                     quality.f4(s["max"]),
+        body.append([v, s["runs"], f4(s["pattern_cos"]), f4(s["footprint_l2"]), f4(s["l2"]),
+                     f4(s["max"]),
                      " / ".join(s.get(x, "-") for x in ("beats_elijah_cos", "beats_elijah_fp", "beats_elijah_l2")),
-                     s.get("asr", "-"), quality.f4(s["min_asr"]) if "min_asr" in s else "-",
-                     quality.f4(s["inversion_s"])])
-    lines += [quality.md_table(body, head), "", "## Every run", ""]
+                     s.get("asr", "-"), f4(s["min_asr"]) if "min_asr" in s else "-",
+                     f4(s["inversion_s"])])
+    lines += [md_table(body, head), "", "## Every run", ""]
     head = ["model", "variant", "seed", "pattern cos", "footprint L2", "L2", "min", "max", "ASR", "pattern unif"]
-    body = [[r["model"], r["variant"], r["seed"], *(quality.f4(r["trigger"][m]) if "trigger" in r else "-"
+    body = [[r["model"], r["variant"], r["seed"], *(f4(r["trigger"][m]) if "trigger" in r else "-"
                                                    for m in ("pattern_cos", "footprint_l2", "l2", "min", "max")),
              f"{r['asr_k']}/{r['asr_n']}" if "asr_k" in r else "-",
-             quality.f4(r["pattern_uniformity"]) if "pattern_uniformity" in r else "-"] for r in rows]
-    lines += [quality.md_table(body, head), ""]
+             f4(r["pattern_uniformity"]) if "pattern_uniformity" in r else "-"] for r in rows]
+    lines += [md_table(body, head), ""]
     return "\n".join(lines)
 
 
@@ -228,7 +233,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     variants = [parse_variant(s) for s in a.variants.split(",") if s]
     seeds = [int(s) for s in a.seeds.split(",")]
-    models = [m for m in quality.scan_zoo(quality.ZOO, quality.RECIPE) if m.split == "dev" and (m.backdoored or a.clean)]
+    models = [m for m in scan_zoo(ZOO, RECIPE) if m.split == "dev" and (m.backdoored or a.clean)]
     if a.models:
         unknown = set(a.models) - {m.name for m in models}
         if unknown:
@@ -236,9 +241,9 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
         models = [m for m in models if m.name in a.models]
-    code = quality.code_version()["id"]
+    code = code_version()["id"]
     for m in models:
-        quality.model_hash(m, quality.CACHE)
+        model_hash(m, QUALITY_CACHE)
     rows = []
     for m in models:
         ctx, cached = None, cached_runs(a.out / m.name)
@@ -250,15 +255,15 @@ def main(argv=None) -> int:
                 if rec is None and a.report_only:
                     continue
                 if rec is None:
-                    ctx = ctx or quality.ModelCtx(m)
-                    quality.log(f"{m.name} {name} seed {seed}")
+                    ctx = ctx or ModelCtx(m)
+                    log(f"{m.name} {name} seed {seed}")
                     rec = {"model": m.name, "backdoored": m.backdoored, "variant": name, "options": opts,
                            "seed": seed, "k": a.k, "samples": a.samples, "code_version": code,
-                           "resolved": quality.resolved_config(invert_options(opts, seed, a.k)),
+                           "resolved": resolved_config(invert_options(opts, seed, a.k)),
                            **run_one(ctx, opts, seed, a.k, a.samples)}
                     h = hashlib.sha256(ident(opts, seed, a.k, a.samples).encode()).hexdigest()[:12]
                     (a.out / m.name).mkdir(parents=True, exist_ok=True)
-                    quality.write_json(a.out / m.name / f"{name.replace(':', '_')}-s{seed}-{h}.json", rec)
+                    write_json(a.out / m.name / f"{name.replace(':', '_')}-s{seed}-{h}.json", rec)
                 rec["variant"] = name
                 rows.append(rec)
     codes = sorted({r.get("code_version", OLD_CODE) for r in rows})
@@ -266,7 +271,7 @@ def main(argv=None) -> int:
     summary = summarise([r for r in rows if r["backdoored"]], [n for n, _ in variants])
     command = "python research/method_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
     a.report.write_text(render(rows, summary, command, env))
-    quality.write_json(a.report.with_suffix(".json"), {"command": command, "env": env, "summary": summary,
+    write_json(a.report.with_suffix(".json"), {"command": command, "env": env, "summary": summary,
                                                        "rows": rows})
     print(render([], summary, command, env))
     return 0

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-import quality
+import stats
+from quality import cache, cli, codeversion, planner, scoring, tables, zoo
 
 
 def _args(root, *extra):
@@ -16,7 +17,7 @@ def _args(root, *extra):
 def test_quality_end_to_end_resume_and_report(micro_zoo, capsys):
     root = micro_zoo
     out = root / "out"
-    assert quality.main(_args(root)) == 0
+    assert cli.main(_args(root)) == 0
     err = capsys.readouterr().err
     assert "2 models (dev), 15 units, 15 to run" in err           # the test-split model is not run
     for f in ("results.md", "quality.json", "quality-triggers.png"):
@@ -25,7 +26,7 @@ def test_quality_end_to_end_resume_and_report(micro_zoo, capsys):
     got = {(e["model"], e["method"], e["k"]) for e in rep["entries"]}
     want = {(m, meth, 2) for m in ("c8", "bd8") for meth in ("pdfast", "paper")}
     want |= {(m, "elijah", None) for m in ("c8", "bd8")} | {("bd8", "truth", None)}
-    want |= {(m, f"trivial:{t}", None) for m in ("c8", "bd8") for t in quality.TRIVIAL}
+    want |= {(m, f"trivial:{t}", None) for m in ("c8", "bd8") for t in planner.TRIVIAL}
     assert got == want
     e = {(x["model"], x["method"], x["k"]): x for x in rep["entries"]}
     assert not any(x["stale"] for x in rep["entries"])
@@ -68,7 +69,7 @@ def test_quality_end_to_end_resume_and_report(micro_zoo, capsys):
     s = d["auc"]["pattern_uniformity (verdict)"]
     assert s["n_backdoored"] == 1 and s["n_clean"] == 1
     rows = {r["model"]: r["pattern_uniformity (verdict)"] for r in d["models"]}
-    assert s["auc"] == quality.stats.auc([-rows["bd8"]], [-rows["c8"]])
+    assert s["auc"] == stats.auc([-rows["bd8"]], [-rows["c8"]])
     sh = d["shipped_threshold"]
     assert sh["tpr"]["n"] == 1 and sh["tnr"]["n"] == 1
     assert rep["detection"]["test"] == {}
@@ -79,26 +80,26 @@ def test_quality_end_to_end_resume_and_report(micro_zoo, capsys):
     # resume: nothing to do; a lost unit is the only one redone
     files = sorted((out / "quality" / "entries").rglob("*.json"))
     before = {f: f.stat().st_mtime_ns for f in files}
-    assert quality.main(_args(root)) == 0
+    assert cli.main(_args(root)) == 0
     assert "15 units, 0 to run" in capsys.readouterr().err
     assert {f: f.stat().st_mtime_ns for f in files} == before
     lost = next(f for f in files if "paper-K2" in f.name and f.parent.name == "c8")
     lost.unlink()
-    assert quality.main(_args(root, "--dry-run")) == 0
+    assert cli.main(_args(root, "--dry-run")) == 0
     cap = capsys.readouterr()
     assert "15 units planned, 14 cached, 1 to run" in cap.out and "paper-K2" in cap.out
-    assert quality.main(_args(root)) == 0
+    assert cli.main(_args(root)) == 0
     assert "15 units, 1 to run" in capsys.readouterr().err
     assert lost.is_file()
     assert all(f.stat().st_mtime_ns == t for f, t in before.items() if f != lost)
     # --report-only regenerates the outputs from the cache alone
     (out / "results.md").unlink()
-    assert quality.main(_args(root, "--report-only")) == 0
+    assert cli.main(_args(root, "--report-only")) == 0
     assert (out / "results.md").is_file()
 
 
 def test_smoke_refuses_the_repository_outputs(micro_zoo):
-    assert quality.main(["--zoo", str(micro_zoo / "models"), "--smoke", "--dry-run"]) == 2
+    assert cli.main(["--zoo", str(micro_zoo / "models"), "--smoke", "--dry-run"]) == 2
 
 
 def test_failed_inversion_is_recorded_and_a_held_unit_skipped(micro_zoo, capsys, monkeypatch):
@@ -112,14 +113,14 @@ def test_failed_inversion_is_recorded_and_a_held_unit_skipped(micro_zoo, capsys,
         raise pdfast.PdfastError("the inversion diverged (loss nan) at iteration 0")
     monkeypatch.setattr(pdfast, "invert", diverged)
     # another live process (this one) holds bd8's unit: it is skipped, c8's fails and is recorded
-    cache = root / "out-fail" / "quality"
-    settings = quality.Settings(n=4, verdict_n=16, verdict_seed=0, asr_threshold=0.1, smoke=True)
-    models = quality.scan_zoo(root / "models")
-    code = quality.code_version()["id"]
-    units = quality.plan([m for m in models if m.name == "bd8"], ["elijah"], [10], set(), settings, cache, code)
-    lock = quality.take_lock(cache, units[0])
-    assert lock is not None and quality.take_lock(cache, units[0]) is None
-    assert quality.main(args) == 0
+    cache_dir = root / "out-fail" / "quality"
+    settings = planner.Settings(n=4, verdict_n=16, verdict_seed=0, asr_threshold=0.1, smoke=True)
+    models = zoo.scan_zoo(root / "models")
+    code = codeversion.code_version()["id"]
+    units = planner.plan([m for m in models if m.name == "bd8"], ["elijah"], [10], set(), settings, cache_dir, code)
+    lock = cache.take_lock(cache_dir, units[0])
+    assert lock is not None and cache.take_lock(cache_dir, units[0]) is None
+    assert cli.main(args) == 0
     err = capsys.readouterr().err
     assert "skip bd8 elijah: another run holds it" in err and "failed c8 elijah" in err
     rep = json.loads((root / "out-fail" / "quality.json").read_text())
@@ -128,18 +129,18 @@ def test_failed_inversion_is_recorded_and_a_held_unit_skipped(micro_zoo, capsys,
     assert "failed: the inversion diverged" in (root / "out-fail" / "results.md").read_text()
     lock.unlink()
     monkeypatch.undo()
-    assert quality.main(args + ["--dry-run"]) == 0
+    assert cli.main(args + ["--dry-run"]) == 0
     assert "2 units planned, 1 cached, 1 to run" in capsys.readouterr().out   # the failure is a result, not retried
 
 
 def _hand_entry(model, method, k, asr_k, l2, cos, foot, backdoored=True, stale=False):
     return {"model": model, "method": method, "k": k, "stale": stale, "backdoored": backdoored,
-            "samples": {"all": {"asr": quality.stats.rate(asr_k, 64)}},
+            "samples": {"all": {"asr": stats.rate(asr_k, 64)}},
             "trigger": {"l2": l2, "pattern_cos": cos, "footprint_l2": foot}}
 
 
 def test_head_to_head_counts_by_hand(tmp_path):
-    ms = [quality.ZooModel(n, tmp_path, "test", "baddiffusion", True, {}, {}) for n in ("a", "b", "c")]
+    ms = [zoo.ZooModel(n, tmp_path, "test", "baddiffusion", True, {}, {}) for n in ("a", "b", "c")]
     es = [_hand_entry("a", "pdfast", 10, 64, 5.0, 0.9, 2.0), _hand_entry("a", "elijah", None, 64, 9.0, 0.5, 3.0),
           _hand_entry("b", "pdfast", 10, 30, 5.0, 0.4, 4.0), _hand_entry("b", "elijah", None, 31, 9.0, 0.5, 3.0),
           _hand_entry("c", "pdfast", 10, 64, 5.0, 0.9, 2.0, stale=True), _hand_entry("c", "elijah", None, 0, 9, 0, 9),
@@ -148,7 +149,7 @@ def test_head_to_head_counts_by_hand(tmp_path):
           _hand_entry("b", "trivial:zeros", None, 50, 9.0, 0.0, 9.0),
           _hand_entry("a", "trivial:flat-1", None, 64, 9.0, 0.0, 9.0),
           _hand_entry("a", "trivial:flat-0.5", None, 64, 9.0, 0.0, 9.0, stale=True)]
-    (h,) = quality.head_to_head(es, ms)
+    (h,) = scoring.head_to_head(es, ms)
     assert (h["method"], h["k"], h["n"]) == ("pdfast", 10, 2)           # the stale row is shown, not counted
     assert h["counts"] == {"asr_at_least": 1, "l2_better": 2, "pattern_cos_better": 1, "footprint_better": 1,
                            "fidelity_better": 1}
@@ -160,7 +161,7 @@ def test_head_to_head_counts_by_hand(tmp_path):
     # on a, the all -1 frame fires as often as the truth (64/64): ASR cannot show a's backdoor either
     assert (a["best_trivial"], a["best_trivial_asr"]["k"]) == ("all -1", 64) and (b["best_trivial"]) == "all 0"
     assert h["trivial_blind"] == ["a", "b"]
-    md = quality.head_to_head_md([h])
+    md = tables.head_to_head_md([h])
     assert "ASR at least Elijah's on 1/2" in md and "as the true trigger on 1/2 (b)" in md
     assert "fires at least as often as the true trigger on 2/2 (a, b)" in md and "(all -1)" in md
     # b's truth fires 10/64, below the strength range: a is counted beside the bar, b named outside it
@@ -170,18 +171,18 @@ def test_head_to_head_counts_by_hand(tmp_path):
 
 
 def test_strength_range_boundary_and_unmeasured():
-    assert quality.in_strength_range(quality.stats.rate(32, 64)) is True      # exactly half is inside
-    assert quality.in_strength_range(quality.stats.rate(31, 64)) is False
-    assert quality.in_strength_range(None) is None and quality.in_strength_range(quality.stats.rate(0, 0)) is None
+    assert scoring.in_strength_range(stats.rate(32, 64)) is True      # exactly half is inside
+    assert scoring.in_strength_range(stats.rate(31, 64)) is False
+    assert scoring.in_strength_range(None) is None and scoring.in_strength_range(stats.rate(0, 0)) is None
 
 
 def test_verdict_ratio_ranks_models_as_the_per_size_rule_judges_them(tmp_path, monkeypatch):
     """Two sizes with different thresholds: pooled, the raw statistic misranks a 32x32 backdoor above a 16x16 clean
     model; over its own size's threshold it does not."""
-    ms = [quality.ZooModel("c16", tmp_path, "test", "clean", False, {}, {}),
-          quality.ZooModel("b16", tmp_path, "test", "baddiffusion", True, {}, {}),
-          quality.ZooModel("b32", tmp_path, "test", "baddiffusion", True, {}, {})]
-    monkeypatch.setattr(quality, "sample_size", lambda m: 32 if m.name.endswith("32") else 16)
+    ms = [zoo.ZooModel("c16", tmp_path, "test", "clean", False, {}, {}),
+          zoo.ZooModel("b16", tmp_path, "test", "baddiffusion", True, {}, {}),
+          zoo.ZooModel("b32", tmp_path, "test", "baddiffusion", True, {}, {})]
+    monkeypatch.setattr(scoring, "sample_size", lambda m: 32 if m.name.endswith("32") else 16)
 
     def entry(model, pu, bd):
         return {"model": model, "method": "pdfast", "k": 10, "kind": "x", "stale": False, "backdoored": bd,
@@ -189,18 +190,18 @@ def test_verdict_ratio_ranks_models_as_the_per_size_rule_judges_them(tmp_path, m
     es = [entry("c16", 0.21, False), entry("b16", 0.10, True), entry("b32", 0.26, True)]
     cal = {16: {"statistic": "pattern_uniformity", "threshold": 0.155, "settings": {"steps": 10}},
            32: {"statistic": "pattern_uniformity", "threshold": 0.28, "settings": {"steps": 10}}}
-    det = quality.detection_scores(es, ms, "test", lambda size: cal[size])["pdfast-K10"]
+    det = scoring.detection_scores(es, ms, "test", lambda size: cal[size])["pdfast-K10"]
     assert det["auc"]["pattern_uniformity (verdict)"]["auc"] == 0.5
-    assert det["auc"][quality.VERDICT_RATIO]["auc"] == 1.0
+    assert det["auc"][scoring.VERDICT_RATIO]["auc"] == 1.0
     assert det["shipped_threshold"]["tpr"]["k"] == 2 and det["shipped_threshold"]["tnr"]["k"] == 1
 
 
 def test_tpr_in_strength_range_counts_only_backdoors_whose_truth_fires(tmp_path, monkeypatch):
     """Two backdoors, both missed or caught differently: the weak one (truth 5/64) is left out of the in-range TPR
     and kept in the TPR over all."""
-    ms = [quality.ZooModel(n, tmp_path, "test", "clean" if n == "c" else "baddiffusion", n != "c", {}, {})
+    ms = [zoo.ZooModel(n, tmp_path, "test", "clean" if n == "c" else "baddiffusion", n != "c", {}, {})
           for n in ("c", "strong", "weak")]
-    monkeypatch.setattr(quality, "sample_size", lambda m: 16)
+    monkeypatch.setattr(scoring, "sample_size", lambda m: 16)
 
     def entry(model, pu, bd):
         return {"model": model, "method": "pdfast", "k": 10, "kind": "x", "stale": False, "backdoored": bd,
@@ -208,31 +209,31 @@ def test_tpr_in_strength_range_counts_only_backdoors_whose_truth_fires(tmp_path,
     es = [entry("c", 0.21, False), entry("strong", 0.10, True), entry("weak", 0.30, True),
           _hand_entry("strong", "truth", None, 64, 0.0, 1.0, 0.0), _hand_entry("weak", "truth", None, 5, 0, 1, 0)]
     cal = {"statistic": "pattern_uniformity", "threshold": 0.155, "settings": {"steps": 10}}
-    det = quality.detection_scores(es, ms, "test", lambda size: cal)
+    det = scoring.detection_scores(es, ms, "test", lambda size: cal)
     sh = det["pdfast-K10"]["shipped_threshold"]
     assert (sh["tpr"]["k"], sh["tpr"]["n"]) == (1, 2)
     assert (sh["tpr_strength_range"]["k"], sh["tpr_strength_range"]["n"]) == (1, 1)
-    assert "TPR over the backdoored models whose true trigger fires on at least 0.5" in quality.detection_md(det, "test")
+    assert "TPR over the backdoored models whose true trigger fires on at least 0.5" in tables.detection_md(det, "test")
 
 
 def test_rates_leave_out_pattern_samples_drawn_at_another_energy(tmp_path, monkeypatch):
     """A row whose pattern was scaled to another energy than the threshold's calibration is not judged by it: it is
     named, and the rates count only the rows at the calibration's energy."""
-    ms = [quality.ZooModel(n, tmp_path, "test", "clean" if n == "c" else "baddiffusion", n != "c", {}, {})
+    ms = [zoo.ZooModel(n, tmp_path, "test", "clean" if n == "c" else "baddiffusion", n != "c", {}, {})
           for n in ("c", "b", "b2")]
-    monkeypatch.setattr(quality, "sample_size", lambda m: 16)
+    monkeypatch.setattr(scoring, "sample_size", lambda m: 16)
 
     def entry(model, pu, bd, rms):
         return {"model": model, "method": "pdfast", "k": 10, "kind": "x", "stale": False, "backdoored": bd,
                 "verdict_pattern_rms": rms, "pattern_samples": {"verdict": {"uniformity": pu}}}
     es = [entry("c", 0.21, False, 0.15), entry("b", 0.10, True, 0.15), entry("b2", 0.30, True, 0.35)]
     cal = {"statistic": "pattern_uniformity", "threshold": 0.155, "pattern_rms": 0.15, "settings": {"steps": 10}}
-    sh = quality.detection_scores(es, ms, "test", lambda size: cal)["pdfast-K10"]["shipped_threshold"]
+    sh = scoring.detection_scores(es, ms, "test", lambda size: cal)["pdfast-K10"]["shipped_threshold"]
     assert sh["other_energy"] == ["b2"]
     assert (sh["tpr"]["k"], sh["tpr"]["n"], sh["tnr"]["k"], sh["tnr"]["n"]) == (1, 1, 1, 1)
     assert sh["tpr_strength_range"]["n"] == 0                                # no truth rows: nothing in range
     cal_own = dict(cal, pattern_rms=None)  # a calibration at the trigger's own energy checks nothing
-    sh = quality.detection_scores(es, ms, "test", lambda size: cal_own)["pdfast-K10"]["shipped_threshold"]
+    sh = scoring.detection_scores(es, ms, "test", lambda size: cal_own)["pdfast-K10"]["shipped_threshold"]
     assert sh["other_energy"] == [] and sh["tpr"]["n"] == 2
 
 
@@ -240,19 +241,19 @@ def test_verdict_pattern_energy_as_recorded_else_measured_on_the_stored_pattern(
     from safetensors.torch import save_file
 
     f = tmp_path / "pdfast-K10-x.json"
-    assert quality.verdict_pattern_energy({"verdict_pattern_rms": 0.35}, f) == 0.35
-    assert quality.verdict_pattern_energy({}, f) is None                      # nothing stored
+    assert cache.verdict_pattern_energy({"verdict_pattern_rms": 0.35}, f) == 0.35
+    assert cache.verdict_pattern_energy({}, f) is None                      # nothing stored
     p = torch.full((3, 4, 4), 0.2)
     p[0] = -0.2
     save_file({"pattern": p}, str(f.with_suffix(".safetensors")))
-    assert quality.verdict_pattern_energy({}, f) == pytest.approx(0.2)
+    assert cache.verdict_pattern_energy({}, f) == pytest.approx(0.2)
     save_file({"pattern": torch.zeros(3, 4, 4)}, str(f.with_suffix(".safetensors")))
-    assert quality.verdict_pattern_energy({}, f) is None                      # a flat pattern has no energy to set
+    assert cache.verdict_pattern_energy({}, f) is None                      # a flat pattern has no energy to set
 
 
 def _unif_entry(model, method, k, unif, pattern_unif=None, backdoored=True, asr_k=0):
     e = {"model": model, "method": method, "k": k, "kind": "x", "stale": False, "backdoored": backdoored,
-         "trigger": {"pattern_rms": 0.9}, "samples": {"all": {"uniformity": unif, "asr": quality.stats.rate(asr_k, 64)}}}
+         "trigger": {"pattern_rms": 0.9}, "samples": {"all": {"uniformity": unif, "asr": stats.rate(asr_k, 64)}}}
     if pattern_unif is not None:
         e["pattern_samples"] = {"all": {"uniformity": pattern_unif}, "verdict": {"uniformity": pattern_unif}}
     return e
@@ -261,26 +262,26 @@ def _unif_entry(model, method, k, unif, pattern_unif=None, backdoored=True, asr_
 def test_trigger_effect_divides_by_the_same_noises_without_a_trigger(tmp_path, monkeypatch):
     """Two models whose pattern uniformities rank them right, but only because their plain-noise samples differ:
     the pattern changes nothing on either (ratio 1), so the effect statistic cannot separate them (AUC 0.5)."""
-    ms = [quality.ZooModel("c", tmp_path, "test", "clean", False, {}, {}),
-          quality.ZooModel("b", tmp_path, "test", "baddiffusion", True, {}, {})]
-    monkeypatch.setattr(quality, "sample_size", lambda m: 16)
+    ms = [zoo.ZooModel("c", tmp_path, "test", "clean", False, {}, {}),
+          zoo.ZooModel("b", tmp_path, "test", "baddiffusion", True, {}, {})]
+    monkeypatch.setattr(scoring, "sample_size", lambda m: 16)
     es = [_unif_entry("c", "pdfast", 10, 0.3, 0.40, backdoored=False), _unif_entry("b", "pdfast", 10, 0.1, 0.10),
           _unif_entry("c", "trivial:zeros", None, 0.40, backdoored=False), _unif_entry("b", "trivial:zeros", None, 0.10)]
-    d = quality.detection_scores(es, ms, "test", lambda size: {})["pdfast-K10"]
+    d = scoring.detection_scores(es, ms, "test", lambda size: {})["pdfast-K10"]
     assert d["auc"]["pattern_uniformity (all n)"]["auc"] == 1.0
-    assert [r[quality.TRIGGER_EFFECT] for r in d["models"]] == [1.0, 1.0]
-    assert d["auc"][quality.TRIGGER_EFFECT]["auc"] == 0.5
+    assert [r[scoring.TRIGGER_EFFECT] for r in d["models"]] == [1.0, 1.0]
+    assert d["auc"][scoring.TRIGGER_EFFECT]["auc"] == 0.5
     es[1]["pattern_samples"]["all"]["uniformity"] = 0.05                       # now the pattern halves it
-    d = quality.detection_scores(es, ms, "test", lambda size: {})["pdfast-K10"]
-    assert d["auc"][quality.TRIGGER_EFFECT]["auc"] == 1.0
+    d = scoring.detection_scores(es, ms, "test", lambda size: {})["pdfast-K10"]
+    assert d["auc"][scoring.TRIGGER_EFFECT]["auc"] == 1.0
 
 
 def test_truth_pattern_effect_rows(tmp_path):
-    ms = [quality.ZooModel("b", tmp_path, "test", "baddiffusion", True, {}, {}),
-          quality.ZooModel("b2", tmp_path, "test", "baddiffusion", True, {}, {}),
-          quality.ZooModel("c", tmp_path, "test", "clean", False, {}, {})]
+    ms = [zoo.ZooModel("b", tmp_path, "test", "baddiffusion", True, {}, {}),
+          zoo.ZooModel("b2", tmp_path, "test", "baddiffusion", True, {}, {}),
+          zoo.ZooModel("c", tmp_path, "test", "clean", False, {}, {})]
     es = [_unif_entry("b", "truth", None, 0.001, 0.09, asr_k=64), _unif_entry("b", "trivial:zeros", None, 0.09),
           _unif_entry("b2", "truth", None, 0.001, 0.09, asr_k=64)]              # b2 has no no-trigger row yet
-    (r,) = quality.truth_pattern_effect(es, ms, "test")
+    (r,) = scoring.truth_pattern_effect(es, ms, "test")
     assert r["model"] == "b" and r["ratio"] == pytest.approx(1.0) and r["truth_asr"]["k"] == 64
-    assert "| b | 1.00 (64/64)" in quality.truth_pattern_md([r]) and quality.truth_pattern_md([]) == ""
+    assert "| b | 1.00 (64/64)" in tables.truth_pattern_md([r]) and tables.truth_pattern_md([]) == ""

@@ -38,8 +38,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import asr_threshold  # noqa: E402
-import quality  # noqa: E402
 import stats  # noqa: E402
+from quality.base import log, write_json  # noqa: E402
+from quality.measure import ModelCtx  # noqa: E402
+from quality.tables import md_table  # noqa: E402
+from quality.zoo import ZooModel, model_hash, sample_size  # noqa: E402
 
 FORMS = ("truth", "zeros", "flat-0.5", "pasted", "crops", "grey-bg", "half")
 SHARED = ("truth", "zeros", "flat-0.5")  # measured exactly as research/asr_threshold.py does: its cache is reused
@@ -88,7 +91,7 @@ def sample_from(engine, offsets, n: int, seed: int, batch: int = 64):
     return torch.cat(out)
 
 
-def measure(ctx: "quality.ModelCtx", form: str, n: int, seed: int) -> dict:
+def measure(ctx: "ModelCtx", form: str, n: int, seed: int) -> dict:
     """Per-image MSE to the target ([0, 1] scale) of n samples from the start ``form``, their uniformity, the time."""
     if form in SHARED:
         return asr_threshold.measure(ctx, form, n, seed)
@@ -185,7 +188,7 @@ def render_md(obj: dict) -> str:
     control_part = [
         "**Negative controls**: each clean model with a backdoor's g and target, the same forms and draws. A gain "
         "here would be the trigger's own look (or the target's), not a backdoor.", "",
-        quality.md_table(controls, ["clean model", "g and target of", "pasted vs crops", "half (0.5 g) vs flat -0.5",
+        md_table(controls, ["clean model", "g and target of", "pasted vs crops", "half (0.5 g) vs flat -0.5",
                                     "gains"]), ""] if ctl else []
     return "\n".join([
         f"# Trigger forms on the {obj['split']} backdoors", "",
@@ -204,17 +207,17 @@ def render_md(obj: dict) -> str:
            f"{sum(bool(r['learned']) for r in ctl_done)}/{len(ctl_done)}." if ctl_done else ""), "",
         f"**What g's pattern adds**, at MSE {tight}, on the same draws: samples only the form with the pattern brings "
         "to the target minus samples only the form without it does (the two counts; McNemar's exact one-sided p).", "",
-        quality.md_table(verdict, ["model", "pasted vs crops", "half (0.5 g) vs flat -0.5", "learned",
+        md_table(verdict, ["model", "pasted vs crops", "half (0.5 g) vs flat -0.5", "learned",
                                    "truth fires"]), "",
         *control_part,
         f"**Every form.** Each cell: how many of the {n} samples lie within MSE " + " and ".join(thr) + " of the "
         "target ([0, 1] scale), then the median per-image MSE.", "",
-        quality.md_table(main, ["model", *FORMS]), "",
+        md_table(main, ["model", *FORMS]), "",
         f"ASR at MSE {tight} with Wilson 95% intervals:", "",
-        quality.md_table(tight_rows, ["model", *FORMS]), ""])
+        md_table(tight_rows, ["model", *FORMS]), ""])
 
 
-def folder_model(path: Path, split: str) -> "quality.ZooModel":
+def folder_model(path: Path, split: str) -> "ZooModel":
     """A backdoored model folder outside the built zoo (no zoo.json; e.g. a gated attempt that did not pass)."""
     from pdfast.errors import PdfastError
 
@@ -222,23 +225,23 @@ def folder_model(path: Path, split: str) -> "quality.ZooModel":
     if not bd.is_file():
         raise PdfastError(f"{path} holds no backdoor.json; pass a backdoored model folder made by the zoo build")
     info = json.loads(bd.read_text())
-    return quality.ZooModel(name=path.name, path=path, split=split, kind="baddiffusion", backdoored=True,
+    return ZooModel(name=path.name, path=path, split=split, kind="baddiffusion", backdoored=True,
                             recipe={"data": info.get("data", "natural")}, zoo={})
 
 
 CONTROL_FORMS = ("flat-0.5", "pasted", "crops", "half")  # what the two paired tests need
 
 
-def control_pairs(models: list["quality.ZooModel"]) -> list[tuple["quality.ZooModel", "quality.ZooModel"]]:
+def control_pairs(models: list["ZooModel"]) -> list[tuple["ZooModel", "ZooModel"]]:
     """Negative controls: each clean model with the ground truth (g, target) of a backdoor of its image size, the
     backdoors taken in turn (recipe order). On a clean model g's pattern should gain nothing."""
     by_size: dict[int | None, list] = {}
     for m in models:
         if m.backdoored:
-            by_size.setdefault(quality.sample_size(m), []).append(m)
+            by_size.setdefault(sample_size(m), []).append(m)
     out, used = [], {}
     for m in models:
-        size = quality.sample_size(m)
+        size = sample_size(m)
         if m.backdoored or not by_size.get(size):
             continue
         i = used.get(size, 0)
@@ -250,11 +253,11 @@ def control_pairs(models: list["quality.ZooModel"]) -> list[tuple["quality.ZooMo
 class _ControlCtx:
     """A clean model's sampling context carrying a backdoor's ground truth (g, target) for the negative control."""
 
-    def __init__(self, clean: "quality.ZooModel", backdoor: "quality.ZooModel"):
+    def __init__(self, clean: "ZooModel", backdoor: "ZooModel"):
         from pdfast.loading import load_ground_truth
         from pdfast.loading import load_model
 
-        self.info, self.engine = clean, quality.ModelCtx(clean).engine
+        self.info, self.engine = clean, ModelCtx(clean).engine
         self.truth, self.target = load_ground_truth(load_model(backdoor.path))  # no engine for the backdoor
         self.data = (backdoor.recipe or {}).get("data") or "natural"  # the crops the trigger was pasted over
 
@@ -309,23 +312,23 @@ def main(argv=None) -> int:
             if a.report_only or not may_run or form not in a.forms:
                 continue
             ctx = ctx or make_ctx()
-            quality.log(f"{name} {form} ...")
+            log(f"{name} {form} ...")
             rec = measure(ctx, form, a.n, a.seed)
-            quality.write_json(f, rec)
+            write_json(f, rec)
             units.setdefault(name, {})[form] = rec
-            quality.log(f"{name} {form}: {rec['seconds']} s")
+            log(f"{name} {form}: {rec['seconds']} s")
 
     for m in every:
-        h = quality.model_hash(m, a.cache)
+        h = model_hash(m, a.cache)
         m.hash = h
         collect(m.name, h, FORMS, not a.controls and (run_names is None or m.name in run_names),
-                lambda m=m: quality.ModelCtx(m))
+                lambda m=m: ModelCtx(m))
         if m in extra:
-            quality.write_json(a.cache / m.name / "folder.json",
+            write_json(a.cache / m.name / "folder.json",
                                {"name": m.name, "path": str(m.path.resolve().relative_to(HERE.parent))
                                 if m.path.resolve().is_relative_to(HERE.parent) else str(m.path), "split": a.split})
     for clean, bd in control_pairs(split_models):
-        clean.hash, bd.hash = quality.model_hash(clean, a.cache), quality.model_hash(bd, a.cache)
+        clean.hash, bd.hash = model_hash(clean, a.cache), model_hash(bd, a.cache)
         collect(f"{clean.name}+{bd.name}", f"{clean.hash}-{bd.hash[:8]}", CONTROL_FORMS,
                 a.controls, lambda c=clean, b=bd: _ControlCtx(c, b))
     asr_threshold.write_report(a, argv, "trigger_forms.py", "pdfast.trigger-forms/1", render_md,

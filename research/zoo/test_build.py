@@ -109,8 +109,8 @@ def test_interrupted_build_resumes_at_the_next_attempt_and_a_model_that_never_fi
     build.build(by_name["bd"], by_name, recipe)                               # built (rejected): nothing runs
     assert len(state["trained"]) == 2
 
-    import quality
-    assert [m.name for m in quality.scan_zoo(tmp / "models")] == ["base"]
+    from quality.zoo import scan_zoo
+    assert [m.name for m in scan_zoo(tmp / "models")] == ["base"]
     assert "bd: left out, rejected by the zoo build" in capsys.readouterr().err
 
 
