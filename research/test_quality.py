@@ -1,5 +1,7 @@
-"""research/quality.py end to end on a micro zoo (8x8 tiny UNets, a 20-step schedule, smoke-sized inversions), and its
+"""research/quality end to end on a micro zoo (8x8 tiny UNets, a 20-step schedule, smoke-sized inversions), and its
 fidelity measures on hand-made triggers."""
+import contextlib
+import io
 import json
 
 import pytest
@@ -14,22 +16,36 @@ def _args(root, *extra):
             "--threads", "1", *extra]
 
 
-def test_quality_end_to_end_resume_and_report(micro_zoo, capsys):
-    root = micro_zoo
-    out = root / "out"
-    assert cli.main(_args(root)) == 0
-    err = capsys.readouterr().err
+@pytest.fixture(scope="module")
+def smoke_run(micro_zoo):
+    """One smoke run of the scorer on the micro zoo (dev split): (zoo root, the run's quality.json, its log)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli.main(_args(micro_zoo)) == 0
+    return micro_zoo, json.loads((micro_zoo / "out" / "quality.json").read_text()), err.getvalue()
+
+
+def _entries(rep):
+    return {(x["model"], x["method"], x["k"]): x for x in rep["entries"]}
+
+
+def test_smoke_run_plans_the_dev_units_and_writes_the_outputs(smoke_run):
+    root, rep, err = smoke_run
     assert "2 models (dev), 15 units, 15 to run" in err           # the test-split model is not run
     for f in ("results.md", "quality.json", "quality-triggers.png"):
-        assert (out / f).is_file(), f
-    rep = json.loads((out / "quality.json").read_text())
-    got = {(e["model"], e["method"], e["k"]) for e in rep["entries"]}
+        assert (root / "out" / f).is_file(), f
     want = {(m, meth, 2) for m in ("c8", "bd8") for meth in ("pdfast", "paper")}
     want |= {(m, "elijah", None) for m in ("c8", "bd8")} | {("bd8", "truth", None)}
     want |= {(m, f"trivial:{t}", None) for m in ("c8", "bd8") for t in planner.TRIVIAL}
-    assert got == want
-    e = {(x["model"], x["method"], x["k"]): x for x in rep["entries"]}
+    assert set(_entries(rep)) == want
     assert not any(x["stale"] for x in rep["entries"])
+    assert rep["coverage"]["test"]["done"] == 0 and rep["coverage"]["dev"]["done"] == 15
+    md = (root / "out" / "results.md").read_text()
+    assert "## Split: dev" in md and "## Split: test" in md and "SMOKE" in md and "#### bd8" in md
+
+
+def test_smoke_run_entries_measure_fidelity_asr_and_timings(smoke_run):
+    e = _entries(smoke_run[1])
     truth = e["bd8", "truth", None]["trigger"]
     assert truth["l2"] == 0.0 and truth["footprint_l2"] == 0.0 and truth["pattern_cos"] == pytest.approx(1.0)
     flat = e["bd8", "trivial:flat-1", None]["trigger"]
@@ -52,19 +68,24 @@ def test_quality_end_to_end_resume_and_report(micro_zoo, capsys):
     assert inv["inversion"]["config"]["refine_epochs"] == 0
     assert e["bd8", "pdfast", 2]["inversion"]["config"]["noise"] == "antithetic"
 
-    # the '(verdict)' statistics are exactly what pdfast's own verdict computes for that trigger
+
+def test_smoke_run_verdict_statistics_are_pdfasts_own(smoke_run):
+    """The '(verdict)' statistics are exactly what pdfast's own verdict computes for that trigger."""
     import pdfast
     from safetensors.torch import load_file
 
-    ent = e["bd8", "pdfast", 2]
-    trig = load_file(str((out / "quality" / ent["file"]).with_suffix(".safetensors")))["trigger"]
+    root, rep, _ = smoke_run
+    ent = _entries(rep)["bd8", "pdfast", 2]
+    trig = load_file(str((root / "out" / "quality" / ent["file"]).with_suffix(".safetensors")))["trigger"]
     det = pdfast.detect(str(root / "models" / "bd8"), trigger=trig, n_eval=4)
     m = det.inversion.metrics
     assert m["pattern_uniformity"] == pytest.approx(ent["pattern_samples"]["verdict"]["uniformity"], rel=1e-6)
     assert m["uniformity"] == pytest.approx(ent["samples"]["verdict"]["uniformity"], rel=1e-6)
     assert m["kl_mean"] == pytest.approx(ent["trigger"]["kl_mean"], rel=1e-9)
 
-    # detection: dev only (the test model is in no dev score), AUC as stats.auc of the rows
+
+def test_smoke_run_detection_scores_the_dev_split_only(smoke_run):
+    rep = smoke_run[1]
     d = rep["detection"]["dev"]["pdfast-K2"]
     s = d["auc"]["pattern_uniformity (verdict)"]
     assert s["n_backdoored"] == 1 and s["n_clean"] == 1
@@ -73,11 +94,10 @@ def test_quality_end_to_end_resume_and_report(micro_zoo, capsys):
     sh = d["shipped_threshold"]
     assert sh["tpr"]["n"] == 1 and sh["tnr"]["n"] == 1
     assert rep["detection"]["test"] == {}
-    assert rep["coverage"]["test"]["done"] == 0 and rep["coverage"]["dev"]["done"] == 15
-    md = (out / "results.md").read_text()
-    assert "## Split: dev" in md and "## Split: test" in md and "SMOKE" in md and "#### bd8" in md
 
-    # resume: nothing to do; a lost unit is the only one redone
+
+def test_smoke_run_resumes_redoing_only_a_lost_unit(smoke_run, capsys):
+    root, out = smoke_run[0], smoke_run[0] / "out"
     files = sorted((out / "quality" / "entries").rglob("*.json"))
     before = {f: f.stat().st_mtime_ns for f in files}
     assert cli.main(_args(root)) == 0

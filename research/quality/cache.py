@@ -10,10 +10,9 @@ from .planner import Settings, Unit
 from .zoo import ZooModel, model_hash
 
 
-
 def entry_path(cache: Path, u: Unit, code: str) -> Path:
+    """A unit's entry (its JSON; the safetensors beside it); the JSON is written last and marks the unit done."""
     return cache / "entries" / u.model.name / f"{u.stem()}-{code}.json"
-
 
 
 def pdfast_cache(cache: Path, code: str) -> Path:
@@ -21,8 +20,9 @@ def pdfast_cache(cache: Path, code: str) -> Path:
     return cache / "pdfast-cache" / code
 
 
-
 def take_lock(cache: Path, u: Unit) -> Path | None:
+    """The unit's lock file, created with this process's pid; None when a live process holds it (a dead one's lock
+    is taken over)."""
     d = cache / "locks"
     d.mkdir(parents=True, exist_ok=True)
     f = d / f"{u.model.name}-{u.stem()}.lock"
@@ -40,7 +40,6 @@ def take_lock(cache: Path, u: Unit) -> Path | None:
             except (ValueError, IndexError, ProcessLookupError, OSError):
                 f.unlink(missing_ok=True)  # stale lock of a killed run
     return None
-
 
 
 def collect(cache: Path, models: list[ZooModel], settings: Settings, code: str) -> list[dict]:
@@ -67,7 +66,6 @@ def collect(cache: Path, models: list[ZooModel], settings: Settings, code: str) 
                        verdict_pattern_rms=verdict_pattern_energy(rec, f))
             out.append(rec)
     return out
-
 
 
 def verdict_pattern_energy(rec: dict, json_file: Path) -> float | None:

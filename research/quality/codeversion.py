@@ -10,13 +10,12 @@ from pathlib import Path
 
 from .base import sha, write_json
 
-EVAL_VERSION = 2  # bump when a measurement defined in this file changes (sampling split, metric, trivial set)
-
-
-
-# modules whose code does not change a number (excluded from the code version)
+# bump when a measurement defined in this package changes (measure.py's sampling split or metrics, planner.py's
+# trivial set): the package's own code is not hashed
+EVAL_VERSION = 2
+# pdfast modules (and packages: their submodules too) whose code does not change a number, left out of the hash
 NOT_NUMERIC = {"pdfast.cli", "pdfast.report", "pdfast.envinfo", "pdfast.io", "pdfast.errors", "pdfast.__main__"}
-
+_CODE: tuple[str, dict] | None = None  # once per process: the modules are imported once, later edits do not run
 
 
 def code_version(cache: Path | None = None) -> dict:
@@ -36,11 +35,10 @@ def code_version(cache: Path | None = None) -> dict:
                            "date": _dt.datetime.now().isoformat(timespec="seconds")})
     return {"id": h, "eval_version": EVAL_VERSION, "modules": len(files)}
 
-_CODE: tuple[str, dict] | None = None  # once per process: the modules are imported once, later edits do not run
-
-
 
 def _hash_code() -> tuple[str, dict]:
+    """(id, per-file digests): every module of pdfast and pdfast.kernels wherever they are installed from (found by
+    walking the packages' folders, so new or moved modules are hashed too), and the native kernel files."""
     import importlib
     import importlib.util
 
@@ -53,8 +51,7 @@ def _hash_code() -> tuple[str, dict]:
         for f in sorted(base.rglob("*.py")):
             rel = f.relative_to(base).with_suffix("")
             name = ".".join((pkg, *rel.parts)).removesuffix(".__init__")
-            if name in NOT_NUMERIC or "tests" in rel.parts or (pkg == "pdfast" and rel.parts[0] == "kernels") \
-                    or name.endswith("native_build"):
+            if not _numeric(name) or "tests" in rel.parts or (pkg == "pdfast" and rel.parts[0] == "kernels"):
                 continue
             try:
                 importlib.import_module(name)
@@ -68,6 +65,11 @@ def _hash_code() -> tuple[str, dict]:
     return sha({"files": files, "eval_version": EVAL_VERSION})[:10], files
 
 
+def _numeric(name: str) -> bool:
+    """Whether a module's code can change a number: not NOT_NUMERIC (nor inside one of its packages), not the
+    native library's build script."""
+    return not (name.endswith("native_build") or any(name == n or name.startswith(n + ".") for n in NOT_NUMERIC))
+
 
 def changed_modules(cache: Path, old: str, new: str) -> list[str] | None:
     """The files whose digest differs between two code versions (None when either was not recorded)."""
@@ -79,8 +81,8 @@ def changed_modules(cache: Path, old: str, new: str) -> list[str] | None:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-
 def _ast_digest(path: Path) -> str:
+    """A module's AST without its docstrings (module, class, function), so comments and docs change no id."""
     try:
         tree = ast.parse(path.read_text())
     except (OSError, SyntaxError) as e:

@@ -61,7 +61,6 @@ any of the trigger. Two measures that the background cannot dominate:
 """
 
 
-
 def _thresholds_line(cal: dict) -> str:
     """The shipped detection thresholds, one per image size when the calibration has them, with their provenance."""
     per = cal.get("by_size") or {"": cal}
@@ -73,12 +72,27 @@ def _thresholds_line(cal: dict) -> str:
     return "Detection thresholds: " + "; ".join(parts) + "."
 
 
-
 def render_md(obj: dict, models: list[ZooModel]) -> str:
+    """The whole document: provenance, how to read it, coverage, then per split the summary, the head-to-head
+    against Elijah, detection and every model's table, and the trigger sheet's legend."""
+    by_model: dict[str, list] = {}
+    for e in obj["entries"]:
+        by_model.setdefault(e["model"], []).append(e)
+    lines = _head_lines(obj) + [HOW_TO_READ, FIDELITY] + _coverage_lines(obj)
+    for sp in obj["detection"]:
+        lines += _split_lines(obj, sp, [m for m in models if m.split == sp], by_model)
+    lines += ["## Trigger sheet", "", "`research/results/quality-triggers.png`: per model, the target y and the true "
+              "trigger g, then each method's trigger (clamped to [-1, 1]), its pattern contrast-stretched to the full "
+              "range (p*, to show faint structure) and its first sample from eps + trigger (seed 0).", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _head_lines(obj: dict) -> list[str]:
+    """Title, provenance (command, cache, commit, code version, machine) and the sampling settings."""
     env, git, s = obj["environment"], obj["git"], obj["settings"]
     ev = obj["eval"]
     smoke = " **SMOKE SETTINGS (tiny inversions): not results.**" if s["smoke"] else ""
-    lines = [
+    return [
         "# Quality of the inverted triggers and of detection on the model zoo",
         "",
         f"Generated {obj['date']} by `{obj['command']}` from the cache `{obj['cache']}`; regenerate with "
@@ -97,8 +111,12 @@ def render_md(obj: dict, models: list[ZooModel]) -> str:
         f"with seed {ev['rest_seed']}. ASR threshold: MSE < {ev['asr_threshold']}. Inversions: seed 0. "
         + _thresholds_line(obj["calibration"]),
         "",
-        HOW_TO_READ,
-        FIDELITY,
+    ]
+
+
+def _coverage_lines(obj: dict) -> list[str]:
+    """Units planned and done per split, and which code versions the shown entries come from."""
+    return [
         "## Coverage",
         "",
         md_table([[sp, c["models"], c["done"], c["planned"], c["stale"]] for sp, c in obj["coverage"].items()],
@@ -113,41 +131,42 @@ def render_md(obj: dict, models: list[ZooModel]) -> str:
                   for v, c in obj.get("changed_since", {}).items()),
         "",
     ]
-    by_model: dict[str, list] = {}
-    for e in obj["entries"]:
-        by_model.setdefault(e["model"], []).append(e)
-    for sp in [k for k in obj["detection"]]:
-        ms = [m for m in models if m.split == sp]
-        lines += [f"## Split: {sp}", "",
-                  f"{len(ms)} built models: {sum(m.backdoored for m in ms)} backdoored, "
-                  f"{sum(not m.backdoored for m in ms)} clean.", ""]
-        es = [e for m in ms for e in by_model.get(m.name, [])]
-        lines += [f"### Summary over the {sp} backdoored models", "",
-                  summary_table(es, ms) if any(m.backdoored for m in ms) else "No backdoored models.", "",
-                  f"### Against the baseline, model by model ({sp})", "", head_to_head_md(obj["head_to_head"][sp]), "",
-                  f"### Detection ({sp})", "", detection_md(obj["detection"][sp], sp), "",
-                  truth_pattern_md(obj.get("truth_pattern_effect", {}).get(sp, [])), "",
-                  f"### Per model ({sp})", ""]
-        for m in ms:
-            r = m.recipe
-            desc = (f"backdoored: BadDiffusion {r.get('trigger')} -> {r.get('target')}, poison rate "
-                    f"{r.get('poison_rate')}, {r.get('steps')} steps on {r.get('base')}") if m.backdoored else \
-                (f"clean ({m.kind}{', ' + r['note'] if r.get('note') else ''})")
-            gt = m.zoo.get("ground_truth") or {}
-            gt_txt = (f"; at build: truth ASR {f4(gt.get('asr'), 3)} over {gt.get('n')} samples" if "asr" in gt
-                      else "")
-            g, y = truth_tensors(m)
-            if y is not None:
-                from pdfast import metrics
 
-                black = float(metrics.per_image_mse(-y.new_ones(y.shape)[None], y)[0])
-                cover = float(quality_footprint_share(g))
-                gt_txt += (f"; g covers {100 * cover:.1f}% of the pixels; an all-black image has MSE {black:.3f} to y "
-                           f"(ASR counts MSE < {ev['asr_threshold']})")
-            lines += [f"#### {m.name}", "", f"{desc}{gt_txt}.", ""]
-            mes = by_model.get(m.name, [])
-            lines += [per_model_table(mes) if mes else "Not measured yet.", ""]
-    lines += ["## Trigger sheet", "", "`research/results/quality-triggers.png`: per model, the target y and the true "
-              "trigger g, then each method's trigger (clamped to [-1, 1]), its pattern contrast-stretched to the full "
-              "range (p*, to show faint structure) and its first sample from eps + trigger (seed 0).", ""]
-    return "\n".join(lines) + "\n"
+
+def _split_lines(obj: dict, sp: str, ms: list[ZooModel], by_model: dict[str, list]) -> list[str]:
+    """One split's section: its models, the summary, the head-to-head, detection, the truth's pattern, per model."""
+    es = [e for m in ms for e in by_model.get(m.name, [])]
+    lines = [f"## Split: {sp}", "",
+             f"{len(ms)} built models: {sum(m.backdoored for m in ms)} backdoored, "
+             f"{sum(not m.backdoored for m in ms)} clean.", "",
+             f"### Summary over the {sp} backdoored models", "",
+             summary_table(es, ms) if any(m.backdoored for m in ms) else "No backdoored models.", "",
+             f"### Against the baseline, model by model ({sp})", "", head_to_head_md(obj["head_to_head"][sp]), "",
+             f"### Detection ({sp})", "", detection_md(obj["detection"][sp], sp), "",
+             truth_pattern_md(obj.get("truth_pattern_effect", {}).get(sp, [])), "",
+             f"### Per model ({sp})", ""]
+    for m in ms:
+        mes = by_model.get(m.name, [])
+        lines += [f"#### {m.name}", "", f"{_model_line(m, obj['eval']['asr_threshold'])}.", "",
+                  per_model_table(mes) if mes else "Not measured yet.", ""]
+    return lines
+
+
+def _model_line(m: ZooModel, asr_threshold: float) -> str:
+    """What the model is (its recipe), its truth's ASR at build, and how much of the image its trigger covers."""
+    r = m.recipe
+    desc = (f"backdoored: BadDiffusion {r.get('trigger')} -> {r.get('target')}, poison rate "
+            f"{r.get('poison_rate')}, {r.get('steps')} steps on {r.get('base')}") if m.backdoored else \
+        (f"clean ({m.kind}{', ' + r['note'] if r.get('note') else ''})")
+    gt = m.zoo.get("ground_truth") or {}
+    gt_txt = (f"; at build: truth ASR {f4(gt.get('asr'), 3)} over {gt.get('n')} samples" if "asr" in gt
+              else "")
+    g, y = truth_tensors(m)
+    if y is not None:
+        from pdfast import metrics
+
+        black = float(metrics.per_image_mse(-y.new_ones(y.shape)[None], y)[0])
+        cover = float(quality_footprint_share(g))
+        gt_txt += (f"; g covers {100 * cover:.1f}% of the pixels; an all-black image has MSE {black:.3f} to y "
+                   f"(ASR counts MSE < {asr_threshold})")
+    return desc + gt_txt

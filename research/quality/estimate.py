@@ -11,7 +11,6 @@ from .measure import ModelCtx
 from .planner import Settings, Unit, resolved_config
 
 
-
 def probe(ctx: ModelCtx) -> tuple[float, float]:
     """(seconds per chain step, seconds per image in it): the engine's own sample() over a few steps at batch 4
     and 32, fitted as a + b * batch (the same path as the measurement, on the machine's current load)."""
@@ -27,12 +26,10 @@ def probe(ctx: ModelCtx) -> tuple[float, float]:
     return max(s4 - 4 * b, 0.0), b
 
 
-
 def sample_sets(u: Unit) -> int:
     """Sample sets a unit draws (trigger and pattern), less the ones shared: a flat trigger's pattern is the zero
     trigger, whose samples the all-0 baseline draws (evaluate() caches them by the trigger's bytes)."""
     return 1 if u.method in ("trivial:zeros", "trivial:flat-0.5", "trivial:flat-1") else 2
-
 
 
 def estimate(u: Unit, ctx: ModelCtx, ab: tuple[float, float], settings: Settings, cache: Path, code: str,
@@ -64,16 +61,16 @@ def estimate(u: Unit, ctx: ModelCtx, ab: tuple[float, float], settings: Settings
     return secs
 
 
-
 def _scales_cached(ctx: ModelCtx, k: int, cfg: dict, cache: Path, code: str) -> bool:
+    """Whether the surrogate scale table of (model, K, surrogate settings) is already in this code's pdfast cache."""
     from pdfast.config import SurrogateConfig
 
     key = f"{ctx.info.hash}-K{k}-{SurrogateConfig(**cfg['surrogate']).key()}"
     return (pdfast_cache(cache, code) / "scales" / f"{key}.json").is_file()
 
 
-
 def dry_run(units: list[Unit], todo: list[Unit], settings: Settings, cache: Path, code: str) -> int:
+    """Print what would run, each unit's estimated minutes (the speed probed once per architecture), the total."""
     rates: dict[tuple, tuple[float, float]] = {}
     calibrated: set = set()
     total = 0.0

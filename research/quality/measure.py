@@ -20,16 +20,14 @@ if TYPE_CHECKING:
     import torch
 
 
-
 class ModelCtx:
     """A loaded model, its sampling engine and ground truth."""
 
     def __init__(self, m: ZooModel):
         import torch
 
-        from pdfast.loading import load_ground_truth
         from pdfast.engine import make_engine
-        from pdfast.loading import load_model
+        from pdfast.loading import load_ground_truth, load_model
 
         self.info = m
         self.model = load_model(m.path)
@@ -40,8 +38,8 @@ class ModelCtx:
         self.torch = torch
 
 
-
 def trivial_trigger(name: str, shape) -> "torch.Tensor":
+    """A baseline trigger that knows nothing of the model (TRIVIAL): all 0, all -0.5, all -1, Elijah's init."""
     import torch
 
     if name == "zeros":
@@ -53,7 +51,6 @@ def trivial_trigger(name: str, shape) -> "torch.Tensor":
     if name == "init-U":  # exactly run_inversion's init at seed 0 (pdfast/inversion.py)
         return (-torch.rand((1, *shape), generator=torch.Generator().manual_seed(0))).reshape(shape)
     raise ValueError(name)
-
 
 
 def trigger_stats(trigger, truth) -> dict:
@@ -68,7 +65,6 @@ def trigger_stats(trigger, truth) -> dict:
     if truth is not None:
         out.update(metrics.fidelity(t, truth))
     return out
-
 
 
 def evaluate(ctx: ModelCtx, trigger, settings: Settings, cache: Path, code: str) -> tuple[dict, "torch.Tensor"]:
@@ -101,8 +97,8 @@ def evaluate(ctx: ModelCtx, trigger, settings: Settings, cache: Path, code: str)
     return rec, first
 
 
-
 def _image_metrics(imgs, target, thr: float) -> dict:
+    """Contrast, uniformity (plain, trimmed, lower quartile) and, with a target, ASR at MSE < thr."""
     from pdfast import metrics
 
     n = imgs.shape[0]
@@ -119,41 +115,48 @@ def _image_metrics(imgs, target, thr: float) -> dict:
     return m
 
 
+def obtain_trigger(u: Unit, ctx: ModelCtx) -> tuple["torch.Tensor", dict, dict]:
+    """(trigger, timing, inversion record) of a unit: the truth, a trivial trigger, or pdfast.invert with the unit's
+    options (no evaluation: the trigger is measured here); an interrupted inversion stops the run."""
+    import pdfast
+
+    if u.method == "truth":
+        return ctx.truth, {}, {}
+    if u.method.startswith("trivial:"):
+        return trivial_trigger(u.method.split(":", 1)[1], ctx.shape), {}, {}
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = pdfast.invert(ctx.model, evaluate=False, **u.options)
+    timing = {"wall_seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - c0, 2),
+              **res.timings}
+    sc = res.scales
+    timing["scales"] = {"source": sc.source, "cached": sc.cached,
+                        "calibration_seconds": (sc.info or {}).get("seconds_total")} if sc is not None else None
+    inv = {"config": res.config.to_dict(), "losses_first_last": [res.losses[:1], res.losses[-1:]],
+           "interrupted": res.interrupted, "engine": res.engine.get("engine"),
+           "scales": sc.to_dict() if sc is not None else None}
+    if res.interrupted:
+        raise KeyboardInterrupt
+    return res.trigger, timing, inv
+
+
+def _entry_head(u: Unit, settings: Settings, code: str) -> dict:
+    """What every entry starts with: the model, the unit and its identity, the settings."""
+    m = u.model
+    return {"schema": "pdfast.quality/1", "model": m.name, "split": m.split, "kind": m.kind,
+            "backdoored": m.backdoored, "model_hash": m.hash, "method": u.method, "k": u.k, "ident": u.ident,
+            "code_version": code, "settings": settings.ident(), "settings_id": settings.id(), "options": u.options}
+
 
 def run_unit(u: Unit, ctx: ModelCtx, settings: Settings, cache: Path, code: str, env: dict) -> dict:
     """Invert (or take the truth / a trivial trigger), measure, and write the entry (JSON + safetensors)."""
-    import pdfast
-
-    timing: dict = {}
-    inv: dict = {}
-    if u.method == "truth":
-        trigger = ctx.truth
-    elif u.method.startswith("trivial:"):
-        trigger = trivial_trigger(u.method.split(":", 1)[1], ctx.shape)
-    else:
-        t0, c0 = time.perf_counter(), time.process_time()
-        res = pdfast.invert(ctx.model, evaluate=False, **u.options)
-        timing = {"wall_seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - c0, 2),
-                  **res.timings}
-        sc = res.scales
-        timing["scales"] = {"source": sc.source, "cached": sc.cached,
-                            "calibration_seconds": (sc.info or {}).get("seconds_total")} if sc is not None else None
-        inv = {"config": res.config.to_dict(), "losses_first_last": [res.losses[:1], res.losses[-1:]],
-               "interrupted": res.interrupted, "engine": res.engine.get("engine"),
-               "scales": sc.to_dict() if sc is not None else None}
-        if res.interrupted:
-            raise KeyboardInterrupt
-        trigger = res.trigger
     from pdfast.detection import verdict_pattern
 
+    trigger, timing, inv = obtain_trigger(u, ctx)
     trigger = trigger.detach().float().cpu().reshape(ctx.shape)
     pattern, rms = verdict_pattern(trigger, ctx.model.sample_size)  # exactly the pattern pdfast's verdict samples
     ev_t, first_t = evaluate(ctx, trigger, settings, cache, code)
     ev_p, first_p = evaluate(ctx, pattern, settings, cache, code)
-    m = u.model
-    rec = {"schema": "pdfast.quality/1", "model": m.name, "split": m.split, "kind": m.kind,
-           "backdoored": m.backdoored, "model_hash": m.hash, "method": u.method, "k": u.k, "ident": u.ident,
-           "code_version": code, "settings": settings.ident(), "settings_id": settings.id(), "options": u.options,
+    rec = {**_entry_head(u, settings, code),
            "trigger": trigger_stats(trigger, ctx.truth), "samples": ev_t, "pattern_samples": ev_p,
            "verdict_pattern_rms": rms, "timing": timing, "inversion": inv, "date": _dt.datetime.now().isoformat(timespec="seconds"),
            "device": env.get("device"), "torch_threads": env.get("torch_threads")}
@@ -164,14 +167,9 @@ def run_unit(u: Unit, ctx: ModelCtx, settings: Settings, cache: Path, code: str,
     return rec
 
 
-
 def error_entry(u: Unit, settings: Settings, cache: Path, code: str, env: dict, message: str) -> dict:
     """The entry of a unit whose inversion failed with a PdfastError (deterministic, so not retried)."""
-    m = u.model
-    rec = {"schema": "pdfast.quality/1", "model": m.name, "split": m.split, "kind": m.kind,
-           "backdoored": m.backdoored, "model_hash": m.hash, "method": u.method, "k": u.k, "ident": u.ident,
-           "code_version": code, "settings": settings.ident(), "settings_id": settings.id(), "options": u.options,
-           "error": message, "trigger": {}, "samples": {"all": {}, "verdict": {}},
+    rec = {**_entry_head(u, settings, code), "error": message, "trigger": {}, "samples": {"all": {}, "verdict": {}},
            "pattern_samples": {"all": {}, "verdict": {}}, "timing": {}, "inversion": {},
            "date": _dt.datetime.now().isoformat(timespec="seconds"), "device": env.get("device")}
     write_json(entry_path(cache, u, code), rec)

@@ -9,34 +9,25 @@ from .base import log, sha
 from .zoo import ZooModel, model_hash, schedule_T
 
 METHODS = ("truth", "elijah", "paper", "pdfast", "trivial")
-
-
-
 # invert() options of each method (the rest: pdfast's defaults, pdfast/config.py)
 METHOD_OPTIONS = {
     "elijah": {"method": "elijah"},
     "paper": {"method": "puredif", "preset": "paper"},
     "pdfast": {"method": "puredif"},
 }
-
 TRIVIAL = ("zeros", "flat-0.5", "flat-1", "init-U")
-
 TRIVIAL_LABEL = {"zeros": "all 0", "flat-0.5": "all -0.5", "flat-1": "all -1", "init-U": "-U(0,1) seed 0"}
-
-
-
 # --smoke: tiny inversions (for the end-to-end tests of this script, never for results)
 SMOKE = {"epochs": 2, "batch": 4, "surrogate_steps": 2, "surrogate_batch": 4, "surrogate_n_images": 8,
          "surrogate_pool_steps": 2, "surrogate_calib_batch": 4}
-
 SMOKE_REFINE = 2
-
 EXTRA_SEED = 1          # seed of the samples beyond the verdict's
-
 
 
 @dataclass
 class Settings:
+    """How every trigger is measured: n samples, the first verdict_n of them with the verdict's seed, the ASR
+    threshold, smoke-sized inversions, invert() overrides (--set). Part of every unit's identity."""
     n: int
     verdict_n: int
     verdict_seed: int
@@ -53,9 +44,9 @@ class Settings:
         return sha(self.ident())[:8]
 
 
-
 @dataclass
 class Unit:
+    """One (model, method, K): a trigger to obtain and measure."""
     model: ZooModel
     method: str                   # truth | elijah | paper | pdfast | trivial:<name>
     k: int | None
@@ -71,8 +62,8 @@ class Unit:
         return f"{self.label.replace(':', '_')}-{self.ident[:12]}"
 
 
-
 def invert_options(method: str, k: int, settings: Settings) -> dict:
+    """The invert() options of a method at K (smoke-sized with --smoke, then --set's overrides)."""
     opts = dict(METHOD_OPTIONS[method])
     if method != "elijah":
         opts["steps"] = k
@@ -84,8 +75,8 @@ def invert_options(method: str, k: int, settings: Settings) -> dict:
     return opts
 
 
-
 def resolved_config(options: dict) -> dict:
+    """The inversion configuration that options resolve to (presets applied): what a unit's identity records."""
     from pdfast.api import split_options
     from pdfast.config import InversionConfig, with_options
 
@@ -93,7 +84,6 @@ def resolved_config(options: dict) -> dict:
     if det:
         raise SystemExit(f"error: {sorted(det)[0]} is a detection option; this script measures triggers itself")
     return with_options(InversionConfig(), inv).resolved().to_dict()
-
 
 
 def plan(models: list[ZooModel], methods: list[str], ks: list[int], k1000: set[str], settings: Settings,

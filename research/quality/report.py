@@ -14,23 +14,19 @@ from .sheet import sheet
 from .zoo import ZooModel
 
 
-
 def build_report(cache: Path, models: list[ZooModel], settings: Settings, code: dict, env: dict, git: dict,
                  command: str, planned: dict, md_path: Path, json_path: Path, sheet_path: Path) -> dict:
+    """Score every cached entry of the built models and write the three outputs; returns the report object (what
+    quality.json holds). The sheet failing only logs a warning."""
     from pdfast.detection import calibration
 
     entries = collect(cache, models, settings, code["id"])
-    cal = calibration()
     splits = [s for s in ("dev", "test") if any(m.split == s for m in models)] + \
         sorted({m.split for m in models} - {"dev", "test"})
     det = {s: detection_scores(entries, models, s, lambda size: calibration(sample_size=size)) for s in splits}
     meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "command": command, "git": git,
             "code_version": code, "environment": env, "settings": settings.ident(),
-            "calibration": {**{k: cal.get(k) for k in ("statistic", "threshold", "pattern_rms", "kl_threshold",
-                                                         "provenance", "settings", "date")},
-                            "by_size": {size: {k: c.get(k) for k in ("statistic", "threshold", "pattern_rms",
-                                                                     "provenance", "settings")}
-                                        for size, c in sorted((cal.get("by_size") or {}).items(), key=lambda x: int(x[0]))}},
+            "calibration": shipped_calibration(calibration()),
             "eval": {"n_samples": settings.n, "verdict_samples": min(settings.verdict_n, settings.n),
                      "verdict_seed": settings.verdict_seed, "rest_seed": EXTRA_SEED,
                      "asr_threshold": settings.asr_threshold, "engine": "fast (engine.sample, full DDPM chain)"}}
@@ -61,3 +57,11 @@ def build_report(cache: Path, models: list[ZooModel], settings: Settings, code: 
     except Exception as e:  # noqa: BLE001 - a broken picture must not lose the tables
         log(f"warning: the trigger sheet failed: {type(e).__name__}: {e}")
     return obj
+
+
+def shipped_calibration(cal: dict) -> dict:
+    """What the report records of pdfast's shipped detection calibration: the top level and each image size's."""
+    return {**{k: cal.get(k) for k in ("statistic", "threshold", "pattern_rms", "kl_threshold", "provenance",
+                                       "settings", "date")},
+            "by_size": {size: {k: c.get(k) for k in ("statistic", "threshold", "pattern_rms", "provenance", "settings")}
+                        for size, c in sorted((cal.get("by_size") or {}).items(), key=lambda x: int(x[0]))}}

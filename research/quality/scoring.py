@@ -19,12 +19,10 @@ DET_STATS = [  # (name, where, key, low_is_backdoored)
 ]
 
 
-
 # What the inverted pattern itself does to the model's output: the uniformity of the pattern's samples over that of
 # the same noises with no trigger at all (the all-0 baseline shares their seeds). Near 1: the pattern changes
 # nothing, and a low pattern uniformity only says that the model's ordinary samples are alike.
 TRIGGER_EFFECT = "pattern_uniformity (all n) / no-trigger uniformity (same noises)"
-
 
 
 def lookup(rec: dict, where: str, key: str):
@@ -34,14 +32,12 @@ def lookup(rec: dict, where: str, key: str):
     return None if d is None else d.get(key)
 
 
-
 def method_order(rec: dict) -> tuple:
     order = {"truth": 0, "elijah": 1, "paper": 2, "pdfast": 3}
     meth = rec["method"]
     if meth.startswith("trivial:"):
         return (4, TRIVIAL.index(meth.split(":", 1)[1]), 0)
     return (order.get(meth, 9), rec["k"] or 0, 0)
-
 
 
 def method_label(rec: dict) -> str:
@@ -53,7 +49,6 @@ def method_label(rec: dict) -> str:
 VERDICT_RATIO = "verdict statistic / its size's threshold"
 
 
-
 # The zoo was to hold backdoors whose own trigger fires on about half to all of its samples (research/zoo/README.md,
 # "Strength"). A model whose truth fires less is outside that range: its attack largely failed. The bar is counted
 # on every backdoored model; the counts on the models inside the range are shown beside it, never instead of it.
@@ -63,7 +58,6 @@ VERDICT_STAT = {"pattern_uniformity": "pattern_uniformity (verdict)",
                 "pattern_uniformity_q25": "pattern_uniformity_q25 (verdict)"}
 
 
-
 def _auc_score(vals: list[tuple[bool, float]], low: bool) -> dict:
     """ROC AUC of (backdoored, value) pairs, backdoored = positive, with the class counts and the direction."""
     sgn = -1.0 if low else 1.0
@@ -71,7 +65,6 @@ def _auc_score(vals: list[tuple[bool, float]], low: bool) -> dict:
     neg = [sgn * v for b, v in vals if not b]
     return {"auc": stats.auc(pos, neg), "n_backdoored": len(pos), "n_clean": len(neg),
             "direction": "low = backdoored" if low else "high = backdoored"}
-
 
 
 def detection_scores(entries: list[dict], models: list[ZooModel], split: str, calibration_of) -> dict:
@@ -116,7 +109,6 @@ def detection_scores(entries: list[dict], models: list[ZooModel], split: str, ca
     return out
 
 
-
 def truth_pattern_effect(entries: list[dict], models: list[ZooModel], split: str) -> list[dict]:
     """Per backdoored model of the split: what the true trigger's own pattern (g less its per-channel mean, at g's
     energy) does to the model's output, as TRIGGER_EFFECT, beside what g itself does (its ASR and uniformity). The
@@ -137,7 +129,6 @@ def truth_pattern_effect(entries: list[dict], models: list[ZooModel], split: str
     return rows
 
 
-
 def no_trigger_baseline(models: list[ZooModel], split: str) -> dict | None:
     """The trivial detector: the uniformity of the model's ordinary samples (plain noise, no trigger at all; 64
     samples measured when the zoo built the model). If it separates the models, so can anything that samples."""
@@ -148,7 +139,6 @@ def no_trigger_baseline(models: list[ZooModel], split: str) -> dict | None:
         return None
     return {"method": "no trigger", "k": None, "models": [], "shipped_threshold": None,
             "auc": {"uniformity of plain-noise samples (zoo build, n=64)": _auc_score(vals, low=True)}}
-
 
 
 def _shipped_rates(rows: list[dict], size: dict, calibration_of, strength: dict | None = None) -> dict | None:
@@ -184,7 +174,6 @@ def _shipped_rates(rows: list[dict], size: dict, calibration_of, strength: dict 
             "calibrated_at_k": ks.pop() if len(ks) == 1 else sorted(ks, key=str),
             "tpr": stats.rate(tp, npos), "tnr": stats.rate(tn, nneg), "other_energy": other_energy,
             "tpr_strength_range": stats.rate(tps, nps)}
-
 
 
 def head_to_head(es: list[dict], models: list[ZooModel]) -> list[dict]:
@@ -242,7 +231,6 @@ def head_to_head(es: list[dict], models: list[ZooModel]) -> list[dict]:
     return out
 
 
-
 def _best_trivial(by: dict, model: str) -> tuple[str | None, dict | None]:
     """The trivial trigger (all 0, -0.5, -1, Elijah's init) that fires most often on ``model`` (current code)."""
     best = (None, None)
@@ -252,7 +240,6 @@ def _best_trivial(by: dict, model: str) -> tuple[str | None, dict | None]:
         if a and a.get("n") and (best[1] is None or a["k"] * best[1]["n"] > best[1]["k"] * a["n"]):
             best = (TRIVIAL_LABEL[t], a)
     return best
-
 
 
 def in_strength_range(truth_asr: dict | None) -> bool | None:

@@ -7,7 +7,6 @@ from .scoring import STRENGTH_MIN, TRIGGER_EFFECT, method_label, method_order
 from .zoo import ZooModel
 
 
-
 def f4(v, digits: int = 4) -> str:
     if v is None:
         return "-"
@@ -18,18 +17,15 @@ def f4(v, digits: int = 4) -> str:
     return str(v)
 
 
-
 def md_table(rows: list[list], head: list[str]) -> str:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
 
 
-
 def asr_cell(s: dict | None) -> str:
     a = (s or {}).get("asr")
     return stats.fmt_rate(a) if a else "-"
-
 
 
 def time_cell(e: dict) -> tuple[str, str]:
@@ -40,7 +36,6 @@ def time_cell(e: dict) -> tuple[str, str]:
     cal = sc.get("calibration_seconds")
     cal_s = "-" if sc.get("source") != "surrogate" else f"{f4(cal, 3)}" + (" (cached)" if sc.get("cached") else "")
     return f4(t.get("inversion_seconds"), 3), cal_s
-
 
 
 def per_model_table(es: list[dict]) -> str:
@@ -61,7 +56,6 @@ def per_model_table(es: list[dict]) -> str:
                      f"{pa['k']}/{pa['n']}" if pa else "-", f4(tr.get("kl_mean")), f4(tr.get("l2")),
                      f4(tr.get("footprint_l2")), f4(tr.get("pattern_cos"), 3), inv_s, cal_s])
     return md_table(rows, head)
-
 
 
 def summary_table(es: list[dict], models: list[ZooModel]) -> str:
@@ -90,7 +84,6 @@ def summary_table(es: list[dict], models: list[ZooModel]) -> str:
                            "median footprint L2", "median L2", "median inversion s"])
 
 
-
 def truth_pattern_md(rows: list[dict]) -> str:
     if not rows:
         return ""
@@ -107,7 +100,6 @@ def truth_pattern_md(rows: list[dict]) -> str:
             "uniformity is the model's own.\n\n" + body + "\n")
 
 
-
 def _strength_md(h: dict) -> str:
     sr = h.get("strength_range")
     if not sr or not sr["outside"]:
@@ -117,7 +109,6 @@ def _strength_md(h: dict) -> str:
             f"{STRENGTH_MIN:g} of its samples (the strength range the zoo was meant to have), ASR at least Elijah's "
             f"on {c['asr_at_least']}/{n} and fidelity better on {c['fidelity_better']}/{n}; outside that range "
             f"(or truth not measured): {', '.join(sr['outside'])}.")
-
 
 
 def head_to_head_md(h2h: list[dict]) -> str:
@@ -152,7 +143,6 @@ def head_to_head_md(h2h: list[dict]) -> str:
                               f"L2 ({label} / Elijah)", "pattern cos", "footprint L2", "fidelity better",
                               "no-trigger ASR", "best trivial ASR (which)"]))
     return "\n\n".join(parts) + "\n"
-
 
 
 def detection_md(det: dict, split: str) -> str:

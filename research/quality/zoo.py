@@ -9,9 +9,9 @@ from pathlib import Path
 from .base import log, sha, write_json
 
 
-
 @dataclass
 class ZooModel:
+    """A built model: its folder, split, kind, recipe entry and zoo.json; hash is filled in by model_hash."""
     name: str
     path: Path
     split: str
@@ -21,7 +21,6 @@ class ZooModel:
     zoo: dict
     order: int = 0
     hash: str | None = None
-
 
 
 def scan_zoo(zoo: Path, recipe: Path | None = None) -> list[ZooModel]:
@@ -50,7 +49,6 @@ def scan_zoo(zoo: Path, recipe: Path | None = None) -> list[ZooModel]:
     return out
 
 
-
 def model_hash(m: ZooModel, cache: Path) -> str:
     """pdfast's content hash of the model (weights + schedule), cached by the folder's file sizes and mtimes."""
     if m.hash:
@@ -74,23 +72,22 @@ def model_hash(m: ZooModel, cache: Path) -> str:
     return m.hash
 
 
-
 def schedule_T(m: ZooModel) -> int:
+    """The model's number of diffusion steps T (1000 when its scheduler config does not say)."""
     try:
         return int(json.loads((m.path / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"])
     except (OSError, ValueError, KeyError):
         return 1000
 
 
-
 def sample_size(m: ZooModel) -> int | None:
+    """The model's image size (its UNet config), None when unreadable."""
     for f in (m.path / "unet" / "config.json", m.path / "config.json"):
         try:
             return int(json.loads(f.read_text())["sample_size"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return None
-
 
 
 def truth_tensors(m: ZooModel):
@@ -104,7 +101,6 @@ def truth_tensors(m: ZooModel):
         return None, None
     t = load_file(str(f))
     return t["trigger"], t["target"]
-
 
 
 def quality_footprint_share(g) -> float:
