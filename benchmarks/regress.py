@@ -271,7 +271,7 @@ def environment_notes(base_env: dict, env: dict) -> list[str]:
 # ---------------------------------------------------------------- command line
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", type=Path, default=None,
@@ -290,7 +290,11 @@ def main(argv=None) -> int:
     p.add_argument("--update-baseline", action="store_true",
                    help="run the suite --runs times and write the baseline (medians, their spread, environment)")
     p.add_argument("--runs", type=int, default=3, help="runs for --update-baseline (default 3)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     path = args.baseline or default_baseline()
 
     if args.update_baseline:

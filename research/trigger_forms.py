@@ -152,44 +152,17 @@ def summarize(units: dict[str, dict[str, dict]], thresholds=THRESHOLDS) -> list[
 
 
 def render_md(obj: dict) -> str:
+    """The report: what each form is, the learned / fires counts, the paired gains (backdoors, then the negative
+    controls), every form's counts, and the ASR at the tightest threshold with Wilson intervals."""
     thr = [f"{t:g}" for t in obj["thresholds"]]
     tight = f"{min(obj['thresholds']):g}"
     n = obj["n"]
-
-    def cell(r, f):
-        u = r["forms"].get(f)
-        if not u:
-            return "-"
-        return ", ".join(str(u["asr"][t]["k"]) for t in thr) + f"; {u['median_mse']:.3f}"
-
-    def wilson(r, f):
-        u = r["forms"].get(f)
-        return stats.fmt_rate(u["asr"][tight]) if u else "-"
-
-    def gain(r, k):
-        v = r["pairs"].get(k)
-        return "-" if v is None else f"{v['gain']:+d} ({v['only_a']} vs {v['only_b']}; p {v['p']:.2g})"
-
-    def yn(v):
-        return "-" if v is None else ("yes" if v else "no")
-
     bds = [r for r in obj["rows"] if not r.get("control_of")]
     ctl = [r for r in obj["rows"] if r.get("control_of")]
-    main = [[r["model"], *(cell(r, f) for f in FORMS)] for r in obj["rows"]]
-    verdict = [[r["model"], gain(r, "pasted_vs_crops"), gain(r, "half_vs_flat"), yn(r["learned"]),
-                yn(r["truth_fires"])] for r in bds]
-    controls = [[r["model"].split("+")[0], r["control_of"], gain(r, "pasted_vs_crops"), gain(r, "half_vs_flat"),
-                 yn(r["learned"])] for r in ctl]
-    tight_rows = [[r["model"], *(wilson(r, f) for f in FORMS)] for r in obj["rows"]]
-    learned = [r for r in bds if r["learned"] is not None]
-    fires = [r for r in bds if r["truth_fires"] is not None]
-    both = [r["model"] for r in bds if r["learned"] and r["truth_fires"] is False]
-    ctl_done = [r for r in ctl if r["learned"] is not None]
-    control_part = [
-        "**Negative controls**: each clean model with a backdoor's g and target, the same forms and draws. A gain "
-        "here would be the trigger's own look (or the target's), not a backdoor.", "",
-        md_table(controls, ["clean model", "g and target of", "pasted vs crops", "half (0.5 g) vs flat -0.5",
-                                    "gains"]), ""] if ctl else []
+    main = [[r["model"], *(_counts_cell(r, f, thr) for f in FORMS)] for r in obj["rows"]]
+    verdict = [[r["model"], _gain_cell(r, "pasted_vs_crops"), _gain_cell(r, "half_vs_flat"), _yes_no(r["learned"]),
+                _yes_no(r["truth_fires"])] for r in bds]
+    tight_rows = [[r["model"], *(_wilson_cell(r, f, tight) for f in FORMS)] for r in obj["rows"]]
     return "\n".join([
         f"# Trigger forms on the {obj['split']} backdoors", "",
         f"Generated {obj['date']} by `{obj['command']}`; commit {obj['git'].get('commit')}; device "
@@ -199,22 +172,64 @@ def render_md(obj: dict) -> str:
         "Starts: truth eps + g; zeros eps (plain noise); flat-0.5 eps + a -0.5 frame; pasted eps + (g pasted over a "
         "natural crop: the form BadDiffusion trains on); crops eps + the same crop without g; grey-bg eps + g with "
         "its -1 background at 0; half eps + 0.5 g (background -0.5).", "",
-        f"Learned (g's pattern gains significantly, p < {ALPHA}, in either pair) on "
-        f"{sum(bool(r['learned']) for r in learned)}/{len(learned)} backdoors; the truth fires from eps + g (ASR at "
-        f"{tight} >= 0.5 and above plain noise) on {sum(bool(r['truth_fires']) for r in fires)}/{len(fires)}"
-        + (f"; learned but silent from eps + g: {', '.join(both)}" if both else "") + "."
-        + (f" Negative controls (clean models): g's pattern gains significantly on "
-           f"{sum(bool(r['learned']) for r in ctl_done)}/{len(ctl_done)}." if ctl_done else ""), "",
+        _summary_line(bds, ctl, tight), "",
         f"**What g's pattern adds**, at MSE {tight}, on the same draws: samples only the form with the pattern brings "
         "to the target minus samples only the form without it does (the two counts; McNemar's exact one-sided p).", "",
-        md_table(verdict, ["model", "pasted vs crops", "half (0.5 g) vs flat -0.5", "learned",
-                                   "truth fires"]), "",
-        *control_part,
+        md_table(verdict, ["model", "pasted vs crops", "half (0.5 g) vs flat -0.5", "learned", "truth fires"]), "",
+        *_controls_part(ctl),
         f"**Every form.** Each cell: how many of the {n} samples lie within MSE " + " and ".join(thr) + " of the "
         "target ([0, 1] scale), then the median per-image MSE.", "",
         md_table(main, ["model", *FORMS]), "",
         f"ASR at MSE {tight} with Wilson 95% intervals:", "",
         md_table(tight_rows, ["model", *FORMS]), ""])
+
+
+def _summary_line(bds: list[dict], ctl: list[dict], tight: str) -> str:
+    """How many backdoors were learned, how many fire from eps + g, which are learned but silent; the controls."""
+    learned = [r for r in bds if r["learned"] is not None]
+    fires = [r for r in bds if r["truth_fires"] is not None]
+    both = [r["model"] for r in bds if r["learned"] and r["truth_fires"] is False]
+    ctl_done = [r for r in ctl if r["learned"] is not None]
+    return (f"Learned (g's pattern gains significantly, p < {ALPHA}, in either pair) on "
+            f"{sum(bool(r['learned']) for r in learned)}/{len(learned)} backdoors; the truth fires from eps + g (ASR at "
+            f"{tight} >= 0.5 and above plain noise) on {sum(bool(r['truth_fires']) for r in fires)}/{len(fires)}"
+            + (f"; learned but silent from eps + g: {', '.join(both)}" if both else "") + "."
+            + (f" Negative controls (clean models): g's pattern gains significantly on "
+               f"{sum(bool(r['learned']) for r in ctl_done)}/{len(ctl_done)}." if ctl_done else ""))
+
+
+def _controls_part(ctl: list[dict]) -> list[str]:
+    """The negative controls' table (nothing when none was measured)."""
+    if not ctl:
+        return []
+    controls = [[r["model"].split("+")[0], r["control_of"], _gain_cell(r, "pasted_vs_crops"),
+                 _gain_cell(r, "half_vs_flat"), _yes_no(r["learned"])] for r in ctl]
+    return ["**Negative controls**: each clean model with a backdoor's g and target, the same forms and draws. A gain "
+            "here would be the trigger's own look (or the target's), not a backdoor.", "",
+            md_table(controls, ["clean model", "g and target of", "pasted vs crops", "half (0.5 g) vs flat -0.5",
+                                "gains"]), ""]
+
+
+def _counts_cell(r: dict, form: str, thresholds: list[str]) -> str:
+    """'k1, k2; median MSE': samples within each threshold of the target, then the median per-image MSE."""
+    u = r["forms"].get(form)
+    if not u:
+        return "-"
+    return ", ".join(str(u["asr"][t]["k"]) for t in thresholds) + f"; {u['median_mse']:.3f}"
+
+
+def _wilson_cell(r: dict, form: str, threshold: str) -> str:
+    u = r["forms"].get(form)
+    return stats.fmt_rate(u["asr"][threshold]) if u else "-"
+
+
+def _gain_cell(r: dict, pair: str) -> str:
+    v = r["pairs"].get(pair)
+    return "-" if v is None else f"{v['gain']:+d} ({v['only_a']} vs {v['only_b']}; p {v['p']:.2g})"
+
+
+def _yes_no(v) -> str:
+    return "-" if v is None else ("yes" if v else "no")
 
 
 def folder_model(path: Path, split: str) -> "ZooModel":
@@ -262,7 +277,7 @@ class _ControlCtx:
         self.data = (backdoor.recipe or {}).get("data") or "natural"  # the crops the trigger was pasted over
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--split", default="dev", choices=["dev", "test"])
     ap.add_argument("--models", nargs="*", help="only these backdoored models of the split")
@@ -274,7 +289,11 @@ def main(argv=None) -> int:
                     help="run the negative controls instead of the backdoors: each clean model of the split with a "
                          "backdoor's g and target (the forms the paired tests need)")
     asr_threshold.add_study_args(ap, CACHE, "trigger-forms", "form")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
     a.out = a.out or HERE / "results" / f"trigger-forms-{a.split}"
     import torch
 
@@ -294,47 +313,62 @@ def main(argv=None) -> int:
     # the report covers every model of the split that has cached units; --models/--folder only limit what is run
     run_names = set(a.models or []) | {m.name for m in extra} if (a.models or extra) else None
     every = models + [m for m in extra if m.name not in {x.name for x in models}]
-    for p in sorted(a.cache.glob("*/folder.json")) if a.cache.is_dir() else []:  # folders measured in earlier runs
-        rec = json.loads(p.read_text())
-        path = HERE.parent / rec["path"]  # relative to the repository root (absolute paths stay absolute)
-        if rec.get("split") == a.split and rec["name"] not in {m.name for m in every} and path.is_dir():
-            every.append(folder_model(path, a.split))
+    every += earlier_folders(a, every)
     units: dict[str, dict[str, dict]] = {}
-
-    def collect(name, h, forms, may_run, make_ctx):
-        """Every cached form of ``forms`` into the report; the missing ones of --forms are measured if may_run."""
-        ctx = None
-        for form in forms:
-            f = cache_file(a.cache, name, form, a.n, a.seed, h)
-            if f.is_file():
-                units.setdefault(name, {})[form] = json.loads(f.read_text())
-                continue
-            if a.report_only or not may_run or form not in a.forms:
-                continue
-            ctx = ctx or make_ctx()
-            log(f"{name} {form} ...")
-            rec = measure(ctx, form, a.n, a.seed)
-            write_json(f, rec)
-            units.setdefault(name, {})[form] = rec
-            log(f"{name} {form}: {rec['seconds']} s")
-
     for m in every:
-        h = model_hash(m, a.cache)
-        m.hash = h
-        collect(m.name, h, FORMS, not a.controls and (run_names is None or m.name in run_names),
-                lambda m=m: ModelCtx(m))
+        m.hash = model_hash(m, a.cache)
+        collect_units(a, units, m.name, m.hash, FORMS, not a.controls and (run_names is None or m.name in run_names),
+                      lambda m=m: ModelCtx(m))
         if m in extra:
-            write_json(a.cache / m.name / "folder.json",
-                               {"name": m.name, "path": str(m.path.resolve().relative_to(HERE.parent))
-                                if m.path.resolve().is_relative_to(HERE.parent) else str(m.path), "split": a.split})
+            remember_folder(a, m)
     for clean, bd in control_pairs(split_models):
         clean.hash, bd.hash = model_hash(clean, a.cache), model_hash(bd, a.cache)
-        collect(f"{clean.name}+{bd.name}", f"{clean.hash}-{bd.hash[:8]}", CONTROL_FORMS,
-                a.controls, lambda c=clean, b=bd: _ControlCtx(c, b))
+        collect_units(a, units, f"{clean.name}+{bd.name}", f"{clean.hash}-{bd.hash[:8]}", CONTROL_FORMS,
+                      a.controls, lambda c=clean, b=bd: _ControlCtx(c, b))
     asr_threshold.write_report(a, argv, "trigger_forms.py", "pdfast.trigger-forms/1", render_md,
                                {"crop_seed": CROP_SEED, "thresholds": list(THRESHOLDS), "units": units,
                                 "rows": summarize(units)})
     return 0
+
+
+def collect_units(a, units: dict, name: str, h: str, forms, may_run: bool, make_ctx) -> None:
+    """Every cached form of ``forms`` of one model (or control) into ``units``; the missing ones of --forms are
+    measured and cached when ``may_run`` (and not --report-only), the context made once by ``make_ctx``."""
+    ctx = None
+    for form in forms:
+        f = cache_file(a.cache, name, form, a.n, a.seed, h)
+        if f.is_file():
+            units.setdefault(name, {})[form] = json.loads(f.read_text())
+            continue
+        if a.report_only or not may_run or form not in a.forms:
+            continue
+        ctx = ctx or make_ctx()
+        log(f"{name} {form} ...")
+        rec = measure(ctx, form, a.n, a.seed)
+        write_json(f, rec)
+        units.setdefault(name, {})[form] = rec
+        log(f"{name} {form}: {rec['seconds']} s")
+
+
+def earlier_folders(a, every: list[ZooModel]) -> list[ZooModel]:
+    """The --folder models of this split measured by earlier runs (their folder.json in the cache), unless already
+    in ``every``: their cached units stay in the report."""
+    out, names = [], {m.name for m in every}
+    for p in sorted(a.cache.glob("*/folder.json")) if a.cache.is_dir() else []:
+        rec = json.loads(p.read_text())
+        path = HERE.parent / rec["path"]  # relative to the repository root (absolute paths stay absolute)
+        if rec.get("split") == a.split and rec["name"] not in names and path.is_dir():
+            out.append(folder_model(path, a.split))
+            names.add(rec["name"])
+    return out
+
+
+def remember_folder(a, m: ZooModel) -> None:
+    """Record a --folder model in the cache (its path relative to the repository when inside it)."""
+    inside = m.path.resolve().is_relative_to(HERE.parent)
+    write_json(a.cache / m.name / "folder.json",
+               {"name": m.name, "path": str(m.path.resolve().relative_to(HERE.parent)) if inside else str(m.path),
+                "split": a.split})
 
 
 if __name__ == "__main__":

@@ -233,7 +233,25 @@ def build(entry: dict, by_name: dict, recipe: dict, device: str = "cpu") -> None
     if entry.get("gate") and rule is None:
         raise SystemExit(f"error: {entry['name']} is gated but the recipe has no strength_rule or it is not a backdoor")
     out = MODELS / entry["name"]
-    log_file = CKPT / f"{entry['name']}-attempts.json"      # finished attempts, so an interrupted build resumes
+    attempts = _attempts(entry, by_name, recipe, rule, out, device)
+    last = attempts[-1]
+    if rule:
+        _check_holds(out, last)             # the folder must hold the attempt that zoo.json describes
+    info = _zoo_info(attempts, rule, device)
+    atomic_write_json(out / "zoo.json", info)
+    print(f"[zoo] {entry['name']}: loss {last['final_loss']:.4f}, {(last['train_seconds'] or 0) / 60:.1f} min; truth "
+          f"{last['ground_truth']}" + (f"; REJECTED: {info['rejected']}" if info.get("rejected") else ""),
+          file=sys.stderr, flush=True)
+    if not info.get("rejected"):
+        remeasure(entry, recipe, device)
+
+
+def _attempts(entry: dict, by_name: dict, recipe: dict, rule: dict | None, out: Path, device: str) -> list[dict]:
+    """Train, save into ``out`` and measure until an attempt passes ``rule`` (one attempt without a rule); the
+    finished attempts of a gated entry are kept under CKPT, so an interrupted build resumes after the last one."""
+    from pdfast.io import atomic_write_json
+
+    log_file = CKPT / f"{entry['name']}-attempts.json"
     attempts = json.loads(log_file.read_text()) if log_file.is_file() else []
     ev = recipe["evaluation"]
     for i in range(len(attempts), rule["max_attempts"] if rule else 1):
@@ -252,19 +270,22 @@ def build(entry: dict, by_name: dict, recipe: dict, device: str = "cpu") -> None
         record = {"recipe": eff, "final_loss": loss, "train_seconds": None if train_s is None else round(train_s, 1),
                   "measure_seconds": round(time.perf_counter() - t1, 1), "ground_truth": truth_metrics,
                   "parameters": sum(p.numel() for p in model.net.parameters())}
-        if rule:
-            record["strength_passed"], record["strength_why"] = strength_check(truth_metrics, rule)
         attempts.append(record)
         if rule:
+            record["strength_passed"], record["strength_why"] = strength_check(truth_metrics, rule)
             log_file.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(log_file, attempts)
             print(f"[zoo] {entry['name']} attempt {i + 1}: {record['strength_why']}"
                   + ("" if record["strength_passed"] else " (fails the strength rule)"), file=sys.stderr, flush=True)
             if record["strength_passed"]:
                 break
+    return attempts
+
+
+def _zoo_info(attempts: list[dict], rule: dict | None, device: str) -> dict:
+    """zoo.json: the last attempt, the machine it was built on and, for a gated entry, every attempt's verdict
+    (and "rejected" when none passed)."""
     last = attempts[-1]
-    if rule:
-        _check_holds(out, last)             # the folder must hold the attempt that zoo.json describes
     info = {**last,
             "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                         "torch": torch.__version__, "device": _device_name(device)},
@@ -278,12 +299,7 @@ def build(entry: dict, by_name: dict, recipe: dict, device: str = "cpu") -> None
                                           "why": a["strength_why"]} for a in attempts]}
         if not passed:
             info["rejected"] = f"no attempt passed the strength rule ({last['strength_why']})"
-    atomic_write_json(out / "zoo.json", info)
-    print(f"[zoo] {entry['name']}: loss {last['final_loss']:.4f}, {(last['train_seconds'] or 0) / 60:.1f} min; truth "
-          f"{last['ground_truth']}" + (f"; REJECTED: {info['rejected']}" if info.get("rejected") else ""),
-          file=sys.stderr, flush=True)
-    if not info.get("rejected"):
-        remeasure(entry, recipe, device)
+    return info
 
 
 def _check_holds(out: Path, record: dict) -> None:
