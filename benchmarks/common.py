@@ -1,4 +1,5 @@
-"""Shared helpers for the engine benchmarks: the model under test, one iteration's inputs, timing, result files.
+"""Shared helpers of the benchmarks (sweep.py, test_bench_engine.py, profile_inversion.py, readme_job.py,
+compare_engines.py): the model under test, one iteration's inputs, timing, result files.
 
 One inversion iteration = the chain of K DDPM steps from x_T = noise + delta, the shift loss on the last step, and
 the backward pass to delta (docs/method.md section 9). Presets are data; every result file echoes its config, the device

@@ -1,4 +1,4 @@
-"""Small statistics for the quality evidence (research/quality.py): ROC AUC by Mann-Whitney and Wilson intervals.
+"""Small statistics for the quality evidence (research/quality): ROC AUC by Mann-Whitney and Wilson intervals.
 
 Kept free of numpy/scipy so the definitions are readable in one place and tested against hand-computed values
 (research/test_stats.py).
