@@ -2,7 +2,7 @@
 
 ASR counts the samples within MSE 0.1 of the target (both in [0, 1]; the threshold of VillanDiffusion that the
 issue's bar uses). On the zoo, a flat dark frame already draws the dark-background HAT target within that distance
-(docs/results.md, the baseline rows), so ASR cannot show those backdoors. This script measures, on each backdoored
+(research/results/zoo-v1-report.md, the baseline rows), so ASR cannot show those backdoors. This script measures, on each backdoored
 model of a split, the per-image MSE to the target of n samples from each of:
   truth       eps + g, the model's own trigger
   zeros       eps (plain noise)

@@ -11,13 +11,13 @@ each trigger is measured here, not by pdfast's own evaluation: N >= 64 samples f
 eps + its pattern (metrics.trigger_pattern) through the fast engine's sample(); the first 16 of each with seed 0
 are exactly the samples pdfast's verdict draws (DetectionConfig n_eval, eval_seed), the rest use seed 1. Reported:
 ASR (k/N, Wilson 95%), uniformity (plain, Elijah's trimmed), pattern uniformity, TERD's KL, L2 to the truth, the
-fidelity measures of docs/results.md (pattern cosine, footprint L2), the wall time of each inversion, and the
+fidelity measures of research/results/zoo-v1-report.md (pattern cosine, footprint L2), the wall time of each inversion, and the
 detection statistics per model, scored per split (ROC AUC, TPR/TNR at the shipped threshold).
 
 Every (model, method, K) result is a small JSON (+ a safetensors with the trigger) under research/results/quality/,
 keyed by the model's content hash, the options and the code version (an AST hash of the pdfast modules that
 compute the numbers, docstrings and comments excluded, and EVAL_VERSION in codeversion.py): a re-run skips finished work and
-a killed run resumes. The outputs are regenerated from that cache after every finished unit: docs/results.md,
+a killed run resumes. The outputs are regenerated from that cache after every finished unit: research/results/zoo-v1-report.md,
 research/results/quality.json and research/results/quality-triggers.png.
 
   python research/quality --dry-run                          # what would run, with a CPU-time estimate

@@ -14,7 +14,7 @@ ROOT = RESEARCH.parent
 ZOO = RESEARCH / "zoo" / "models"
 RECIPE = RESEARCH / "zoo" / "recipe.json"
 CACHE = RESEARCH / "results" / "quality"
-REPORT_MD = ROOT / "docs" / "results.md"
+REPORT_MD = ROOT / "research" / "results" / "zoo-v1-report.md"
 REPORT_JSON = RESEARCH / "results" / "quality.json"
 SHEET = RESEARCH / "results" / "quality-triggers.png"
 

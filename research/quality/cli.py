@@ -266,7 +266,7 @@ def coverage(run: Run, all_models: list[ZooModel]) -> dict:
 
 
 def write_outputs(run: Run, all_models: list[ZooModel]) -> None:
-    """docs/results.md (or --out's results.md), quality.json and the trigger sheet, from the cache."""
+    """research/results/zoo-v1-report.md (or --out's results.md), quality.json and the trigger sheet, from the cache."""
     build_report(run.cache, all_models, run.settings, run.code, run.env, run.git, run.command,
                  coverage(run, all_models), *run.outputs)
 

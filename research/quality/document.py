@@ -1,4 +1,4 @@
-"""docs/results.md: the report as one Markdown document, from the report object (report.build_report)."""
+"""research/results/zoo-v1-report.md: the report as one Markdown document, from the report object (report.build_report)."""
 from __future__ import annotations
 
 from .tables import detection_md, f4, head_to_head_md, md_table, per_model_table, summary_table, truth_pattern_md

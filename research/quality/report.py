@@ -1,4 +1,4 @@
-"""The three outputs (docs/results.md, quality.json, the trigger sheet), regenerated from the cache."""
+"""The three outputs (research/results/zoo-v1-report.md, quality.json, the trigger sheet), regenerated from the cache."""
 from __future__ import annotations
 
 import datetime as _dt
