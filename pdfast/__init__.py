@@ -16,9 +16,9 @@ _LAZY = {
     "invert": ("pdfast.api", "invert"),
     "InversionConfig": ("pdfast.config", "InversionConfig"),
     "DetectionConfig": ("pdfast.config", "DetectionConfig"),
-    "InversionResult": ("pdfast.inversion", "InversionResult"),
+    "InversionResult": ("pdfast.api", "InversionResult"),
     "detect": ("pdfast.api", "detect"),
-    "DetectionResult": ("pdfast.detection", "DetectionResult"),
+    "DetectionResult": ("pdfast.api", "DetectionResult"),
     "demo_path": ("pdfast.demo", "demo_path"),
 }
 
