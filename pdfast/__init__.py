@@ -19,6 +19,9 @@ _LAZY = {
     "InversionResult": ("pdfast.api", "InversionResult"),
     "detect": ("pdfast.api", "detect"),
     "DetectionResult": ("pdfast.api", "DetectionResult"),
+    "calibrate": ("pdfast.calibration", "calibrate"),
+    "CalibrationConfig": ("pdfast.config", "CalibrationConfig"),
+    "CalibrationResult": ("pdfast.calibration", "CalibrationResult"),
     "demo_path": ("pdfast.demo", "demo_path"),
 }
 

@@ -351,5 +351,6 @@ def _click_option(defaults, name: str, path: tuple[str, ...], f):
     kind = meta.get("kind") or (str if default is None or meta.get("multiple") else type(default))
     ptype = click.Choice(list(meta["choices"])) if meta.get("choices") else kind
     decls = [f"--{name.replace('_', '-')}"] + ([meta["short"]] if meta.get("short") else [])
-    return click.option(*decls, name, type=ptype, default=default, show_default=True, help=meta.get("help", ""),
-                        multiple=bool(meta.get("multiple")))
+    if meta.get("multiple"):  # given once per value; none given is an empty tuple (no default to show)
+        return click.option(*decls, name, type=ptype, multiple=True, help=meta.get("help", ""))
+    return click.option(*decls, name, type=ptype, default=default, show_default=True, help=meta.get("help", ""))
