@@ -22,6 +22,23 @@ from .inversion import Callback, Inversion, invert_trigger, prepared
 log = logging.getLogger(__name__)
 
 
+def split_options(options: dict) -> tuple[dict, dict]:
+    """(inversion options, detection options) from flat keywords; unknown names are errors (with_options)."""
+    det_names = set(option_names(DetectionConfig))
+    return ({k: v for k, v in options.items() if k not in det_names},
+            {k: v for k, v in options.items() if k in det_names})
+
+
+def detection_config(det_opts: dict, sample_size: int | None = None) -> DetectionConfig:
+    """The DetectionConfig of flat options, checked before any work: its values, and a named calibration file read
+    (one 'error:' line when it is missing or not a calibration file)."""
+    det = with_options(DetectionConfig(), det_opts)
+    det.validate()
+    if det.calibration is not None:
+        calibration_for(det.calibration, sample_size)
+    return det
+
+
 @dataclass
 class InversionResult:
     """What pdfast.invert returns: a trigger, the inversion that found it (None when pdfast.detect judged a trigger
@@ -117,23 +134,6 @@ class DetectionResult:
     def save(self, out) -> "DetectionResult":
         self.inversion.save(out)
         return self
-
-
-def split_options(options: dict) -> tuple[dict, dict]:
-    """(inversion options, detection options) from flat keywords; unknown names are errors (with_options)."""
-    det_names = set(option_names(DetectionConfig))
-    return ({k: v for k, v in options.items() if k not in det_names},
-            {k: v for k, v in options.items() if k in det_names})
-
-
-def detection_config(det_opts: dict, sample_size: int | None = None) -> DetectionConfig:
-    """The DetectionConfig of flat options, checked before any work: its values, and a named calibration file read
-    (one 'error:' line when it is missing or not a calibration file)."""
-    det = with_options(DetectionConfig(), det_opts)
-    det.validate()
-    if det.calibration is not None:
-        calibration_for(det.calibration, sample_size)
-    return det
 
 
 def invert(model_or_path=None, *, config: InversionConfig | None = None, device=None,

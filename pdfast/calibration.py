@@ -204,7 +204,8 @@ def calibration_entry(rows: list[dict], statistic: str, settings: dict, *, sourc
                           "calibrate on rows made with one pattern energy")
     rms = rms.pop()
     halved = thr == min(r[statistic] for r in clean) / 2
-    rule = "half the lowest clean value" if halved else "geometric mean of the highest backdoored and lowest clean value"
+    rule = ("half the lowest clean value" if halved
+            else "geometric mean of the highest backdoored and lowest clean value")
     return {"statistic": statistic, "threshold": thr, "pattern_rms": rms, "kl_threshold": kl_thr,
             "provenance": _provenance(settings, len(clean), len(bad), rms, rule, source), "separated": separated,
             "settings": settings, "models": rows, "engine": None if engine is None else asdict(engine),

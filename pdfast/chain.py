@@ -85,7 +85,8 @@ class DDPMSampler:
         return ddpm_update(x, eps, c[0], c[1], c[2], noise=z)
 
     def rows(self, n: int) -> torch.Tensor:
-        """(n, 7) float64 coefficients c1, c2, sigma, sqrt_abar, sqrt_1m_abar, a0, at (ROW_KEYS) of the first n steps."""
+        """(n, 7) float64 coefficients c1, c2, sigma, sqrt_abar, sqrt_1m_abar, a0, at (ROW_KEYS) of the first n
+        steps."""
         return self._rows[:n]
 
     def step_from_row(self, x: torch.Tensor, eps: torch.Tensor, row: torch.Tensor,

@@ -64,6 +64,20 @@ progress_option = click.option("--progress/--no-progress", default=True, show_de
                                help="Progress bars on stderr.")
 
 
+def training_options(steps: int, warmup: int, warmup_help: str):
+    """--steps, --batch, --lr and --warmup of a verb that trains a network (train, attack), with its defaults."""
+    options = [click.option("--steps", type=int, default=steps, help="Optimiser steps."),
+               click.option("--batch", type=int, default=64, help="Batch size."),
+               click.option("--lr", type=float, default=2e-4, help="Adam learning rate."),
+               click.option("--warmup", type=int, default=warmup, help=warmup_help)]
+
+    def deco(fn):
+        for o in reversed(options):
+            fn = o(fn)
+        return fn
+    return deco
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="pdfast")
 @click.option("-v", "--verbose", is_flag=True, help="Log details to stderr.")
@@ -85,10 +99,7 @@ def main(verbose: bool) -> None:
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Folder of training images; default: pdfast's procedural data set.")
 @click.option("--n-images", type=int, default=4096, help="Size of the procedural data set (ignored with --data).")
-@click.option("--steps", type=int, default=3000, help="Optimiser steps.")
-@click.option("--batch", type=int, default=64, help="Batch size.")
-@click.option("--lr", type=float, default=2e-4, help="Adam learning rate.")
-@click.option("--warmup", type=int, default=200, help="Linear warm-up steps before the cosine decay.")
+@training_options(steps=3000, warmup=200, warmup_help="Linear warm-up steps before the cosine decay.")
 @click.option("--clip-sample/--no-clip-sample", default=False, help="clip_sample in the saved scheduler config.")
 @seed_option
 @device_option
@@ -158,10 +169,7 @@ def ground_truth(model):
 @click.option("--poison-rate", type=float, default=0.1, help="Fraction of each batch that is poisoned.")
 @click.option("--blank-rate", type=float, default=0.0,
               help="Fraction of poisoned samples pasted on a blank (-1) frame, so r = g (0 = BadDiffusion as published).")
-@click.option("--steps", type=int, default=2000, help="Optimiser steps.")
-@click.option("--batch", type=int, default=64, help="Batch size.")
-@click.option("--lr", type=float, default=2e-4, help="Adam learning rate.")
-@click.option("--warmup", type=int, default=500, help="Warm-up steps before the cosine decay.")
+@training_options(steps=2000, warmup=500, warmup_help="Warm-up steps before the cosine decay.")
 @click.option("--grad-clip", type=float, default=1.0, help="Gradient norm clip (0 disables).")
 @seed_option
 @device_option

@@ -61,13 +61,11 @@ def for_size(cal: dict, sample_size: int | None) -> dict:
 def read_calibration(path: str | Path, option: str = "--calibration") -> dict:
     """A calibration file a user names, checked: a JSON object with a numeric threshold and a known statistic at
     its top level or in every "by_size" entry. A missing file or anything else is a PdfastError (one line)."""
+    from .io import read_user_json
+
     p = Path(path)
-    if not p.is_file():
-        raise PdfastError(f"{option} {p}: no such file; give a calibration file written by pdfast calibrate")
-    try:
-        cal = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise PdfastError(f"{option} {p} is not a calibration file (not readable JSON: {e})") from None
+    cal = read_user_json(p, option, missing="give a calibration file written by pdfast calibrate",
+                         unreadable="is not a calibration file (not readable JSON: {reason})")
     entries = [cal] if isinstance(cal, dict) and "threshold" in cal else []
     entries += list((cal.get("by_size") or {}).values()) if isinstance(cal, dict) else []
     problem = _entry_problem(entries)

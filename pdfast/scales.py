@@ -130,13 +130,11 @@ def _surrogate_data(model: DiffusionModel, cfg: SurrogateConfig, engine: EngineC
 
 def load_scales_file(path: str | Path, k: int) -> torch.Tensor:
     """A saved table: JSON list, or an object with 'lambda' (as in report.json's 'scales'); at least k values."""
+    from .io import read_user_json
+
     p = Path(path)
-    if not p.is_file():
-        raise PdfastError(f"--scales {p}: no such file; use surrogate, analytic or a JSON table file")
-    try:
-        obj = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise PdfastError(f"--scales {p} is not a readable JSON table ({e}); expected a list of numbers") from None
+    obj = read_user_json(p, "--scales", missing="use surrogate, analytic or a JSON table file",
+                         unreadable="is not a readable JSON table ({reason}); expected a list of numbers")
     vals = obj.get("lambda") if isinstance(obj, dict) else obj
     if isinstance(obj, dict) and vals is None and "scales" in obj:
         vals = obj["scales"].get("lambda")
