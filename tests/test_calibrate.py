@@ -104,6 +104,9 @@ def test_library_calibrate_from_code_and_merging_sizes(models, tmp_path):
     assert both["threshold"] == 0.3 and both["by_size"]["16"]["threshold"] == 0.3
     assert both["by_size"]["8"]["threshold"] == res.threshold
     assert merged(None, res.entry)["by_size"]["8"] == res.entry
+    top16 = {"statistic": "pattern_uniformity", "threshold": 0.3, "settings": {"sample_size": 16}}
+    again16 = merged(merged(None, top16), dict(top16, threshold=0.1))  # the top level's own size: replaced
+    assert again16["threshold"] == again16["by_size"]["16"]["threshold"] == 0.1
 
 
 def test_calibrate_help_and_options_from_one_definition():
