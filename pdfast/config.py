@@ -175,9 +175,8 @@ class InversionConfig:
     seed: int = field(default=0, metadata=opt("Seed of the initial trigger and the noise."))
     clip_sample: str = field(default="off", metadata=opt(
         "Clip the predicted x0 to [-1, 1] in every DDPM step (surrogate calibration, inversion and verdict): off "
-        "(default, as the "
-        "BadDiffusion and Elijah codes sample; measured on the zoo, docs/method.md 7), on, or auto (the model's "
-        "scheduler config).", choices=("auto", "on", "off")))
+        "(default, as the BadDiffusion and Elijah codes sample; measured on the zoo, docs/method.md 7), on, or auto "
+        "(the model's scheduler config).", choices=("auto", "on", "off")))
     engine: EngineConfig = field(default_factory=EngineConfig)
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 

@@ -230,3 +230,19 @@ def test_verdict_pattern_energy_comes_from_the_calibration(tmp_path, monkeypatch
     assert rms3 is None
     torch.testing.assert_close(p3, metrics.trigger_pattern(trig))
     assert abs(float(p3.pow(2).mean().sqrt()) - float(trig.pow(2).mean().sqrt())) < 1e-6
+
+
+def test_engine_options_reach_the_surrogate_calibration_and_the_verdict(tiny_model, tmp_path, monkeypatch):
+    """--dtype (like every engine option) applies to every chain of a run, each made where it is used: the
+    surrogate's image pool and lambda estimate (a bf16 table, cached apart from the fp32 one), the inversion and the
+    verdict's sampling."""
+    monkeypatch.setenv("PDFAST_CACHE_DIR", str(tmp_path / "cache"))
+    opts = dict(steps=2, epochs=1, batch=4, n_eval=4, surrogate_steps=2, surrogate_calib_batch=4, surrogate_batch=4,
+                surrogate_n_images=4, surrogate_pool_steps=2)
+    fp32 = pdfast.invert(tiny_model, **opts)
+    bf16 = pdfast.invert(tiny_model, dtype="bfloat16", **opts)
+    assert fp32.inversion.engine["dtype"] == fp32.verdict.engine["dtype"] == "float32"
+    assert bf16.inversion.engine["dtype"] == bf16.verdict.engine["dtype"] == "bfloat16"
+    assert not bf16.scales.cached and bf16.scales.info["cache_file"] != fp32.scales.info["cache_file"]
+    assert bf16.scales.info["cache_file"].endswith("-bfloat16.json")
+    assert torch.isfinite(bf16.scales.values).all() and not torch.equal(bf16.scales.values, fp32.scales.values)
