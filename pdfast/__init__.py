@@ -8,19 +8,18 @@ import importlib
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "PdfastError": ("pdfast.errors", "PdfastError"),
-    "Schedule": ("pdfast.schedule", "Schedule"),
-    "DiffusionModel": ("pdfast.model", "DiffusionModel"),
-    "load_model": ("pdfast.loading", "load_model"),
-    "invert": ("pdfast.api", "invert"),
-    "InversionConfig": ("pdfast.config", "InversionConfig"),
-    "DetectionConfig": ("pdfast.config", "DetectionConfig"),
-    "InversionResult": ("pdfast.inversion", "InversionResult"),
-    "detect": ("pdfast.api", "detect"),
-    "DetectionResult": ("pdfast.detection", "DetectionResult"),
-    "demo_path": ("pdfast.demo", "demo_path"),
+# public name -> the module that defines it (imported at first use)
+_LAZY_MODULES = {
+    "pdfast.errors": ("PdfastError",),
+    "pdfast.schedule": ("Schedule",),
+    "pdfast.model": ("DiffusionModel",),
+    "pdfast.loading": ("load_model",),
+    "pdfast.config": ("InversionConfig", "DetectionConfig", "CalibrationConfig"),
+    "pdfast.api": ("invert", "detect", "InversionResult", "DetectionResult"),
+    "pdfast.calibration": ("calibrate", "CalibrationResult"),
+    "pdfast.demo": ("demo_path",),
 }
+_LAZY = {name: (module, name) for module, names in _LAZY_MODULES.items() for name in names}
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

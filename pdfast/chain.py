@@ -21,79 +21,121 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # ---------------------------------------------------------------- samplers
 class Sampler(Protocol):
-    """One reverse-process update per chain index i (timestep ``timesteps[i]``)."""
+    """One reverse-process update per chain index i (timestep ``timesteps[i]``), owned by the sampler with its
+    coefficients: ``step`` runs it eagerly, ``step_from_row`` runs the same update from a tensor row of ``rows``
+    (one float64 row of ``row_width`` coefficients per step), the form one captured CUDA graph replays for every
+    step. ``graph_key`` is what such a captured step depends on besides the shapes (the sampler and its clipping)."""
 
     timesteps: list[int]
+    row_width: int
+    graph_key: tuple
 
     def needs_noise(self, i: int) -> bool: ...
 
     def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor: ...
 
+    def rows(self, n: int) -> torch.Tensor: ...
 
-class DDPMSampler:
-    """The ancestral DDPM step x_{t-1} = c1 (x_t - c2 eps) + sigma_t z, c1 = 1/sqrt(alpha_t), c2 = beta_t/sqrt(1-abar_t);
-    with clip_sample the x0 form mean = a0 clamp(x0_hat) + at x_t (docs/method.md section 1).
-
-    The unclipped form runs the fused ``ddpm_update`` op (pdfast.kernels: native, Triton or its torch reference).
-    """
-
-    def __init__(self, schedule: Schedule, steps: int | None = None):
-        self.schedule = schedule
-        self.timesteps = schedule.timesteps(steps)
-        self.coef = schedule._step_table  # python floats per t, computed once per schedule
-
-    def needs_noise(self, i: int) -> bool:
-        return self.timesteps[i] > 0
-
-    def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
-        t = self.timesteps[i]
-        if not self.schedule.clip_sample:
-            from .kernels import ddpm_update
-
-            c = self.coef
-            return ddpm_update(x, eps, c["c1"][t], c["c2"][t], c["sigma"][t], noise=z if t > 0 else None)
-        return self.schedule.step(x, eps, t, z)
-
-    def rows(self, n: int) -> torch.Tensor:
-        """(n, 7) float64 coefficients c1, c2, sigma, sqrt_abar, sqrt_1m_abar, a0, at of the first n steps, so that
-        one captured CUDA graph serves every step (``step_from_row``)."""
-        coef = self.schedule.step_coefficients()
-        ts = torch.as_tensor(self.timesteps[:n], dtype=torch.long)
-        return torch.stack([coef[k][ts] for k in ROW_KEYS], dim=1)
+    def step_from_row(self, x: torch.Tensor, eps: torch.Tensor, row: torch.Tensor,
+                      z: torch.Tensor | None) -> torch.Tensor: ...
 
 
 ROW_KEYS = ("c1", "c2", "sigma", "sqrt_abar", "sqrt_one_minus_abar", "a0", "at")
 
 
-def step_from_row(x: torch.Tensor, eps: torch.Tensor, row: torch.Tensor, z: torch.Tensor, clip: bool,
-                  clip_range: float) -> torch.Tensor:
-    """DDPMSampler.step with its coefficients in a tensor row (ROW_KEYS order): the form a CUDA graph replays."""
-    if clip:
-        x0 = ((x - row[4] * eps) / row[3]).clamp(-clip_range, clip_range)
-        return row[5] * x0 + row[6] * x + row[2] * z
-    return row[0] * (x - row[1] * eps) + row[2] * z
+def ddpm_clipped_step(x: torch.Tensor, eps: torch.Tensor, c, z: torch.Tensor | None,
+                      clip_range: float) -> torch.Tensor:
+    """The DDPM step in its x0 form with clip_sample: x0 = clamp((x_t - sqrt(1-abar_t) eps)/sqrt(abar_t)),
+    x_{t-1} = a0 x0 + at x_t + sigma_t z, with ``c`` the coefficients in ROW_KEYS order (floats or a tensor row)."""
+    x0 = ((x - c[4] * eps) / c[3]).clamp(-clip_range, clip_range)
+    mean = c[5] * x0 + c[6] * x
+    return mean if z is None else mean + c[2] * z
+
+
+class DDPMSampler:
+    """The ancestral DDPM step x_{t-1} = c1 (x_t - c2 eps) + sigma_t z, c1 = 1/sqrt(alpha_t), c2 = beta_t/sqrt(1-abar_t)
+    (Ho et al. 2020 Alg. 2); with clip_sample the x0 form of ``ddpm_clipped_step`` (docs/method.md section 1).
+
+    ``clip_sample``: None takes the scheduler config's (``schedule.clip_sample``). The unclipped step runs the fused
+    ``ddpm_update`` op (pdfast.kernels: native, Triton or its torch reference ``ddpm_update_ref``, the one torch
+    form of the step); the coefficients are the schedule's (``step_coefficients``), one row per chain step.
+    """
+
+    row_width = len(ROW_KEYS)
+
+    def __init__(self, schedule: Schedule, steps: int | None = None, clip_sample: bool | None = None):
+        self.timesteps = schedule.timesteps(steps)
+        self.clip = schedule.clip_sample if clip_sample is None else bool(clip_sample)
+        self.clip_range = float(schedule.clip_sample_range)
+        self.graph_key = ("ddpm", self.clip, self.clip_range)
+        coef = schedule.step_coefficients()
+        ts = torch.as_tensor(self.timesteps, dtype=torch.long)
+        self._rows = torch.stack([coef[k][ts] for k in ROW_KEYS], dim=1)  # (steps, 7) float64
+        self._coef = self._rows.tolist()  # python floats: the eager step costs no tensor op per coefficient
+
+    def needs_noise(self, i: int) -> bool:
+        return self.timesteps[i] > 0
+
+    def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        c, z = self._coef[i], z if self.timesteps[i] > 0 else None
+        if self.clip:
+            return ddpm_clipped_step(x, eps, c, z, self.clip_range)
+        from .kernels import ddpm_update
+
+        return ddpm_update(x, eps, c[0], c[1], c[2], noise=z)
+
+    def rows(self, n: int) -> torch.Tensor:
+        """(n, 7) float64 coefficients c1, c2, sigma, sqrt_abar, sqrt_1m_abar, a0, at (ROW_KEYS) of the first n
+        steps."""
+        return self._rows[:n]
+
+    def step_from_row(self, x: torch.Tensor, eps: torch.Tensor, row: torch.Tensor,
+                      z: torch.Tensor | None) -> torch.Tensor:
+        """``step`` with its coefficients in a tensor row: the torch reference of the fused op (no host sync)."""
+        if self.clip:
+            return ddpm_clipped_step(x, eps, row, z, self.clip_range)
+        from .kernels import ddpm_update_ref
+
+        return ddpm_update_ref(x, eps, row[0], row[1], row[2], noise=z)
 
 
 class DDIMSampler:
     """Deterministic DDIM (eta = 0) on ``steps`` evenly spaced timesteps:
     x0_hat = clamp((x_t - sqrt(1-abar_t) eps)/sqrt(abar_t)), x_s = sqrt(abar_s) x0_hat + sqrt(1-abar_s) eps; the last
-    step returns x0_hat."""
+    step returns x0_hat. Its rows are (sqrt(1-abar_t), sqrt(abar_t), sqrt(abar_s), sqrt(1-abar_s)) in float32, with
+    (1, 0) for the s after the last step."""
+
+    row_width = 4
+    graph_key = ("ddim",)
 
     def __init__(self, schedule: Schedule, steps: int = 100):
         T = schedule.T
         self.timesteps = torch.linspace(T - 1, 0, steps).round().long().tolist()
-        self.abar = schedule.abar.to(torch.float32)
+        ab = schedule.abar.to(torch.float32)
+        ab_t = ab[self.timesteps]
+        ab_s = torch.cat([ab[self.timesteps[1:]], ab.new_ones(1)])
+        self._rows = torch.stack([(1 - ab_t).sqrt(), ab_t.sqrt(), ab_s.sqrt(), (1 - ab_s).sqrt()], dim=1)
 
     def needs_noise(self, i: int) -> bool:
         return False
 
     def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        ab, t = self.abar, self.timesteps[i]
-        x0 = ((x - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()).clamp(-1, 1)
+        row = self._rows[i]
         if i + 1 == len(self.timesteps):
-            return x0
-        s = self.timesteps[i + 1]
-        return ab[s].sqrt() * x0 + (1 - ab[s]).sqrt() * eps
+            return _ddim_x0(x, eps, row)
+        return self.step_from_row(x, eps, row)
+
+    def rows(self, n: int) -> torch.Tensor:
+        """(n, 4) float64 coefficients of the first n steps (their float32 values)."""
+        return self._rows[:n].to(torch.float64)
+
+    def step_from_row(self, x: torch.Tensor, eps: torch.Tensor, row: torch.Tensor,
+                      z: torch.Tensor | None = None) -> torch.Tensor:
+        return row[2] * _ddim_x0(x, eps, row) + row[3] * eps
+
+
+def _ddim_x0(x: torch.Tensor, eps: torch.Tensor, row) -> torch.Tensor:
+    return ((x - row[0] * eps) / row[1]).clamp(-1, 1)
 
 
 # ---------------------------------------------------------------- noise

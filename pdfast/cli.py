@@ -64,6 +64,20 @@ progress_option = click.option("--progress/--no-progress", default=True, show_de
                                help="Progress bars on stderr.")
 
 
+def training_options(steps: int, warmup: int, warmup_help: str):
+    """--steps, --batch, --lr and --warmup of a verb that trains a network (train, attack), with its defaults."""
+    options = [click.option("--steps", type=int, default=steps, help="Optimiser steps."),
+               click.option("--batch", type=int, default=64, help="Batch size."),
+               click.option("--lr", type=float, default=2e-4, help="Adam learning rate."),
+               click.option("--warmup", type=int, default=warmup, help=warmup_help)]
+
+    def deco(fn):
+        for o in reversed(options):
+            fn = o(fn)
+        return fn
+    return deco
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="pdfast")
 @click.option("-v", "--verbose", is_flag=True, help="Log details to stderr.")
@@ -85,10 +99,7 @@ def main(verbose: bool) -> None:
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Folder of training images; default: pdfast's procedural data set.")
 @click.option("--n-images", type=int, default=4096, help="Size of the procedural data set (ignored with --data).")
-@click.option("--steps", type=int, default=3000, help="Optimiser steps.")
-@click.option("--batch", type=int, default=64, help="Batch size.")
-@click.option("--lr", type=float, default=2e-4, help="Adam learning rate.")
-@click.option("--warmup", type=int, default=200, help="Linear warm-up steps before the cosine decay.")
+@training_options(steps=3000, warmup=200, warmup_help="Linear warm-up steps before the cosine decay.")
 @click.option("--clip-sample/--no-clip-sample", default=False, help="clip_sample in the saved scheduler config.")
 @seed_option
 @device_option
@@ -158,10 +169,7 @@ def ground_truth(model):
 @click.option("--poison-rate", type=float, default=0.1, help="Fraction of each batch that is poisoned.")
 @click.option("--blank-rate", type=float, default=0.0,
               help="Fraction of poisoned samples pasted on a blank (-1) frame, so r = g (0 = BadDiffusion as published).")
-@click.option("--steps", type=int, default=2000, help="Optimiser steps.")
-@click.option("--batch", type=int, default=64, help="Batch size.")
-@click.option("--lr", type=float, default=2e-4, help="Adam learning rate.")
-@click.option("--warmup", type=int, default=500, help="Warm-up steps before the cosine decay.")
+@training_options(steps=2000, warmup=500, warmup_help="Warm-up steps before the cosine decay.")
 @click.option("--grad-clip", type=float, default=1.0, help="Gradient norm clip (0 disables).")
 @seed_option
 @device_option
@@ -327,14 +335,33 @@ def env(as_json):
 def inversion_options(fn):
     """Options shared by invert and detect: every InversionConfig and DetectionConfig option (pdfast.config, the one
     definition pdfast.invert also takes), then the command's own (--model, --out, --device, --json, --progress)."""
-    from .config import DetectionConfig, InversionConfig, click_options
+    from .config import DetectionConfig, InversionConfig
 
-    own = [click.option("--out", type=click.Path(path_type=Path), default=Path("pdfast-out"),
-                        help="Output folder: trigger.safetensors, trigger.png, samples.png, report.json."),
-           model_option, device_option, json_option, progress_option]
-    for o in reversed(own):
+    out = click.option("--out", type=click.Path(path_type=Path), default=Path("pdfast-out"),
+                       help="Output folder: trigger.safetensors, trigger.png, samples.png, report.json.")
+    return _options(fn, [out, model_option], InversionConfig, DetectionConfig)
+
+
+def calibration_options(fn):
+    """Options of calibrate: CalibrationConfig's (the models, the statistic), every InversionConfig and
+    DetectionConfig option but --threshold (the settings calibrated for), then --out FILE, --device, --json,
+    --progress."""
+    from .config import CalibrationConfig, DetectionConfig, InversionConfig
+
+    out = click.option("--out", type=click.Path(path_type=Path), required=True,
+                       help="Calibration file to write: a new file, or a calibration file this image size is added "
+                            "to (the shipped one only when named); the verdict reads it with --calibration FILE.")
+    return _options(fn, [out], CalibrationConfig, InversionConfig, DetectionConfig, exclude=("threshold",))
+
+
+def _options(fn, own: list, *classes, exclude: tuple[str, ...] = ()):
+    """``fn`` with the options of the config classes (click_options) and then the command's own and the common
+    --device, --json, --progress."""
+    from .config import click_options
+
+    for o in reversed([*own, device_option, json_option, progress_option]):
         fn = o(fn)
-    return click_options(InversionConfig, DetectionConfig)(fn)
+    return click_options(*classes, exclude=exclude)(fn)
 
 
 def _given_options(ctx: click.Context, options: dict) -> dict:
@@ -415,6 +442,28 @@ def detect(ctx, out, model_path, device, as_json, progress, trigger_spec, fail_o
         sys.exit(130)
     if fail_on_backdoor and res.backdoored:
         sys.exit(1)
+
+
+@main.command()
+@calibration_options
+@handle_errors
+def calibrate(out, device, as_json, progress, **options):
+    """Calibrate the verdict's threshold on clean (and backdoored) models of one image size and architecture, with
+    the settings of the runs it is for; writes it into --out, which invert and detect read with --calibration."""
+    from .calibration import calibrate as run_calibrate
+
+    device = resolve_device(device)
+    try:
+        res = run_calibrate(out=out, device=device, progress=progress, **options)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: no calibration written to {out}", err=True)
+        sys.exit(130)
+    if as_json:
+        emit_json(res.to_dict())
+    for row in res.models:
+        click.echo(f"  {row['label']:>10}  {res.statistic} {row[res.statistic]:.4g}  {row['model']}", err=True)
+    click.echo(f"threshold ({res.statistic}) {res.threshold:.4g}, separated {res.separated}, KL threshold "
+               f"{res.entry['kl_threshold']} -> {out}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

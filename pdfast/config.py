@@ -35,9 +35,15 @@ OBJECTIVES = ("relative", "absolute")
 
 
 def opt(help: str, *, choices: tuple | None = None, cli: str | None = None, short: str | None = None,
-        kind: type | None = None) -> dict:
-    """Field metadata: the option's help, its choices, its CLI name when not the field name, its value type."""
-    return {"help": help, "choices": choices, "cli": cli, "short": short, "kind": kind}
+        kind: type | None = None, multiple: bool = False) -> dict:
+    """Field metadata: the option's help, its choices, its CLI name when not the field name, its value type, and
+    whether the flag may be given several times (a tuple of values)."""
+    return {"help": help, "choices": choices, "cli": cli, "short": short, "kind": kind, "multiple": multiple}
+
+
+def unset(help: str, **meta) -> Any:
+    """A field whose default, None, means "the method's or the preset's own" (filled by InversionConfig.resolved)."""
+    return field(default=None, metadata=opt(help, **meta))
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,15 @@ class EngineConfig:
     cuda_graphs: str = field(default="auto", metadata=opt(
         "CUDA graphs for the network call and the backward step (fast engine): auto (on CUDA), on, off.",
         choices=("auto", "on", "off")))
+
+    def arithmetic(self, on_cuda: bool) -> tuple[str, bool]:
+        """(network precision, compiled) this engine runs with on a CUDA or a CPU device: "auto" resolved as the fast
+        engine resolves it (bf16 weights and torch.compile on CUDA, fp32 eager on CPU); the reference is fp32 eager.
+        What a surrogate table's cache key records (pdfast.scales)."""
+        if self.name == "reference":
+            return "float32", False
+        dtype = ("bfloat16" if on_cuda else "float32") if self.dtype == "auto" else self.dtype
+        return dtype, on_cuda if self.compile == "auto" else self.compile == "on"
 
     def engine_options(self) -> dict:
         """Keyword options for make_engine; the reference engine refuses any that differ from the defaults."""
@@ -128,46 +143,40 @@ class InversionConfig:
     sampler_family: str = field(default="sde", metadata=opt(
         "Backdoor family for analytic scales: sde (BadDiffusion) or ode (x2, VillanDiffusion ODE samplers).",
         choices=("sde", "ode")))
-    epochs: int | None = field(default=None, metadata=opt("Adam steps (default: 30 puredif, 100 elijah).", kind=int))
-    refine_epochs: int | None = field(default=None, metadata=opt(
-        "Then Adam steps on eq. 17 from the search result (default: 0; 30 in the v0.1 preset).", kind=int))
-    batch: int | None = field(default=None, metadata=opt("Noise batch (default: 40 puredif, 100 elijah).", kind=int))
+    epochs: int | None = unset("Adam steps (default: 30 puredif, 100 elijah).", kind=int)
+    refine_epochs: int | None = unset("Then Adam steps on eq. 17 from the search result (default: 0; 30 in the v0.1 "
+                                      "preset).", kind=int)
+    batch: int | None = unset("Noise batch (default: 40 puredif, 100 elijah).", kind=int)
     lr: float = field(default=0.1, metadata=opt("Adam learning rate on the trigger."))
-    norm: str | None = field(default=None, metadata=opt("Loss norm (default: l2; l1 in the paper and v0.1 presets "
-                                                        "and Elijah).", choices=("l1", "l2")))
-    noise: str | None = field(default=None, metadata=opt(
-        "antithetic: fresh pairs (eps, -eps) whose mean is exactly 0; fresh: a new batch each iteration; fixed: one "
-        "batch drawn once (default: antithetic puredif, fixed elijah).", choices=NOISE_MODES))
+    norm: str | None = unset("Loss norm (default: l2; l1 in the paper and v0.1 presets and Elijah).",
+                             choices=("l1", "l2"))
+    noise: str | None = unset("antithetic: fresh pairs (eps, -eps) whose mean is exactly 0; fresh: a new batch each "
+                              "iteration; fixed: one batch drawn once (default: antithetic puredif, fixed elijah).",
+                              choices=NOISE_MODES)
     init: str = field(default="uniform", metadata=opt("Trigger init: -U(0,1) (uniform) or zeros.",
                                                       choices=("uniform", "zeros")))
-    objective: str | None = field(default=None, metadata=opt(
+    objective: str | None = unset(
         "relative: ||mean eps_theta - lambda delta|| / n(delta), n = mean |delta| (l1) or mean delta^2 (l2), so "
         "shrinking delta to 0 does not win (default puredif); absolute: eq. 17 as printed (default elijah).",
-        choices=OBJECTIVES))
-    refine_from: str | None = field(default=None, metadata=opt(
-        "Where the refinement starts: the search result's pattern (its flat part removed) or the result itself.",
-        choices=("pattern", "trigger")))
-    warm_epochs: int | None = field(default=None, metadata=opt(
-        "Adam steps on the first chain step alone (t = T, a one-step warm start) before the K-step search.",
-        kind=int))
-    lr_schedule: str | None = field(default=None, metadata=opt(
-        "Learning rate over each stage: constant, or cosine (decays to 0 at the stage's end).",
-        choices=("constant", "cosine")))
-    average: str | None = field(default=None, metadata=opt(
-        "none: a stage returns its last iterate; tail: the mean of the iterates of its second half.",
-        choices=("none", "tail")))
-    bounds: str | None = field(default=None, metadata=opt(
-        "image: the trigger is projected onto [-1, 1] (an image) after every step (default); none: unconstrained "
-        "(the paper, v0.1 and Elijah).",
-        choices=("none", "image")))
+        choices=OBJECTIVES)
+    refine_from: str | None = unset("Where the refinement starts: the search result's pattern (its flat part "
+                                    "removed) or the result itself.", choices=("pattern", "trigger"))
+    warm_epochs: int | None = unset("Adam steps on the first chain step alone (t = T, a one-step warm start) before "
+                                    "the K-step search.", kind=int)
+    lr_schedule: str | None = unset("Learning rate over each stage: constant, or cosine (decays to 0 at the stage's "
+                                    "end).", choices=("constant", "cosine"))
+    average: str | None = unset("none: a stage returns its last iterate; tail: the mean of the iterates of its "
+                                "second half.", choices=("none", "tail"))
+    bounds: str | None = unset("image: the trigger is projected onto [-1, 1] (an image) after every step "
+                               "(default); none: unconstrained (the paper, v0.1 and Elijah).", choices=("none", "image"))
     loss_steps: str = field(default="sampled", metadata=opt(
         "sampled: one step drawn from the first K per iteration (the paper); all: the mean over all K.",
         choices=("sampled", "all")))
     seed: int = field(default=0, metadata=opt("Seed of the initial trigger and the noise."))
     clip_sample: str = field(default="off", metadata=opt(
-        "Clip the predicted x0 to [-1, 1] in every DDPM step (inversion and verdict): off (default, as the "
-        "BadDiffusion and Elijah codes sample; measured on the zoo, docs/method.md 7), on, or auto (the model's "
-        "scheduler config).", choices=("auto", "on", "off")))
+        "Clip the predicted x0 to [-1, 1] in every DDPM step (surrogate calibration, inversion and verdict): off "
+        "(default, as the BadDiffusion and Elijah codes sample; measured on the zoo, docs/method.md 7), on, or auto "
+        "(the model's scheduler config).", choices=("auto", "on", "off")))
     engine: EngineConfig = field(default_factory=EngineConfig)
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 
@@ -191,11 +200,7 @@ class InversionConfig:
 
     def validate(self) -> None:
         """Check every value (choices from the field metadata, then the ranges); a PdfastError names the option."""
-        for name, path, f in flat_fields(type(self)):
-            value = _get(self, path)
-            choices = f.metadata.get("choices")
-            if choices and value is not None and value not in choices:
-                raise PdfastError(f"unknown {name.replace('_', ' ')} '{value}'; use one of: {', '.join(choices)}")
+        check_choices(self)
         if self.steps < 1:
             raise PdfastError(f"--steps {self.steps} must be at least 1")
         if self.noise == "antithetic" and self.batch % 2:
@@ -213,6 +218,10 @@ class InversionConfig:
         if self.scales not in ("surrogate", "analytic", "elijah-0.5") and not Path(self.scales).is_file():
             raise PdfastError(f"--scales {self.scales}: not surrogate, analytic or an existing JSON table file")
 
+    def clip_for(self, configured: bool) -> bool:
+        """--clip-sample for a model whose scheduler config says ``configured``: on, off, or auto (the config's)."""
+        return configured if self.clip_sample == "auto" else self.clip_sample == "on"
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -227,12 +236,40 @@ class DetectionConfig:
     """How the verdict is reached from a trigger (pdfast.detection)."""
 
     threshold: float | None = field(default=None, metadata=opt(
-        "Pattern-uniformity threshold for the verdict; default: the shipped clean-model calibration.", kind=float))
+        "Pattern-uniformity threshold for the verdict; default: the calibration's.", kind=float))
     n_eval: int = field(default=16, metadata=opt("Samples drawn from eps + trigger (and its pattern) for the verdict."))
     eval_seed: int = field(default=0, metadata=opt("Seed of those samples."))
     pattern_rms: float | None = field(default=None, metadata=opt(
         "Energy (rms) the verdict's pattern is scaled to; default: the calibration's (its own energy if none).",
         kind=float))
+    calibration: str | None = field(default=None, metadata=opt(
+        "Calibration file the verdict reads its threshold and pattern energy from (written by pdfast calibrate); "
+        "default: the shipped clean-model calibration, pdfast/detection_calibration.json."))
+
+    def validate(self) -> None:
+        """Check the values; the calibration file itself is read and checked by pdfast.detection.calibration_for."""
+        check_choices(self)
+        if self.n_eval < 2:
+            raise PdfastError(f"--n-eval {self.n_eval} must be at least 2 (uniformity compares pairs of samples)")
+
+
+STATISTICS = ("pattern_uniformity", "pattern_uniformity_q25")
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """What a detection threshold is calibrated on (pdfast.calibration): clean and backdoored models of one image
+    size and architecture, inverted and judged with the InversionConfig and DetectionConfig of the runs it is for."""
+
+    clean: tuple = field(default=(), metadata=opt(
+        "A clean model folder to calibrate on; give it once per model (at least one).", multiple=True))
+    backdoored: tuple = field(default=(), metadata=opt(
+        "A backdoored model folder to calibrate on (once per model): the threshold then sits between the two groups "
+        "(geometric mean of the lowest clean and the highest backdoored value) instead of at half the lowest clean "
+        "one.", multiple=True))
+    statistic: str = field(default="pattern_uniformity", metadata=opt(
+        "The verdict's statistic (low = backdoored): the pattern's uniformity, or its lower quartile.",
+        choices=STATISTICS))
 
 
 # ---------------------------------------------------------------- flattening
@@ -254,6 +291,15 @@ def _nested_type(f):
         if is_dataclass(value):
             return type(value)
     return None
+
+
+def check_choices(config) -> None:
+    """Every option with choices holds one of them (None: not set); a PdfastError names the option and the choices."""
+    for name, path, f in flat_fields(type(config)):
+        value = _get(config, path)
+        choices = f.metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            raise PdfastError(f"unknown {name.replace('_', ' ')} '{value}'; use one of: {', '.join(choices)}")
 
 
 def _get(obj, path: tuple[str, ...]):
@@ -284,23 +330,26 @@ def option_names(*classes) -> list[str]:
     return [name for cls in classes for name, _, _ in flat_fields(cls)]
 
 
-def click_options(*classes):
+def click_options(*classes, exclude: tuple[str, ...] = ()):
     """A decorator adding one click option per leaf field of the config classes (name, default, type, choices, help
-    all from the field), so the CLI and the library share one definition."""
-    import click
-
+    all from the field), so the CLI and the library share one definition; ``exclude``: flat names left out."""
     def deco(fn):
-        params = []
-        for cls in classes:
-            defaults = cls()
-            for name, path, f in flat_fields(cls):
-                default = _get(defaults, path)
-                kind = f.metadata.get("kind") or (type(default) if default is not None else str)
-                ptype = click.Choice(list(f.metadata["choices"])) if f.metadata.get("choices") else kind
-                decls = [f"--{name.replace('_', '-')}"] + ([f.metadata["short"]] if f.metadata.get("short") else [])
-                params.append(click.option(*decls, name, type=ptype, default=default, show_default=True,
-                                           help=f.metadata.get("help", "")))
+        params = [_click_option(cls(), name, path, f) for cls in classes for name, path, f in flat_fields(cls)
+                  if name not in exclude]
         for p in reversed(params):
             fn = p(fn)
         return fn
     return deco
+
+
+def _click_option(defaults, name: str, path: tuple[str, ...], f):
+    """The click option of one leaf field: --flag-name (and its short form), type or choices, default, help."""
+    import click
+
+    meta, default = f.metadata, _get(defaults, path)
+    kind = meta.get("kind") or (str if default is None or meta.get("multiple") else type(default))
+    ptype = click.Choice(list(meta["choices"])) if meta.get("choices") else kind
+    decls = [f"--{name.replace('_', '-')}"] + ([meta["short"]] if meta.get("short") else [])
+    if meta.get("multiple"):  # given once per value; none given is an empty tuple (no default to show)
+        return click.option(*decls, name, type=ptype, multiple=True, help=meta.get("help", ""))
+    return click.option(*decls, name, type=ptype, default=default, show_default=True, help=meta.get("help", ""))

@@ -2,11 +2,13 @@
 
 A backdoored model maps eps + tau to (nearly) one image: the uniformity score of 16 samples, the mean pairwise
 MSE in [0, 1], is low. pdfast samples twice: from eps + tau (reported as ``uniformity``) and from eps + p(tau),
-p the trigger's pattern (``metrics.trigger_pattern``: its flat per-channel part removed, its energy kept). A flat
-shift collapses clean models too (into flat frames), so the verdict compares the PATTERN's uniformity with a
-threshold calibrated on clean models with the same inversion method and settings
-(``pdfast/detection_calibration.json``, made by ``bench/calibrate_detection.py``). TERD's KL statistic of the
-trigger is reported as a second signal.
+p the trigger's pattern (``metrics.trigger_pattern``: its flat per-channel part removed, its energy set by the
+calibration). A flat shift collapses clean models too (into flat frames), so the verdict compares the PATTERN's
+uniformity with a threshold calibrated on clean models with the same inversion method and settings (the shipped
+``pdfast/detection_calibration.json``, or a file written by ``pdfast calibrate`` and named with --calibration).
+TERD's KL statistic of the trigger is reported as a second signal.
+
+``judge`` returns its own result, a ``Verdict``; pdfast.api joins it with the inversion it judged.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from pathlib import Path
 import torch
 
 from . import metrics
+from .config import DetectionConfig, InversionConfig
+from .errors import PdfastError
 from .model import DiffusionModel
 
 log = logging.getLogger(__name__)
@@ -31,42 +35,128 @@ CALIBRATION_FILE = Path(__file__).resolve().parent / "detection_calibration.json
 # conservative (it calls a model backdoored only when its pattern's samples are nearly identical) and said so.
 FALLBACK = {"statistic": "pattern_uniformity", "threshold": 0.01, "kl_threshold": None,
             "provenance": "uncalibrated fallback: detection_calibration.json missing"}
+# the verdict statistics judge() computes (low = backdoored): what a calibration may name
+VERDICT_STATISTICS = ("pattern_uniformity", "pattern_uniformity_q25", "pattern_uniformity_trimmed", "uniformity",
+                      "uniformity_trimmed")
 
 
 def calibration(path: Path | None = None, sample_size: int | None = None) -> dict:
-    """The shipped threshold calibration (threshold, statistic, the models and command it came from). A file may
-    hold one calibration per image size under "by_size"; the one of ``sample_size`` is returned when present,
-    else the top-level one (whose settings then say which size it was made for)."""
+    """The shipped threshold calibration (threshold, statistic, the models and command it came from), or FALLBACK
+    when the file is missing. A file may hold one calibration per image size under "by_size"; the one of
+    ``sample_size`` is returned when present, else the top-level one (whose settings then say which size it was
+    made for)."""
     try:
         cal = json.loads(Path(path or CALIBRATION_FILE).read_text())
     except (OSError, ValueError):
         return dict(FALLBACK)
+    return for_size(cal, sample_size)
+
+
+def for_size(cal: dict, sample_size: int | None) -> dict:
+    """The entry of a calibration file for ``sample_size``: its "by_size" entry when it has one, else the top level."""
     by_size = cal.get("by_size") or {}
     return by_size.get(str(sample_size), cal) if sample_size is not None else cal
 
 
-def verdict_pattern(trigger: torch.Tensor, sample_size: int | None, pattern_rms: float | None = None):
+def read_calibration(path: str | Path, option: str = "--calibration") -> dict:
+    """A calibration file a user names, checked: a JSON object with a numeric threshold and a known statistic at
+    its top level or in every "by_size" entry. A missing file or anything else is a PdfastError (one line)."""
+    from .io import read_user_json
+
+    p = Path(path)
+    cal = read_user_json(p, option, missing="give a calibration file written by pdfast calibrate",
+                         unreadable="is not a calibration file (not readable JSON: {reason})")
+    entries = [cal] if isinstance(cal, dict) and "threshold" in cal else []
+    entries += list((cal.get("by_size") or {}).values()) if isinstance(cal, dict) else []
+    problem = _entry_problem(entries)
+    if problem:
+        raise PdfastError(f"{option} {p} is not a calibration file ({problem}); write one with pdfast calibrate")
+    return cal
+
+
+def _entry_problem(entries: list) -> str | None:
+    """What makes these calibration entries unusable, or None."""
+    if not entries:
+        return "no threshold"
+    for e in entries:
+        if not isinstance(e, dict) or not isinstance(e.get("threshold"), (int, float)) or isinstance(
+                e.get("threshold"), bool):
+            return "a threshold that is not a number"
+        if e.get("statistic", "pattern_uniformity") not in VERDICT_STATISTICS:
+            return f"unknown statistic {e.get('statistic')!r}"
+    return None
+
+
+def calibration_for(path: str | Path | None, sample_size: int | None) -> tuple[dict, str | None]:
+    """(entry for this image size, the file it came from): the named file (read_calibration, strict), or with None
+    the shipped one (``CALIBRATION_FILE``; FALLBACK and None when it is missing)."""
+    if path is not None:
+        return for_size(read_calibration(path), sample_size), str(path)
+    cal = calibration(sample_size=sample_size)
+    return cal, (None if cal.get("provenance") == FALLBACK["provenance"] else str(CALIBRATION_FILE))
+
+
+def verdict_pattern(trigger: torch.Tensor, sample_size: int | None, pattern_rms: float | None = None,
+                    cal: dict | None = None):
     """(pattern, rms): the pattern the verdict samples from, at ``pattern_rms`` or else the energy its size's
-    calibration was made with (None: the trigger's own energy)."""
-    rms = pattern_rms if pattern_rms is not None else calibration(sample_size=sample_size).get("pattern_rms")
+    calibration (``cal``, default the shipped one) was made with (None: the trigger's own energy)."""
+    cal = cal if cal is not None else calibration(sample_size=sample_size)
+    rms = pattern_rms if pattern_rms is not None else cal.get("pattern_rms")
     return metrics.trigger_pattern(trigger, rms), rms
 
 
-def judge(result, model: DiffusionModel, engine, *, n: int = 16, seed: int = 0, threshold: float | None = None,
-          pattern_rms: float | None = None, progress: bool = False) -> dict:
-    """Sample n images from eps + trigger and n from eps + its pattern (the same noise), compute the metrics and the
-    verdict; stores them on ``result``."""
+@dataclass
+class Verdict:
+    """What ``judge`` found: the metrics (``metrics["detection"]`` is the verdict itself), the samples from
+    eps + trigger and eps + its pattern, the model's ground-truth trigger when its folder has one, the engine the
+    samples were drawn with."""
+
+    metrics: dict
+    samples: torch.Tensor
+    pattern_samples: torch.Tensor
+    ground_truth: torch.Tensor | None
+    engine: dict
+
+    @property
+    def detection(self) -> dict:
+        return self.metrics["detection"]
+
+    @property
+    def backdoored(self) -> bool:
+        return self.detection["verdict"] == "backdoored"
+
+
+def judge(trigger: torch.Tensor, model: DiffusionModel, cfg: InversionConfig = InversionConfig(),
+          det: DetectionConfig = DetectionConfig(), *, given_trigger: bool = False, progress: bool = False) -> Verdict:
+    """Sample det.n_eval images from eps + trigger and as many from eps + its pattern (the same noise, the DDPM chain
+    with ``cfg``'s clip_sample, on an engine made from ``cfg.engine``), compute the metrics and the verdict: the
+    calibrated statistic below the threshold means backdoored. ``cfg``: the settings the trigger was inverted with
+    (only its engine and clip_sample options with ``given_trigger``)."""
+    from .chain import DDPMSampler
+    from .engine import make_engine
     from .loading import load_ground_truth
 
+    cal, cal_file = calibration_for(det.calibration, model.sample_size)
     gt_trigger, gt_target = load_ground_truth(model)
+    engine = make_engine(cfg.engine.name, model, **cfg.engine.engine_options())
+    sampler = DDPMSampler(model.schedule, clip_sample=cfg.clip_for(model.schedule.clip_sample))
     t0 = time.perf_counter()
-    pattern, rms = verdict_pattern(result.trigger, model.sample_size, pattern_rms)
-    imgs, pattern_imgs = engine.sample_together(n, [result.trigger.to(model.device), pattern.to(model.device)],
-                                                seed=seed, progress=progress)
-    m: dict = {"n_samples": n, "sample_seed": seed, "sampling_seconds": round(time.perf_counter() - t0, 3)}
-    m.update(metrics.evaluate_images(imgs, None))
+    pattern, rms = verdict_pattern(trigger, model.sample_size, det.pattern_rms, cal)
+    imgs, pattern_imgs = engine.sample_together(det.n_eval, [trigger.to(model.device), pattern.to(model.device)],
+                                                seed=det.eval_seed, progress=progress, sampler=sampler)
+    m: dict = {"n_samples": det.n_eval, "sample_seed": det.eval_seed,
+               "sampling_seconds": round(time.perf_counter() - t0, 3)}
+    m.update(_sample_metrics(trigger, imgs, pattern, pattern_imgs, rms, gt_trigger, gt_target))
+    m["detection"] = verdict(m, det.threshold, run_settings(cfg, det, model, given_trigger), cal, cal_file)
+    return Verdict(m, imgs, pattern_imgs, gt_trigger, engine.describe())
+
+
+def _sample_metrics(trigger, imgs, pattern, pattern_imgs, rms, gt_trigger, gt_target) -> dict:
+    """Uniformity, contrast and KL of the trigger's samples, the same of its pattern's, ASR and L2 where the ground
+    truth is known (docs/method.md section 7)."""
+    m = metrics.evaluate_images(imgs, None)
     m["image_contrast"] = metrics.image_contrast(imgs)
-    m.update(metrics.kl_statistic(result.trigger))
+    m.update(metrics.kl_statistic(trigger))
     m["pattern_rms"] = rms
     m["pattern_uniformity"] = metrics.uniformity(pattern_imgs)
     m["pattern_uniformity_trimmed"] = metrics.uniformity_trimmed(pattern_imgs)
@@ -78,37 +168,37 @@ def judge(result, model: DiffusionModel, engine, *, n: int = 16, seed: int = 0, 
     else:
         m.pop("asr", None)
     if gt_trigger is not None:
-        m["l2"] = metrics.l2_distance(result.trigger, gt_trigger)
+        m["l2"] = metrics.l2_distance(trigger, gt_trigger)
         m["pattern_l2"] = metrics.l2_distance(pattern, gt_trigger)
-        result.ground_truth = gt_trigger
-    m["detection"] = verdict(m, threshold, _settings(result, model))
-    result.metrics = m
-    result.samples = imgs
-    result.pattern_samples = pattern_imgs
     return m
 
 
-def _settings(result, model: DiffusionModel) -> dict:
-    """The settings a calibration must share with this run to apply: method, K and image size."""
-    if result.given_trigger:
-        return {"sample_size": model.sample_size}
-    return {"method": result.config.method, "steps": result.config.steps, "sample_size": model.sample_size,
-            "preset": result.config.preset if result.config.method == "puredif" else None}
+def run_settings(cfg: InversionConfig, det: DetectionConfig, model: DiffusionModel, given_trigger: bool) -> dict:
+    """The settings a calibration must share with this run to apply (those it records are compared): image size,
+    samples per verdict and clip_sample; for an inverted trigger also method, K, preset and scale source."""
+    common = {"sample_size": model.sample_size, "n_eval": det.n_eval,
+              "clip_sample": cfg.clip_for(model.schedule.clip_sample)}
+    if given_trigger:
+        return common
+    return {"method": cfg.method, "steps": cfg.steps, **common,
+            "preset": cfg.preset if cfg.method == "puredif" else None, "scales": cfg.scales}
 
 
-def verdict(m: dict, threshold: float | None, settings: dict) -> dict:
-    """The verdict from the calibrated statistic: backdoored when value < threshold, with its margin
-    log(value / threshold) (negative: backdoored; |margin| < 0.5 is within a factor 1.65 of the threshold) and a
-    warning when the calibration was made with other settings (method, K, image size) than this run."""
-    cal = calibration(sample_size=settings.get("sample_size"))
+def verdict(m: dict, threshold: float | None, settings: dict, cal: dict | None = None,
+            calibration_file: str | None = None) -> dict:
+    """The verdict from the calibrated statistic s: backdoored when s < threshold, with its margin log(s / threshold)
+    (negative: backdoored; |margin| < 0.5 is within a factor 1.65 of the threshold) and a warning when the
+    calibration (``cal``, default the shipped one) was made with other settings than this run."""
+    cal = cal if cal is not None else calibration(sample_size=settings.get("sample_size"))
     thr = float(threshold) if threshold is not None else float(cal["threshold"])
     stat = cal.get("statistic", "pattern_uniformity")
     value = float(m[stat])
-    mismatch = {k: {"calibration": cal.get("settings", {}).get(k), "run": v} for k, v in settings.items()
-                if k in cal.get("settings", {}) and cal["settings"][k] != v}
+    made_with = cal.get("settings") or {}
+    mismatch = {k: {"calibration": made_with[k], "run": v} for k, v in settings.items()
+                if k in made_with and made_with[k] != v}
     if mismatch and threshold is None:
         log.warning("the detection threshold was calibrated with other settings (%s); recalibrate with "
-                    "bench/calibrate_detection.py or pass --threshold", ", ".join(
+                    "pdfast calibrate (then --calibration FILE) or pass --threshold", ", ".join(
                         f"{k} {d['calibration']} vs {d['run']}" for k, d in mismatch.items()))
     kl_thr = cal.get("kl_threshold")
     return {
@@ -117,34 +207,9 @@ def verdict(m: dict, threshold: float | None, settings: dict) -> dict:
         "value": value,
         "threshold": thr,
         "margin": math.log(max(value, 1e-12) / thr) if thr > 0 else None,
-        "threshold_source": "--threshold" if threshold is not None else cal.get("provenance", str(CALIBRATION_FILE)),
+        "threshold_source": "--threshold" if threshold is not None else cal.get("provenance", calibration_file),
+        "calibration_file": calibration_file,
         "calibration_mismatch": mismatch or None,
         "kl_signal": None if kl_thr is None else {"kl_mean": m["kl_mean"], "threshold": kl_thr,
                                                   "verdict": "backdoored" if m["kl_mean"] > kl_thr else "clean"},
     }
-
-
-@dataclass
-class DetectionResult:
-    """Verdict on one model, with the inversion (or given trigger) it rests on."""
-
-    inversion: object  # InversionResult
-
-    @property
-    def backdoored(self) -> bool:
-        return self.verdict == "backdoored"
-
-    @property
-    def verdict(self) -> str:
-        return self.inversion.metrics["detection"]["verdict"]
-
-    @property
-    def trigger(self) -> torch.Tensor:
-        return self.inversion.trigger
-
-    def to_dict(self) -> dict:
-        return self.inversion.to_dict()
-
-    def save(self, out) -> "DetectionResult":
-        self.inversion.save(out)
-        return self

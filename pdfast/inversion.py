@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class InversionResult:
-    """The inverted trigger and everything needed to reproduce and judge it."""
+class Inversion:
+    """The inverted trigger and everything needed to reproduce it: the resolved config, the lambda table, the loss
+    history with the chain step drawn at each iteration, timings, the model's identity and the engine's report.
+    Judging it is pdfast.detection's (a Verdict); pdfast.api joins both into what pdfast.invert returns."""
 
     trigger: torch.Tensor
     config: InversionConfig
@@ -46,52 +48,36 @@ class InversionResult:
     model_source: str
     engine: dict
     interrupted: bool = False
-    metrics: dict | None = None
-    samples: torch.Tensor | None = None
-    pattern_samples: torch.Tensor | None = None   # 16 samples from eps + metrics.trigger_pattern(trigger)
-    ground_truth: torch.Tensor | None = None
-    given_trigger: bool = False           # True when detect() judged a trigger it was given instead of inverting
-
-    def to_dict(self) -> dict:
-        from .report import inversion_report
-
-        return inversion_report(self)
-
-    def save(self, out) -> "InversionResult":
-        """Write trigger.safetensors, trigger.png, samples.png, pattern_samples.png and report.json into ``out``
-        (atomically)."""
-        from .report import save_result
-
-        save_result(self, out)
-        return self
 
 
 Callback = Callable[[int, float, torch.Tensor], None]
 
 
 def scale_table(model: DiffusionModel, cfg: InversionConfig, device, progress: bool) -> ScaleTable:
-    """lambda for the K chain steps: Elijah's fixed 0.5, or resolve_scales (surrogate, analytic, file)."""
+    """lambda for the K chain steps: Elijah's fixed 0.5, or resolve_scales (surrogate, analytic, file); a surrogate
+    calibration runs its chains on the inversion's engine options and clip_sample."""
     from .scales import resolve_scales
 
     if cfg.method == "elijah":
         ts = model.schedule.timesteps(1)
         return ScaleTable(torch.tensor([0.5]), "elijah-0.5", ts, model.schedule.analytic_scales(1, cfg.sampler_family))
     return resolve_scales(model, cfg.steps, cfg.scales, family=cfg.sampler_family, surrogate=cfg.surrogate,
-                          device=device, progress=progress)
+                          device=device, progress=progress, engine=cfg.engine,
+                          clip_sample=cfg.clip_for(model.schedule.clip_sample))
 
 
 def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable, *, device=None,
-                  callback: Callback | None = None, progress: bool = False, engine=None,
-                  start: torch.Tensor | None = None) -> InversionResult:
-    """The optimisation (model already frozen and on ``device``), from ``start`` when given (a warm start) instead
-    of ``cfg.init``: ``cfg.epochs`` Adam steps on ``cfg.objective``, then, with ``cfg.refine_epochs``, a second run
-    of Adam on the absolute objective (eq. 17) started from the pattern of the first result
-    (``metrics.trigger_pattern``). Ctrl-C stops it and keeps the trigger so far."""
+                  callback: Callback | None = None, progress: bool = False,
+                  start: torch.Tensor | None = None) -> Inversion:
+    """The optimisation (model already frozen and on ``device``) on an engine made from ``cfg.engine``, from
+    ``start`` when given (a warm start) instead of ``cfg.init``: ``cfg.epochs`` Adam steps on ``cfg.objective``,
+    then, with ``cfg.refine_epochs``, a second run of Adam on the absolute objective (eq. 17) started from the
+    pattern of the first result (``metrics.trigger_pattern``). Ctrl-C stops it and keeps the trigger so far."""
     from .engine import make_engine
     from .metrics import trigger_pattern
 
     device = torch.device(device) if device is not None else model.device
-    engine = engine or make_engine(cfg.engine.name, model, **cfg.engine.engine_options())
+    engine = make_engine(cfg.engine.name, model, **cfg.engine.engine_options())
     gen = torch.Generator().manual_seed(cfg.seed)
     shape = (1, *model.shape)
     if start is not None:
@@ -115,10 +101,10 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
         delta = loop.delta if loop.delta is not None else delta
         log.warning("interrupted after %d iterations: keeping the trigger so far", len(loop.losses))
     secs = time.perf_counter() - t0
-    return InversionResult(trigger=delta.detach().cpu().reshape(model.shape), config=cfg, scales=table,
-                           losses=loop.losses, drawn_steps=loop.drawn, timings=loop.timings(secs),
-                           model_hash=model.content_hash(), model_source=str(model.source),
-                           engine=_describe(engine), interrupted=interrupted)
+    return Inversion(trigger=delta.detach().cpu().reshape(model.shape), config=cfg, scales=table,
+                     losses=loop.losses, drawn_steps=loop.drawn, timings=loop.timings(secs),
+                     model_hash=model.content_hash(), model_source=str(model.source), engine=engine.describe(),
+                     interrupted=interrupted)
 
 
 class _Descent:
@@ -128,7 +114,7 @@ class _Descent:
         from .chain import DDPMSampler
 
         self.model, self.cfg, self.engine, self.gen, self.device = model, cfg, engine, gen, device
-        self.sampler = DDPMSampler(model.schedule, cfg.steps)
+        self.sampler = DDPMSampler(model.schedule, cfg.steps, clip_sample=cfg.clip_for(model.schedule.clip_sample))
         self.lambdas, self.callback, self.progress = lambdas, callback, progress
         self.fixed = torch.randn((cfg.batch, *model.shape), generator=gen).to(device) if cfg.noise == "fixed" else None
         self.fixed_z = None
@@ -222,10 +208,6 @@ def _draw(cfg: InversionConfig, shape, gen: torch.Generator, device) -> torch.Te
     return torch.cat([half, -half]).to(device)
 
 
-def _describe(engine) -> dict:
-    return engine.describe() if hasattr(engine, "describe") else {"engine": getattr(engine, "name", "?")}
-
-
 def prepared(model_or_path, device) -> tuple[DiffusionModel, Callable[[], None]]:
     """Load the model (None: the embedded demo) and freeze it; returns a restore() that puts back the caller's
     requires_grad/training flags and device."""
@@ -255,11 +237,8 @@ def prepared(model_or_path, device) -> tuple[DiffusionModel, Callable[[], None]]
 
 
 def invert_trigger(model: DiffusionModel, cfg: InversionConfig, *, device=None, callback: Callback | None = None,
-                   progress: bool = False, start: torch.Tensor | None = None) -> tuple[InversionResult, object]:
-    """Scales, then the optimisation, on a prepared (frozen) model; returns the result and the engine it ran on
-    (for sampling the verdict with the same network call)."""
-    from .engine import make_engine
-
+                   progress: bool = False, start: torch.Tensor | None = None) -> Inversion:
+    """Scales, then the optimisation, on a prepared (frozen) model, both on the engine options of ``cfg``."""
     if cfg.steps > model.schedule.T:
         raise PdfastError(f"--steps {cfg.steps} is larger than the model's schedule (T = {model.schedule.T})")
     if start is not None and start.numel() != math.prod(model.shape):
@@ -267,8 +246,6 @@ def invert_trigger(model: DiffusionModel, cfg: InversionConfig, *, device=None, 
     t0 = time.perf_counter()
     table = scale_table(model, cfg, device, progress)
     t_scales = time.perf_counter() - t0
-    engine = make_engine(cfg.engine.name, model, **cfg.engine.engine_options())
-    result = run_inversion(model, cfg, table, device=device, callback=callback, progress=progress, engine=engine,
-                           start=start)
+    result = run_inversion(model, cfg, table, device=device, callback=callback, progress=progress, start=start)
     result.timings["scales_seconds"] = round(t_scales, 3)
-    return result, engine
+    return result

@@ -183,6 +183,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def read_user_json(path: str | Path, option: str, *, missing: str, unreadable: str):
+    """The content of a JSON file a user named with ``option``; a one-line PdfastError when it is missing
+    ("OPTION PATH: no such file; <missing>") or not readable JSON ("OPTION PATH <unreadable>", whose {reason} is
+    the parser's)."""
+    from .errors import PdfastError
+
+    p = Path(path)
+    if not p.is_file():
+        raise PdfastError(f"{option} {p}: no such file; {missing}")
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise PdfastError(f"{option} {p} {unreadable.format(reason=e)}") from None
+
+
 def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
 

@@ -1,5 +1,9 @@
-"""report.json (versioned schema) and the files of an inversion: trigger.safetensors (the trigger and its
-pattern), trigger.png (trigger, pattern, ground truth), samples.png and pattern_samples.png."""
+"""report.json (versioned schema) and the files of a run: trigger.safetensors (the trigger and its pattern),
+trigger.png (trigger, pattern, ground truth), samples.png and pattern_samples.png.
+
+The report layer reads the results: a joined result (pdfast.api.InversionResult) of an inversion
+(pdfast.inversion.Inversion: config, lambda table, losses) and its verdict (pdfast.detection.Verdict: metrics,
+samples); neither of those knows this module."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -11,7 +15,8 @@ SCHEMA = "pdfast.report/1"
 
 
 def inversion_report(res) -> dict:
-    """The JSON-ready report of an InversionResult: config, lambda table, metrics, timings, device, versions."""
+    """The JSON-ready report of a joined result (pdfast.api.InversionResult): config, lambda table and losses of
+    its inversion, metrics and verdict of its verdict, timings, device, versions."""
     from .envinfo import environment
 
     given = res.given_trigger

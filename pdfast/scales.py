@@ -6,7 +6,9 @@ Three sources:
   lambda_t = <m_t, delta_s> / <delta_s, delta_s>,  m_t = mean_b eps_theta(x_t, t).
 - ``analytic``: lambda_t = rho_t = (1 - sqrt(alpha_t)) sqrt(1 - abar_t) / beta_t (x2 for ODE-sampler backdoors).
 - a JSON file holding a saved table.
-Calibrated tables are cached per model content hash, K and calibration settings.
+Calibrated tables are cached per model content hash, K and calibration settings. The chains of a calibration (the
+surrogate's image pool, the estimate along its chain) run on an engine made from the run's engine options
+(pdfast.config.EngineConfig: dtype, compile) with the run's clip_sample, like the inversion itself.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .config import SurrogateConfig
+from .config import EngineConfig, SurrogateConfig
 from .errors import PdfastError
 from .model import DiffusionModel
 
@@ -62,30 +64,33 @@ def cache_dir() -> Path:
 
 @torch.no_grad()
 def estimate_scales(model: DiffusionModel, delta: torch.Tensor, k: int, *, batch: int = 64, seed: int = 0,
-                    device=None) -> torch.Tensor:
-    """Least-squares shift scale per step along the chain from eps + delta (eq. 15), using model as is:
+                    device=None, engine: EngineConfig = EngineConfig(), clip_sample: bool | None = None) -> torch.Tensor:
+    """Least-squares shift scale per step along the DDPM chain from eps + delta (eq. 15), the network called through
+    an engine made from ``engine`` (clip_sample None: the scheduler config's):
     lambda_i = <mean_b eps_theta(x_i, t_i), delta> / <delta, delta>."""
     from . import chain
+    from .engine import make_engine
     from .kernels import lstsq_scale
 
     device = device or model.device
+    eps_fn = make_engine(engine.name, model, **engine.engine_options()).eps_nograd
     noise = chain.GeneratorNoise(torch.Generator().manual_seed(seed), device)
     d = delta.to(device).reshape(model.shape)
     x = noise.initial((batch, *model.shape)) + d.reshape(1, *model.shape)
     out: list[float] = []
-    chain.run(model.eps, x, chain.DDPMSampler(model.schedule, k), noise, update_last=False,
+    chain.run(eps_fn, x, chain.DDPMSampler(model.schedule, k, clip_sample=clip_sample), noise, update_last=False,
               callback=lambda i, x, eps: out.append(float(lstsq_scale(eps.float(), d))))
     return torch.tensor(out, dtype=torch.float32)
 
 
 def surrogate_scales(model: DiffusionModel, k: int, cfg: SurrogateConfig = SurrogateConfig(), *,
-                     device=None, progress: bool = False) -> tuple[torch.Tensor, dict]:
+                     device=None, progress: bool = False, engine: EngineConfig = EngineConfig(),
+                     clip_sample: bool | None = None) -> tuple[torch.Tensor, dict]:
     """Plant (cfg.trigger -> cfg.target) in a copy of ``model`` (BadDiffusion, on images the model generates itself
-    unless ``cfg.data`` is a folder) and estimate lambda along its chain; ``model`` itself is never modified."""
+    with DDIM unless ``cfg.data`` is a folder) and estimate lambda along its chain, both chains on ``engine``'s
+    options; ``model`` itself is never modified."""
     from .attack import AttackConfig, baddiffusion
-    from .data import get_data
     from .patterns import load_pattern
-    from .sampling import ddim_sample
     from .train import TrainConfig
 
     if not isinstance(model.net, torch.nn.Module):
@@ -95,33 +100,41 @@ def surrogate_scales(model: DiffusionModel, k: int, cfg: SurrogateConfig = Surro
     t0 = time.perf_counter()
     g = load_pattern(cfg.trigger, model.sample_size, model.channels, kind="trigger")
     y = load_pattern(cfg.target, model.sample_size, model.channels, kind="target")
-    if cfg.data is not None:
-        images = get_data(cfg.data, model.sample_size, model.channels)
-        data_desc = str(cfg.data)
-    else:
-        images = ddim_sample(model, cfg.n_images, steps=cfg.pool_steps, seed=cfg.seed, device=device)
-        data_desc = f"{cfg.n_images} DDIM-{cfg.pool_steps} samples of the suspect model"
+    images, data_desc = _surrogate_data(model, cfg, engine)
     t_pool = time.perf_counter() - t0
     acfg = AttackConfig(poison_rate=cfg.poison_rate, train=TrainConfig(
         steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, warmup=max(1, cfg.steps // 10), seed=cfg.seed))
     surrogate = baddiffusion(model, images, g, y, acfg, device=device, progress=progress).frozen()
     t_attack = time.perf_counter() - t0 - t_pool
-    lam = estimate_scales(surrogate, g, k, batch=cfg.calib_batch, seed=cfg.seed, device=device)
+    lam = estimate_scales(surrogate, g, k, batch=cfg.calib_batch, seed=cfg.seed, device=device, engine=engine,
+                          clip_sample=clip_sample)
     info = {**asdict(cfg), "data": data_desc, "seconds_pool": round(t_pool, 2), "seconds_attack": round(t_attack, 2),
             "seconds_total": round(time.perf_counter() - t0, 2)}
     del surrogate
     return lam, info
 
 
+def _surrogate_data(model: DiffusionModel, cfg: SurrogateConfig, engine: EngineConfig) -> tuple[torch.Tensor, str]:
+    """The surrogate's clean images and what they are: a --data folder, or cfg.n_images DDIM samples of the
+    suspect model drawn on the engine."""
+    from .chain import DDIMSampler
+    from .data import get_data
+    from .engine import make_engine
+
+    if cfg.data is not None:
+        return get_data(cfg.data, model.sample_size, model.channels), str(cfg.data)
+    eng = make_engine(engine.name, model, **engine.engine_options())
+    images = eng.sample(cfg.n_images, seed=cfg.seed, sampler=DDIMSampler(model.schedule, cfg.pool_steps))
+    return images, f"{cfg.n_images} DDIM-{cfg.pool_steps} samples of the suspect model"
+
+
 def load_scales_file(path: str | Path, k: int) -> torch.Tensor:
     """A saved table: JSON list, or an object with 'lambda' (as in report.json's 'scales'); at least k values."""
+    from .io import read_user_json
+
     p = Path(path)
-    if not p.is_file():
-        raise PdfastError(f"--scales {p}: no such file; use surrogate, analytic or a JSON table file")
-    try:
-        obj = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise PdfastError(f"--scales {p} is not a readable JSON table ({e}); expected a list of numbers") from None
+    obj = read_user_json(p, "--scales", missing="use surrogate, analytic or a JSON table file",
+                         unreadable="is not a readable JSON table ({reason}); expected a list of numbers")
     vals = obj.get("lambda") if isinstance(obj, dict) else obj
     if isinstance(obj, dict) and vals is None and "scales" in obj:
         vals = obj["scales"].get("lambda")
@@ -137,19 +150,17 @@ def load_scales_file(path: str | Path, k: int) -> torch.Tensor:
 
 def resolve_scales(model: DiffusionModel, k: int, spec: str = "surrogate", *, family: str = "sde",
                    surrogate: SurrogateConfig = SurrogateConfig(), device=None, progress: bool = False,
-                   use_cache: bool = True) -> ScaleTable:
-    """The lambda table for the first k steps from ``spec`` (surrogate | analytic | path), with the analytic beside it."""
-    from .io import atomic_write_json
-
+                   use_cache: bool = True, engine: EngineConfig = EngineConfig(),
+                   clip_sample: bool | None = None) -> ScaleTable:
+    """The lambda table for the first k steps from ``spec`` (surrogate | analytic | path), with the analytic beside
+    it; a surrogate calibration runs on ``engine``'s options with ``clip_sample`` (None: the scheduler config's)."""
     ts = model.schedule.timesteps(k)
     analytic = model.schedule.analytic_scales(k, family)
     if spec == "analytic":
         return ScaleTable(analytic.clone(), f"analytic-{family}", ts, analytic)
     if spec != "surrogate":
         return ScaleTable(load_scales_file(spec, k), f"file:{spec}", ts, analytic)
-    # the key covers a --data folder's files too; CALIBRATION_VERSION changes with the calibration's arithmetic
-    key = f"{model.content_hash()}-K{k}-{surrogate.key()}-v{CALIBRATION_VERSION}"
-    f = cache_dir() / "scales" / f"{key}.json"
+    f = cache_dir() / "scales" / f"{_cache_key(model, k, surrogate, engine, clip_sample)}.json"
     if use_cache and f.is_file():
         try:
             obj = json.loads(f.read_text())
@@ -158,13 +169,34 @@ def resolve_scales(model: DiffusionModel, k: int, spec: str = "surrogate", *, fa
                               cached=True, info={**obj.get("calibration", {}), "cache_file": str(f)})
         except (OSError, ValueError, KeyError):
             log.warning("ignoring unreadable scale cache %s", f)
-    lam, info = surrogate_scales(model, k, surrogate, device=device, progress=progress)
+    lam, info = surrogate_scales(model, k, surrogate, device=device, progress=progress, engine=engine,
+                                 clip_sample=clip_sample)
     if not torch.isfinite(lam).all():
         raise PdfastError("surrogate calibration produced non-finite scales; use --scales analytic")
     if use_cache:
-        try:
-            atomic_write_json(f, {"lambda": lam.tolist(), "calibration": info, "k": k, "model_hash": model.content_hash()})
-            info = {**info, "cache_file": str(f)}
-        except OSError as e:  # a read-only home must not stop the run
-            log.warning("cannot write the scale cache %s: %s", f, e)
+        info = _write_cache(f, lam, info, k, model)
     return ScaleTable(lam, "surrogate", ts, analytic, info=info)
+
+
+def _cache_key(model: DiffusionModel, k: int, surrogate: SurrogateConfig, engine: EngineConfig,
+               clip_sample: bool | None) -> str:
+    """Model content hash, K, every surrogate setting (a --data folder's files too) and CALIBRATION_VERSION (the
+    calibration's arithmetic); then what else changes the numbers where it differs from the plain case: another
+    clip_sample than the scheduler config's, a network precision other than fp32 or a compiled network."""
+    key = f"{model.content_hash()}-K{k}-{surrogate.key()}-v{CALIBRATION_VERSION}"
+    if clip_sample is not None and clip_sample != model.schedule.clip_sample:
+        key += f"-clip{int(clip_sample)}"
+    dtype, compiled = engine.arithmetic(model.device.type == "cuda")
+    return key + ("" if dtype == "float32" else f"-{dtype}") + ("-compiled" if compiled else "")
+
+
+def _write_cache(f: Path, lam: torch.Tensor, info: dict, k: int, model: DiffusionModel) -> dict:
+    """Store a calibrated table; a read-only home only logs a warning. Returns ``info`` with the cache file."""
+    from .io import atomic_write_json
+
+    try:
+        atomic_write_json(f, {"lambda": lam.tolist(), "calibration": info, "k": k, "model_hash": model.content_hash()})
+        return {**info, "cache_file": str(f)}
+    except OSError as e:  # a read-only home must not stop the run
+        log.warning("cannot write the scale cache %s: %s", f, e)
+        return info

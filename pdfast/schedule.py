@@ -1,11 +1,10 @@
-"""DDPM schedule math: betas, posterior coefficients, the ancestral step and the trigger-shift scales.
+"""DDPM schedule math: betas, the posterior coefficients of the ancestral step and the trigger-shift scales.
 
-Everything a chain needs lives here so that the reference path, the fast engine and the
-kernels share one definition (docs/method.md section 1 and 3).
+The schedule holds numbers only (docs/method.md sections 1 and 3): the samplers of pdfast.chain own the step that
+uses them (and the clip_sample of a run), the kernels its fused form.
 """
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -38,7 +37,8 @@ def _cosine_betas(n: int, max_beta: float = 0.999) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Schedule:
-    """A DDPM noise schedule (float64 on CPU) and the sampler options read from a scheduler config."""
+    """A DDPM noise schedule (float64 on CPU) and the sampler options read from a scheduler config (clip_sample is
+    the config's default; a sampler may be given another, pdfast.chain.DDPMSampler)."""
 
     betas: torch.Tensor
     variance_type: str = "fixed_small"
@@ -160,25 +160,6 @@ class Schedule:
             "a0": abp.sqrt() * b / (1 - ab),
             "at": a.sqrt() * (1 - abp) / (1 - ab),
         }
-
-    # ---------- the ancestral step ----------
-    @functools.cached_property
-    def _step_table(self) -> dict[str, list[float]]:
-        """step_coefficients() as Python floats, computed once per schedule (the chain indexes them every step)."""
-        return {k: v.tolist() for k, v in self.step_coefficients().items()}
-
-    def step(self, x: torch.Tensor, eps: torch.Tensor, t: int, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """One DDPM ancestral step x_t -> x_{t-1} (matches diffusers DDPMScheduler.step)."""
-        c = self._step_table
-        if self.clip_sample:
-            x0 = (x - c["sqrt_one_minus_abar"][t] * eps) / c["sqrt_abar"][t]
-            x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
-            mean = c["a0"][t] * x0 + c["at"][t] * x
-        else:
-            mean = c["c1"][t] * (x - c["c2"][t] * eps)
-        if t > 0 and noise is not None:
-            mean = mean + c["sigma"][t] * noise
-        return mean
 
     # ---------- trigger-shift scales (docs/method.md section 3) ----------
     def rho(self) -> torch.Tensor:

@@ -107,19 +107,31 @@ def test_surrogate_cache_is_keyed_by_the_data_folder(tmp_path, tiny_model, monke
     assert not resolve_scales(tiny_model, 2, "surrogate", surrogate=replace(sc, data=str(folders[0]))).cached
 
 
-def test_clip_sample_option_changes_the_chain_not_the_callers_model(tiny_model):
-    """--clip-sample on/off overrides the scheduler config for the run only: the chain differs (another model hash,
-    other losses once the clipped x0 bites), and the caller's schedule is untouched."""
+def test_clip_sample_option_changes_the_chain_not_the_callers_model(tiny_model, tmp_path, monkeypatch):
+    """--clip-sample on/off overrides the scheduler config for the run only, as a setting of the sampler: the chain
+    differs (other losses once the clipped x0 bites, a surrogate table cached apart), while the model, its hash and
+    the caller's schedule stay as they are."""
+    from dataclasses import replace
+
+    from pdfast.config import SurrogateConfig
+    from pdfast.scales import resolve_scales
+
     assert tiny_model.schedule.clip_sample is False
     opts = dict(steps=3, scales="analytic", epochs=2, refine_epochs=0, batch=4, evaluate=False, loss_steps="all")
     off = pdfast.invert(tiny_model, clip_sample="off", **opts)
     auto = pdfast.invert(tiny_model, **opts)
     on = pdfast.invert(tiny_model, clip_sample="on", **opts)
-    assert off.model_hash == auto.model_hash != on.model_hash and off.losses == auto.losses
-    assert on.losses != off.losses
+    assert off.model_hash == auto.model_hash == on.model_hash == tiny_model.content_hash()
+    assert off.losses == auto.losses and on.losses != off.losses
     assert tiny_model.schedule.clip_sample is False
     with pytest.raises(PdfastError, match="unknown clip sample 'maybe'"):
         pdfast.invert(tiny_model, clip_sample="maybe", **opts)
+    monkeypatch.setenv("PDFAST_CACHE_DIR", str(tmp_path / "cache"))
+    sc = replace(SurrogateConfig(), steps=2, calib_batch=4, batch=4, n_images=4, pool_steps=2)
+    plain = resolve_scales(tiny_model, 2, surrogate=sc)
+    clipped = resolve_scales(tiny_model, 2, surrogate=sc, clip_sample=True)
+    assert not clipped.cached and clipped.info["cache_file"] != plain.info["cache_file"]
+    assert resolve_scales(tiny_model, 2, surrogate=sc, clip_sample=False).cached  # the config's own: the plain key
 
 
 def test_paper_preset_and_explicit_options_over_it():
@@ -218,3 +230,19 @@ def test_verdict_pattern_energy_comes_from_the_calibration(tmp_path, monkeypatch
     assert rms3 is None
     torch.testing.assert_close(p3, metrics.trigger_pattern(trig))
     assert abs(float(p3.pow(2).mean().sqrt()) - float(trig.pow(2).mean().sqrt())) < 1e-6
+
+
+def test_engine_options_reach_the_surrogate_calibration_and_the_verdict(tiny_model, tmp_path, monkeypatch):
+    """--dtype (like every engine option) applies to every chain of a run, each made where it is used: the
+    surrogate's image pool and lambda estimate (a bf16 table, cached apart from the fp32 one), the inversion and the
+    verdict's sampling."""
+    monkeypatch.setenv("PDFAST_CACHE_DIR", str(tmp_path / "cache"))
+    opts = dict(steps=2, epochs=1, batch=4, n_eval=4, surrogate_steps=2, surrogate_calib_batch=4, surrogate_batch=4,
+                surrogate_n_images=4, surrogate_pool_steps=2)
+    fp32 = pdfast.invert(tiny_model, **opts)
+    bf16 = pdfast.invert(tiny_model, dtype="bfloat16", **opts)
+    assert fp32.inversion.engine["dtype"] == fp32.verdict.engine["dtype"] == "float32"
+    assert bf16.inversion.engine["dtype"] == bf16.verdict.engine["dtype"] == "bfloat16"
+    assert not bf16.scales.cached and bf16.scales.info["cache_file"] != fp32.scales.info["cache_file"]
+    assert bf16.scales.info["cache_file"].endswith("-bfloat16.json")
+    assert torch.isfinite(bf16.scales.values).all() and not torch.equal(bf16.scales.values, fp32.scales.values)

@@ -99,6 +99,8 @@ def test_env():
 def _expects_default(p: click.Option) -> bool:
     if p.required or p.default is None or p.hidden or not p.expose_value:  # --help, --version
         return False
+    if p.multiple and p.default in (None, (), [], getattr(click.core, "UNSET", None)):  # given once per value
+        return False
     return not (p.is_flag and not p.secondary_opts and not p.default)  # a plain off-by-default flag shows none
 
 

@@ -86,6 +86,57 @@ def test_clip_sample_schedule(tiny_unet):
         assert_matches(model, FastEngine(model, memory_budget=budget), 4, [1, 3], "l1")
 
 
+def test_clip_sample_is_the_samplers(tiny_unet):
+    """clip_sample belongs to the sampler: DDPMSampler(clip_sample=True) on a schedule whose config says off runs the
+    clipped chain, exactly as the sampler of a schedule that says on; None keeps the config's."""
+    off = Schedule.from_config({"clip_sample": False, "num_train_timesteps": 20})
+    on = Schedule.from_config({"clip_sample": True, "num_train_timesteps": 20})
+    x, eps, z = 3 * torch.randn(2, 3, 4, 4), 5 * torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    for i in (0, 10, 19):
+        assert torch.equal(DDPMSampler(off, clip_sample=True).step(i, x, eps, z), DDPMSampler(on).step(i, x, eps, z))
+        assert torch.equal(DDPMSampler(on, clip_sample=False).step(i, x, eps, z), DDPMSampler(off).step(i, x, eps, z))
+    assert not torch.equal(DDPMSampler(off).step(0, x, eps, z), DDPMSampler(on).step(0, x, eps, z))
+    model = DiffusionModel(tiny_unet, off, sample_size=8).frozen()
+    clipped = FastEngine(model).sample(2, seed=1, sampler=DDPMSampler(off, clip_sample=True))
+    assert torch.equal(clipped, FastEngine(DiffusionModel(tiny_unet, on, sample_size=8).frozen()).sample(2, seed=1))
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddpm-clip", "ddim"])
+def test_every_sampler_steps_from_its_rows(sampler):
+    """step_from_row on the sampler's own rows is its step (DDIM's last row makes x0 its output)."""
+    from pdfast.chain import DDIMSampler
+
+    sched = Schedule.from_config({"clip_sample": False, "num_train_timesteps": 20})
+    s = DDIMSampler(sched, 5) if sampler == "ddim" else DDPMSampler(sched, 20, clip_sample=sampler == "ddpm-clip")
+    rows = s.rows(len(s.timesteps))
+    assert rows.shape == (len(s.timesteps), s.row_width) and rows.dtype == torch.float64
+    g = torch.Generator().manual_seed(0)
+    for i in range(len(s.timesteps)):
+        x, eps, z = (torch.randn(2, 3, 4, 4, generator=g) for _ in range(3))
+        z = z if s.needs_noise(i) else None
+        row = rows[i].to(torch.float32)
+        want = s.step(i, x, eps, z)
+        got = s.step_from_row(x, eps, row, z if z is not None else torch.zeros_like(x))
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("graphs", [False, "emulate"])
+def test_ddim_chain_through_both_engines(tiny_model, graphs):
+    """Nothing asks whether a sampler has rows: the DDIM chain is differentiated by the fast engine (its graphed,
+    row-driven step included) as by the reference."""
+    from pdfast.chain import DDIMSampler
+
+    inp = chain_inputs(tiny_model, 3, 4)
+    inp.update(sampler=DDIMSampler(tiny_model.schedule, 6), zs=[None] * 4)
+    args = with_objective(inp, "l2")
+    want_loss, want_grad = make_engine("reference", tiny_model).loss_and_grad(**args, loss_steps=[1, 3])
+    for budget in (None, 0):
+        engine = FastEngine(tiny_model, memory_budget=budget, cuda_graphs=graphs)
+        loss, grad = engine.loss_and_grad(**args, loss_steps=[1, 3])
+        assert abs(loss - want_loss) <= 1e-5 * abs(want_loss) and rel(grad, want_grad) <= 1e-5
+        assert engine.describe()["graphed_backward"] == (graphs == "emulate" and budget == 0)
+
+
 @pytest.mark.parametrize("norm", ["l1", "l2"])
 @pytest.mark.parametrize("graphs", [False, "emulate"])
 def test_relative_objective_through_the_checkpointed_chain(tiny_model, norm, graphs):

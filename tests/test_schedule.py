@@ -1,4 +1,5 @@
-"""Schedule: betas and the ancestral step against diffusers' DDPMScheduler, the docs/method.md section 3 scales, errors."""
+"""Schedule: betas, and the ancestral step its coefficients make (pdfast.chain.DDPMSampler), against diffusers'
+DDPMScheduler; the docs/method.md section 3 scales, errors."""
 import pytest
 import torch
 
@@ -10,6 +11,14 @@ SCHEDULES = {
     "scaled_linear": {"beta_start": 0.00085, "beta_end": 0.012},
     "squaredcos_cap_v2": {},
 }
+
+
+def _step(s, x, eps, t, z):
+    """One DDPM step at timestep t, by the sampler that owns it (index T-1-t of the full chain), clip_sample as the
+    schedule's config says."""
+    from pdfast.chain import DDPMSampler
+
+    return DDPMSampler(s).step(s.T - 1 - t, x, eps, z)
 
 
 def _diffusers(cfg):
@@ -54,12 +63,12 @@ def test_step_equals_diffusers(kind, variance_type, clip):
         eps = torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64)
         ref = d.step(eps, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
         z = torch.randn(x.shape, generator=torch.Generator().manual_seed(t), dtype=torch.float64)  # diffusers' noise
-        torch.testing.assert_close(s.step(x, eps, t, z), ref, rtol=0, atol=1e-6, msg=f"t={t}")
+        torch.testing.assert_close(_step(s, x, eps, t, z), ref, rtol=0, atol=1e-6, msg=f"t={t}")
     if clip:  # the clip matters: a huge eps pushes x0 outside [-1, 1]
         x, eps = torch.zeros(1, 3, 2, 2, dtype=torch.float64), torch.full((1, 3, 2, 2), 50.0, dtype=torch.float64)
         ref = d.step(eps, 500, x, generator=torch.Generator().manual_seed(1)).prev_sample
         z = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-        torch.testing.assert_close(s.step(x, eps, 500, z), ref, rtol=0, atol=1e-6)
+        torch.testing.assert_close(_step(s, x, eps, 500, z), ref, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["linear", "scaled_linear"])
@@ -72,22 +81,22 @@ def test_step_with_own_betas(kind):
         x, eps = torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64), torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64)
         ref = d.step(eps, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
         z = torch.randn(x.shape, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
-        torch.testing.assert_close(s.step(x, eps, t, z), ref, rtol=0, atol=1e-6)
+        torch.testing.assert_close(_step(s, x, eps, t, z), ref, rtol=0, atol=1e-6)
 
 
 def test_step_float32_and_no_noise_at_zero():
     s = Schedule.default(warn=False, clip_sample=False)
     x, eps = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
-    assert s.step(x, eps, 10, torch.randn(2, 3, 4, 4)).dtype == torch.float32
-    assert torch.equal(s.step(x, eps, 0, torch.randn(2, 3, 4, 4)), s.step(x, eps, 0, None))
+    assert _step(s, x, eps, 10, torch.randn(2, 3, 4, 4)).dtype == torch.float32
+    assert torch.equal(_step(s, x, eps, 0, torch.randn(2, 3, 4, 4)), _step(s, x, eps, 0, None))
 
 
 def test_coefficient_cache_follows_variance_type():
-    """Two schedules on the same betas tensor but different variance types never share cached coefficients."""
+    """Two schedules on the same betas tensor but different variance types never share step coefficients."""
     b = Schedule.default(warn=False).betas
     x, eps, z = torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
     for vt in ["fixed_small", "fixed_large", "fixed_small", "fixed_large"]:  # temporaries: ids get reused
-        sigma = float(Schedule(b, vt).step(x, eps, 500, z))
+        sigma = float(_step(Schedule(b, vt), x, eps, 500, z))
         expect = b[500] if vt == "fixed_large" else b[500] * (1 - Schedule(b).abar[499]) / (1 - Schedule(b).abar[500])
         assert sigma == pytest.approx(float(expect) ** 0.5, rel=1e-6)
 

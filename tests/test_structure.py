@@ -1,6 +1,10 @@
 """The structure the code promises (docs/method.md and the README's layout): one chain, one option definition,
-detection above inversion, no import circle, small functions."""
+detection above inversion, no import circle, small functions, no block of code written twice."""
 import ast
+import io
+import keyword
+import tokenize
+from collections import defaultdict
 from pathlib import Path
 
 import click
@@ -94,6 +98,46 @@ def test_functions_are_short():
                 if n > 60:
                     long.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, long
+
+
+def _line_shapes(path: Path) -> list[tuple[int, str]]:
+    """(line number, shape) of each line of code: its tokens with names, strings and numbers as placeholders, so
+    that a block copied and renamed still matches; comments, blank lines and import statements left out."""
+    src = path.read_text()
+    imports = {n for node in ast.walk(ast.parse(src)) if isinstance(node, (ast.Import, ast.ImportFrom))
+               for n in range(node.lineno, node.end_lineno + 1)}
+    skip = {tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.COMMENT, tokenize.ENDMARKER}
+    strings = {tokenize.STRING} | {getattr(tokenize, n) for n in ("FSTRING_START", "FSTRING_MIDDLE", "FSTRING_END")
+                                   if hasattr(tokenize, n)}
+    lines: dict[int, list[str]] = defaultdict(list)
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type in skip or tok.start[0] in imports:
+            continue
+        word = tok.string
+        if tok.type in strings:
+            word = "S"
+        elif tok.type == tokenize.NAME and not keyword.iskeyword(word):
+            word = "I"
+        elif tok.type == tokenize.NUMBER:
+            word = "N"
+        lines[tok.start[0]].append(word)
+    return [(n, " ".join(words)) for n, words in sorted(lines.items())]
+
+
+def test_no_block_of_six_lines_is_written_twice():
+    """No six consecutive lines of code occur twice (in two places that do not overlap) in pdfast/ or kernels/,
+    compared by shape (_line_shapes): a repeated block is a function or a table, written once."""
+    width, seen = 6, defaultdict(list)
+    for f in sorted(PKG.rglob("*.py")) + sorted((ROOT / "kernels").rglob("*.py")):
+        shapes = _line_shapes(f)
+        for k in range(len(shapes) - width + 1):
+            block = tuple(shape for _, shape in shapes[k:k + width])
+            seen[block].append((str(f.relative_to(ROOT)), shapes[k][0], shapes[k + width - 1][0]))
+    twice = []
+    for places in seen.values():
+        twice += [f"{a[0]}:{a[1]}-{a[2]} and {b[0]}:{b[1]}-{b[2]}" for i, a in enumerate(places)
+                  for b in places[i + 1:] if a[0] != b[0] or a[2] < b[1] or b[2] < a[1]][:1]
+    assert not twice, twice
 
 
 def test_cli_and_library_take_the_same_options_from_one_definition():

@@ -24,12 +24,13 @@ class Engine(Protocol):
         ...
 
     def sample(self, n: int, trigger: torch.Tensor | None = None, seed: int = 0, batch: int = 64,
-               progress: bool = False, steps: int | None = None) -> torch.Tensor:
-        """n images of the DDPM chain (all T steps, or the first ``steps``) from eps + trigger, in [-1, 1], on CPU."""
+               progress: bool = False, steps: int | None = None, *, sampler=None) -> torch.Tensor:
+        """n images of the chain from eps + trigger, in [-1, 1], on CPU: ``sampler`` (pdfast.chain), by default the
+        DDPM chain over all T steps (or the first ``steps``) with the scheduler config's clip_sample."""
         ...
 
     def sample_together(self, n: int, triggers, seed: int = 0, batch: int = 64, progress: bool = False,
-                        steps: int | None = None) -> list[torch.Tensor]:
+                        steps: int | None = None, *, sampler=None) -> list[torch.Tensor]:
         """``sample`` for several triggers from the same noise, in one chain."""
         ...
 
@@ -45,14 +46,17 @@ class ChainSampling:
     model: DiffusionModel
 
     def sample(self, n: int, trigger: torch.Tensor | None = None, seed: int = 0, batch: int = 64,
-               progress: bool = False, steps: int | None = None) -> torch.Tensor:
-        """n images of the DDPM chain x_T = eps + trigger, in [-1, 1], on CPU."""
-        return self.sample_together(n, [trigger], seed=seed, batch=batch, progress=progress, steps=steps)[0]
+               progress: bool = False, steps: int | None = None, *, sampler=None) -> torch.Tensor:
+        """n images of the chain x_T = eps + trigger (``sampler``, default DDPM), in [-1, 1], on CPU."""
+        return self.sample_together(n, [trigger], seed=seed, batch=batch, progress=progress, steps=steps,
+                                    sampler=sampler)[0]
 
     def sample_together(self, n: int, triggers, seed: int = 0, batch: int = 64, progress: bool = False,
-                        steps: int | None = None) -> list[torch.Tensor]:
-        """n images for each trigger from the same noise, in one chain (pdfast.chain.sample_together)."""
+                        steps: int | None = None, *, sampler=None) -> list[torch.Tensor]:
+        """n images for each trigger from the same noise, in one chain (pdfast.chain.sample_together); ``sampler``
+        None: DDPMSampler(schedule, steps) with the scheduler config's clip_sample."""
         from ..chain import DDPMSampler, sample_together
 
-        return sample_together(self.eps_nograd, DDPMSampler(self.model.schedule, steps), self.model.shape, n,
-                               triggers, seed=seed, batch=batch, device=self.model.device, progress=progress)
+        sampler = sampler if sampler is not None else DDPMSampler(self.model.schedule, steps)
+        return sample_together(self.eps_nograd, sampler, self.model.shape, n, triggers, seed=seed, batch=batch,
+                               device=self.model.device, progress=progress)

@@ -38,7 +38,7 @@ from typing import Sequence
 import torch
 
 from .. import chain
-from ..chain import ROW_KEYS, ReplayNoise, step_from_row
+from ..chain import ReplayNoise
 from .base import ChainSampling
 from ..errors import PdfastError
 from ..model import DiffusionModel
@@ -141,6 +141,22 @@ class _GraphedForward:
         return self.out.clone()  # the static output is overwritten by the next replay
 
 
+def step_vjp(fn, sampler, objective, x, delta, t, row, z, a):
+    """One chain step from its row and its vector-Jacobian product: eps = fn(x_i, t_i),
+    x_{i+1} = sampler.step_from_row(x_i, eps, coefficients, z_i), L_i = w term(eps, delta, params); returns
+    (a_i, dL_i/d delta, L_i) with a_i = (d x_{i+1}/d x_i)^T a + dL_i/d x_i. ``row``: the sampler's
+    ``row_width`` coefficients, then the objective's params, then the loss weight w."""
+    n = sampler.row_width
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        d = delta.detach().requires_grad_(True)
+        eps = fn(x, t)
+        x_next = sampler.step_from_row(x, eps, row[:n], z)
+        loss = row[-1] * objective.term(eps, d, row[n:-1])
+        gx, gd = torch.autograd.grad([x_next, loss], [x, d], [a, torch.ones_like(loss)])
+    return gx, gd, loss.detach()
+
+
 class _GraphedBackwardStep:
     """One recomputed chain step and its vector-Jacobian product, captured in a CUDA graph.
 
@@ -150,14 +166,13 @@ class _GraphedBackwardStep:
     coefficients, then params, then w), so one graph serves every timestep.
     """
 
-    def __init__(self, fn, objective, x: torch.Tensor, delta: torch.Tensor, row_len: int, clip: bool,
-                 clip_range: float, capture: bool = True, warmup: int = 3):
-        self.fn, self.objective, self.clip, self.clip_range = fn, objective, clip, clip_range
+    def __init__(self, fn, objective, sampler, x: torch.Tensor, delta: torch.Tensor, row: torch.Tensor,
+                 capture: bool = True, warmup: int = 3):
+        self.fn, self.objective, self.sampler = fn, objective, sampler
         dev = x.device
         self.x, self.z, self.a = (torch.zeros_like(x) for _ in range(3))
         self.t = torch.zeros((), dtype=torch.long, device=dev)
-        self.row = torch.zeros(row_len, dtype=torch.float32, device=dev)
-        self.row[0] = self.row[3] = 1.0  # c1 = sqrt_abar = 1: a finite warm-up step
+        self.row = row.detach().to(dev, torch.float32).clone()  # a real step's row: a finite warm-up step
         self.delta = torch.zeros_like(delta)
         self.graph = None
         if not capture:  # same buffers and body, run eagerly (tests on CPU)
@@ -173,14 +188,7 @@ class _GraphedBackwardStep:
             self.out = self._body()
 
     def _body(self):
-        with torch.enable_grad():
-            x = self.x.detach().requires_grad_(True)
-            d = self.delta.detach().requires_grad_(True)
-            eps = self.fn(x, self.t)
-            x_next = step_from_row(x, eps, self.row, self.z, self.clip, self.clip_range)
-            loss = self.row[-1] * self.objective.term(eps, d, self.row[len(ROW_KEYS):-1])
-            gx, gd = torch.autograd.grad([x_next, loss], [x, d], [self.a, torch.ones_like(loss)])
-        return gx, gd, loss.detach()
+        return step_vjp(self.fn, self.sampler, self.objective, self.x, self.delta, self.t, self.row, self.z, self.a)
 
     def __call__(self, x, t, z, a, row, delta):
         self.x.copy_(x)
@@ -391,31 +399,18 @@ class FastEngine(ChainSampling):
         return torch.cat([sampler.rows(n_calls), params, w], dim=1).to(device, torch.float32)
 
     def backward_graph(self, x: torch.Tensor, d: torch.Tensor, sampler, objective):
-        """The captured backward step for this shape and objective (CUDA, or emulated), or None."""
-        if not self._graphs_on(x) or not hasattr(sampler, "rows"):
+        """The captured backward step for this shape, sampler and objective (CUDA, or emulated), or None."""
+        if not self._graphs_on(x):
             return None
-        schedule = self.model.schedule
-        key = (tuple(x.shape), x.device, type(objective).__name__, getattr(objective, "norm", None))
+        key = (tuple(x.shape), x.device, sampler.graph_key, type(objective).__name__, getattr(objective, "norm", None))
         if key not in self._graphs_bwd:
-            clip, rng = schedule.clip_sample, schedule.clip_sample_range
             t0 = torch.tensor(sampler.timesteps[0], device=x.device)
             row = self._rows(sampler, objective, {0}, 1, x.device)[0]
             probe_a, probe_z, probe_d = torch.randn_like(x), torch.randn_like(x), torch.randn_like(d) * 0.1
-            n_row = len(row)
-
-            def eager():
-                with torch.enable_grad():
-                    xx = x.detach().requires_grad_(True)
-                    dd = probe_d.detach().requires_grad_(True)
-                    eps = self._eps(xx, t0)
-                    x_next = step_from_row(xx, eps, row, probe_z, clip, rng)
-                    loss = objective.term(eps, dd, row[len(ROW_KEYS):-1])
-                    return torch.autograd.grad([x_next, loss], [xx, dd], [probe_a, torch.ones_like(loss)])
-
             self._graphs_bwd[key] = self._capture(
-                lambda: _GraphedBackwardStep(self._eps, objective, x, d, n_row, clip, rng,
-                                             self.cuda_graphs != "emulate"),
-                lambda g: g(x, t0, probe_z, probe_a, row, probe_d)[:2], eager, "backward")
+                lambda: _GraphedBackwardStep(self._eps, objective, sampler, x, d, row, self.cuda_graphs != "emulate"),
+                lambda g: g(x, t0, probe_z, probe_a, row, probe_d)[:2],
+                lambda: step_vjp(self._eps, sampler, objective, x, probe_d, t0, row, probe_z, probe_a)[:2], "backward")
         return self._graphs_bwd[key]
 
     # ---------------------------------------------------------------- report
