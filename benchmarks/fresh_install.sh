@@ -77,6 +77,9 @@ run_case() {
         /usr/bin/time -v bash -c "$script" > "$logs/$name.log" 2>&1 || status=$?
     fi
     t1=$(date +%s)
+    local kernels=""
+    [ "$status" = 0 ] && kernels="$(cd "$work/src" && "$venv/bin/pdfast" env 2>/dev/null | grep -E '^ *kernels:' \
+        | sed 's/^ *kernels: //' || true)"
     local rss torch size native result phases
     rss="$(grep -m1 'Maximum resident set size' "$logs/$name.log" | awk '{printf "%.2f GB", $NF / 1048576}')"
     torch="$("$venv/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo none)"
@@ -86,7 +89,7 @@ run_case() {
     phases="$(phase_labels "$logs/$name.log" "$cmd")"
     result="$(grep -E '[0-9]+ passed' "$logs/$name.log" | tail -1 | sed 's/=//g' | cut -c1-70)"
     [ -n "$result" ] || result="$(grep -m1 -o '"verdict": *"[a-z]*"' "$logs/$name.log" || true)"
-    echo "| $name | $torch | $status | $((t1 - t0)) s | ${phases:--} | $rss | $size | ${native:--} | ${result:--} | $load0 |" \
+    echo "| $name | $torch | $status | $((t1 - t0)) s | ${phases:--} | $rss | $size | ${native:--} | ${kernels:--} | ${result:--} | $load0 |" \
         >> "$out"
     rm -rf "$work"
 }
@@ -99,8 +102,8 @@ run_case() {
     echo "install (from the machine's pip configuration), native build and tests or job; peak RSS is the largest"
     echo "process's (/usr/bin/time -v). Logs: \`$(basename "$logs")/\`."
     echo
-    echo "| case | torch | exit | wall | phases | peak RSS | venv size | CUDA ops | result | load avg at start |"
-    echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    echo "| case | torch | exit | wall | phases | peak RSS | venv size | CUDA ops | \`pdfast env\` kernels | result | load avg at start |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 } > "$out"
 for c in "${cases[@]}"; do
     echo "fresh_install: $c" >&2

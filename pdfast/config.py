@@ -23,7 +23,7 @@ METHODS = ("puredif", "elijah")
 _V01 = {"batch": 40, "epochs": 30, "norm": "l1", "noise": "antithetic", "objective": "relative",
         "refine_epochs": 30, "refine_from": "pattern", "warm_epochs": 0, "lr_schedule": "constant",
         "average": "none", "bounds": "none"}
-# "pdfast": chosen on the zoo's dev models (docs/method.md 5.4, bench/results/method-study-dev.md): the relative
+# "pdfast": chosen on the zoo's dev models (docs/method.md 5.4, research/results/method-study-dev.md): the relative
 # search alone, with the L2 norm, projected onto the image box [-1, 1].
 PRESETS = {"pdfast": {**_V01, "norm": "l2", "refine_epochs": 0, "bounds": "image"},
            "paper": {**_V01, "noise": "fresh", "objective": "absolute", "refine_epochs": 0},

@@ -31,7 +31,7 @@ CALIBRATION_FILE = Path(__file__).resolve().parent / "detection_calibration.json
 
 
 # Without the shipped calibration file the verdict still uses the statistic it was calibrated for, with a threshold
-# far below every clean model measured (pattern uniformity 0.34-0.43, bench/results/detection-calibration.md):
+# far below every clean model measured (pattern uniformity 0.34-0.43, research/results/detection-calibration.md):
 # conservative (it calls a model backdoored only when its pattern's samples are nearly identical) and said so.
 FALLBACK = {"statistic": "pattern_uniformity", "threshold": 0.01, "kl_threshold": None,
             "provenance": "uncalibrated fallback: detection_calibration.json missing"}

@@ -75,8 +75,8 @@ def trigger_pattern(trigger: torch.Tensor, rms: float | None = None) -> torch.Te
     """The trigger's pattern: tau - mean_hw(tau) per channel, rescaled to the rms of tau (its energy kept), or to
     ``rms`` when given (the verdict's calibrated energy, docs/method.md 7).
 
-    A flat shift of x_T sends clean and backdoored models alike to flat frames (bench/flat_shift.py), so the flat
-    part of an inverted trigger is no evidence of a backdoor; the pattern is what detection judges.
+    A flat shift of x_T sends clean and backdoored models alike to flat frames (research/results/demo-flat-shift.md),
+    so the flat part of an inverted trigger is no evidence of a backdoor; the pattern is what detection judges.
     """
     t = trigger.detach().float()
     p = t - t.mean(dim=(-2, -1), keepdim=True)

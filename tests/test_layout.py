@@ -1,11 +1,10 @@
 """The product apart from the research (README "Layout"): the package never imports the research or the benchmarks,
-those use only pdfast's public names, functions stay short, no block is written twice inside the package, the
-repository tracks no regenerable caches, and README.md stays a user's guide."""
+those use only pdfast's public names, functions stay short, the repository tracks no regenerable caches, and
+README.md stays a user's guide. (No block written twice inside the package: tests/test_structure.py.)"""
 import ast
 import re
 import shutil
 import subprocess
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = ("pdfast", "kernels")
 OUTSIDE_DIRS = ("research", "benchmarks")
 MAX_FUNCTION_LINES = 60
-DUPLICATE_LINES = 6
 MAX_TRACKED_FILES = 400  # outside the zoos' model folders (weights and their configs are data, kept in git)
 MAX_README_WORDS = 1050  # "at most about 1,000", counted as `wc -w` counts, code blocks included
 
@@ -82,42 +80,6 @@ def test_no_function_over_60_lines():
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, long
-
-
-def _code_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, stripped text) of the lines that carry code: no blank lines, comments or lone brackets."""
-    out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        s = line.strip()
-        if s and not s.startswith("#") and not re.fullmatch(r"[\]\)\}:,]+", s):
-            out.append((i, s))
-    return out
-
-
-def duplicate_blocks(files, n: int = DUPLICATE_LINES) -> list[str]:
-    """Places where the same n consecutive code lines occur twice (in one file or two)."""
-    seen: dict[tuple, list[str]] = defaultdict(list)
-    for f in files:
-        lines = _code_lines(f)
-        for k in range(len(lines) - n + 1):
-            window = tuple(s for _, s in lines[k:k + n])
-            seen[window].append(f"{f.relative_to(ROOT)}:{lines[k][0]}")
-    return [" = ".join(places) for places in seen.values() if len(places) > 1]
-
-
-def test_duplicate_finder_finds_a_copy(tmp_path, monkeypatch):
-    block = "\n".join(f"x{i} = compute({i}, y)" for i in range(6))
-    (tmp_path / "a.py").write_text(block + "\n")
-    (tmp_path / "b.py").write_text("z = 1\n" + block + "\n")
-    (tmp_path / "c.py").write_text(block.replace("x3", "w3") + "\n")
-    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
-    found = duplicate_blocks([tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"])
-    assert found == ["a.py:1 = b.py:2"]
-
-
-def test_no_block_written_twice_inside_the_package():
-    dups = duplicate_blocks(_py_files(*PACKAGE_DIRS))
-    assert not dups, dups
 
 
 def _tracked() -> list[str] | None:
