@@ -81,14 +81,15 @@ run_case() {
     [ "$status" = 0 ] && kernels="$(cd "$work/src" && "$venv/bin/pdfast" env 2>/dev/null | grep -E '^ *kernels:' \
         | sed 's/^ *kernels: //' || true)"
     local rss torch size native result phases
-    rss="$(grep -m1 'Maximum resident set size' "$logs/$name.log" | awk '{printf "%.2f GB", $NF / 1048576}')"
+    rss="$(grep -m1 'Maximum resident set size' "$logs/$name.log" | awk '{printf "%.2f GB", $NF / 1048576}' || true)"
     torch="$("$venv/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo none)"
     size="$(du -sh "$venv" | cut -f1)"
     native="$(grep -E 'native backend skipped|CUDA backend (skipped|ON)' "$logs/$name.log" \
-              | sed 's/^pdfast native[a-z ]*: //' | tr '\n' ';' | sed 's/;$//' | cut -c1-140)"
+              | sed 's/^pdfast native[a-z ]*: //' | tr '\n' ';' | sed 's/;$//' | cut -c1-140 || true)"
     phases="$(phase_labels "$logs/$name.log" "$cmd")"
-    result="$(grep -E '[0-9]+ passed' "$logs/$name.log" | tail -1 | sed 's/=//g' | cut -c1-70)"
-    [ -n "$result" ] || result="$(grep -m1 -o '"verdict": *"[a-z]*"' "$logs/$name.log" || true)"
+    result="$(grep -E '[0-9]+ passed' "$logs/$name.log" | tail -1 | sed 's/=//g' | cut -c1-70 || true)"
+    [ -n "$result" ] || result="$(grep -m1 '^inverted trigger' "$logs/$name.log" \
+        | grep -oE 'asr [0-9.]+|l2 [0-9.]+|verdict [a-z]+' | tr '\n' ' ' || true)"
     echo "| $name | $torch | $status | $((t1 - t0)) s | ${phases:--} | $rss | $size | ${native:--} | ${kernels:--} | ${result:--} | $load0 |" \
         >> "$out"
     rm -rf "$work"
