@@ -89,7 +89,7 @@ run_case() {
     phases="$(phase_labels "$logs/$name.log" "$cmd")"
     result="$(grep -E '[0-9]+ passed' "$logs/$name.log" | tail -1 | sed 's/=//g' | cut -c1-70 || true)"
     [ -n "$result" ] || result="$(grep -m1 '^inverted trigger' "$logs/$name.log" \
-        | grep -oE 'asr [0-9.]+|l2 [0-9.]+|verdict [a-z]+' | tr '\n' ' ' || true)"
+        | grep -oE '(^| )(asr|l2) [0-9.]+|verdict [a-z]+' | tr '\n' ' ' || true)"
     echo "| $name | $torch | $status | $((t1 - t0)) s | ${phases:--} | $rss | $size | ${native:--} | ${kernels:--} | ${result:--} | $load0 |" \
         >> "$out"
     rm -rf "$work"
