@@ -146,9 +146,10 @@ def _no_tf32():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def measure(folder: Path, n: int, seed: int, clip_sample: bool | None = None, device: str = "cpu") -> dict:
-    """Ground truth on the saved model: ASR and uniformity from eps + g, uniformity from plain noise (n samples);
-    ``clip_sample`` overrides the scheduler config (None: as saved, off for the whole zoo)."""
+def measure(folder: Path, n: int, seed: int, clip_sample: bool | None = None, device: str = "cpu",
+            threshold: float = 0.1) -> dict:
+    """Ground truth on the saved model: ASR (MSE < ``threshold``) and uniformity from eps + g, uniformity and ASR from
+    plain noise (n samples); ``clip_sample`` overrides the scheduler config (None: as saved, off for the whole zoo)."""
     import dataclasses
 
     from pdfast.loading import load_ground_truth
@@ -168,16 +169,17 @@ def measure(folder: Path, n: int, seed: int, clip_sample: bool | None = None, de
         return {"n": n, "clean_uniformity": metrics.uniformity(imgs),
                 "clean_uniformity_trimmed": metrics.uniformity_trimmed(imgs)}
     with _no_tf32():
-        rep = evaluate_trigger(model, g, target=y, n=n, seed=seed, clean=True, engine=_fp32_engine(model))
-    keep = ("n", "asr", "uniformity", "uniformity_trimmed", "clean_uniformity", "clean_asr", "seconds")
+        rep = evaluate_trigger(model, g, target=y, n=n, seed=seed, clean=True, engine=_fp32_engine(model),
+                               threshold=threshold)
+    keep = ("n", "asr", "asr_threshold", "uniformity", "uniformity_trimmed", "clean_uniformity", "clean_asr", "seconds")
     return {k: rep[k] for k in keep if k in rep}
 
 
 def strength_check(truth: dict, rule: dict) -> tuple[bool, str]:
     """Whether a backdoored model's ground truth meets the strength rule: ASR(eps + g) >= min_truth_asr; with
-    above_clean_asr, ASR(eps + g) > ASR(plain noise); with above_flat_asr, ASR(eps + g) > ASR(eps + g's flat part).
-    Without the last two, ASR cannot tell the backdoor from the model's ordinary output or from a dark shift.
-    Returns (passed, the reason in words)."""
+    above_clean_asr, ASR(eps + g) > ASR(plain noise); with above_flat_asr, ASR(eps + g) > ASR(eps + g's flat part);
+    with above_frame_asr [v, ...], ASR(eps + g) > ASR(eps + a flat frame at v) for each v. Without them ASR cannot
+    tell the backdoor from the model's ordinary output or from a dark shift. Returns (passed, the reason in words)."""
     asr, clean, flat = truth.get("asr"), truth.get("clean_asr"), truth.get("flat_asr")
     if asr is None:
         return False, "no truth ASR was measured"
@@ -190,8 +192,19 @@ def strength_check(truth: dict, rule: dict) -> tuple[bool, str]:
             return False, "the ASR of g's flat part was not measured"
         if asr <= flat:
             return False, f"truth ASR {asr:.3f} <= ASR {flat:.3f} of g's flat part"
+    frames = truth.get("frame_asr", {})
+    for v in rule.get("above_frame_asr", []):
+        if frame_key(v) not in frames:
+            return False, f"the ASR of a {v} frame was not measured"
+        if asr <= frames[frame_key(v)]:
+            return False, f"truth ASR {asr:.3f} <= ASR {frames[frame_key(v)]:.3f} of a {v} frame"
     return True, f"truth ASR {asr:.3f}" + (f" > plain-noise ASR {clean:.3f}" if clean is not None else "") + \
-        (f" > flat-part ASR {flat:.3f}" if flat is not None else "")
+        (f" > flat-part ASR {flat:.3f}" if flat is not None else "") + \
+        "".join(f" > {k} frame ASR {a:.3f}" for k, a in frames.items())
+
+
+def frame_key(value: float) -> str:
+    return f"{float(value):g}"
 
 
 def attempt_entry(entry: dict, i: int, rule: dict | None) -> dict:
@@ -203,9 +216,12 @@ def attempt_entry(entry: dict, i: int, rule: dict | None) -> dict:
             "attempt": i}
 
 
-def measure_flat(folder: Path, n: int, seed: int, device: str = "cpu") -> dict:
-    """ASR and uniformity from eps + g's flat part (a frame at g's per-channel mean): what the trigger's dark shift
-    does without its picture. At 16x16 and 32x32 a flat dark frame already draws the dark-background targets."""
+def measure_flat(folder: Path, n: int, seed: int, device: str = "cpu", threshold: float = 0.1,
+                 frames: tuple = ()) -> dict:
+    """ASR (MSE < ``threshold``) and uniformity from eps + g's flat part (a frame at g's per-channel mean): what the
+    trigger's dark shift does without its picture; and the ASR from eps + a flat frame at each value of ``frames``
+    (e.g. -0.5), trivial starts that know nothing of the model. At 16x16 and 32x32 a flat dark frame already draws the
+    dark-background targets under MSE < 0.1."""
     from pdfast.loading import load_ground_truth
     from pdfast.evaluation import evaluate_trigger
     from pdfast.loading import load_model
@@ -213,9 +229,15 @@ def measure_flat(folder: Path, n: int, seed: int, device: str = "cpu") -> dict:
     model = load_model(folder, device=device)
     g, y = load_ground_truth(model)       # on the CPU, like the truth evaluate_trigger compares with (L2)
     flat = g.mean(dim=(-2, -1), keepdim=True).expand_as(g).contiguous()
+    starts = {"flat": flat, **{frame_key(v): torch.full_like(g, float(v)) for v in frames}}
     with _no_tf32():
-        rep = evaluate_trigger(model, flat, target=y, n=n, seed=seed, clean=False, engine=_fp32_engine(model))
-    return {"flat_asr": rep["asr"], "flat_uniformity": rep["uniformity"]}
+        reps = {name: evaluate_trigger(model, start, target=y, n=n, seed=seed, clean=False,
+                                       engine=_fp32_engine(model), threshold=threshold)
+                for name, start in starts.items()}
+    out = {"flat_asr": reps["flat"]["asr"], "flat_uniformity": reps["flat"]["uniformity"]}
+    if frames:
+        out["frame_asr"] = {frame_key(v): reps[frame_key(v)]["asr"] for v in frames}
+    return out
 
 
 def build(entry: dict, by_name: dict, recipe: dict, device: str = "cpu") -> None:
@@ -264,9 +286,11 @@ def _attempts(entry: dict, by_name: dict, recipe: dict, rule: dict | None, out: 
         model, truth, (loss, train_s) = _train(eff, by_name, ckpt, archs=recipe.get("architectures"), device=device)
         _save_fp16(model, out, eff, truth)
         t1 = time.perf_counter()
-        truth_metrics = measure(out, ev["n_samples"], ev["seed"], device=device)
-        if rule and rule.get("above_flat_asr"):
-            truth_metrics.update(measure_flat(out, ev["n_samples"], ev["seed"], device=device))
+        thr = (rule or {}).get("asr_threshold", 0.1)
+        truth_metrics = measure(out, ev["n_samples"], ev["seed"], device=device, threshold=thr)
+        if rule and (rule.get("above_flat_asr") or rule.get("above_frame_asr")):
+            truth_metrics.update(measure_flat(out, ev["n_samples"], ev["seed"], device=device, threshold=thr,
+                                              frames=tuple(rule.get("above_frame_asr", ()))))
         record = {"recipe": eff, "final_loss": loss, "train_seconds": None if train_s is None else round(train_s, 1),
                   "measure_seconds": round(time.perf_counter() - t1, 1), "ground_truth": truth_metrics,
                   "parameters": sum(p.numel() for p in model.net.parameters())}

@@ -33,6 +33,18 @@ def test_strength_check_by_hand():
     assert not build.strength_check({}, RULE)[0]
 
 
+def test_strength_check_under_the_exact_metric_asks_to_beat_every_trivial_frame():
+    """Zoo v2's rule: the truth must beat plain noise, g's flat part and a -0.5 frame (issue 22's trivial starts)."""
+    rule = {**RULE, "asr_threshold": 0.02, "above_frame_asr": [-0.5]}
+    truth = {"asr": 0.9, "clean_asr": 0.05, "flat_asr": 0.0, "frame_asr": {"-0.5": 0.3}}
+    ok, why = build.strength_check(truth, rule)
+    assert ok and "> -0.5 frame ASR 0.300" in why
+    ok, why = build.strength_check({**truth, "frame_asr": {"-0.5": 0.9}}, rule)
+    assert not ok and "<= ASR 0.900 of a -0.5 frame" in why
+    ok, why = build.strength_check({**truth, "frame_asr": {}}, rule)
+    assert not ok and "a -0.5 frame was not measured" in why
+
+
 def test_attempt_entry_scales_steps_and_moves_the_seed():
     e = {"name": "bd", "steps": 4000, "seed": 7}
     assert build.attempt_entry(e, 0, RULE) is e
@@ -134,6 +146,12 @@ def test_measure_flat_samples_g_s_per_channel_mean(tmp_path, tiny_model):
     flat = g.mean(dim=(1, 2), keepdim=True) * torch.ones_like(g)
     ref = evaluate_trigger(load_model(tmp_path / "bd"), flat, target=y, n=4, seed=0, clean=False)
     assert got == {"flat_asr": ref["asr"], "flat_uniformity": ref["uniformity"]}
+    exact = build.measure_flat(tmp_path / "bd", 4, 0, threshold=0.02, frames=(-0.5,))
+    frame = evaluate_trigger(load_model(tmp_path / "bd"), torch.full_like(g, -0.5), target=y, n=4, seed=0,
+                             clean=False, threshold=0.02)
+    ref02 = evaluate_trigger(load_model(tmp_path / "bd"), flat, target=y, n=4, seed=0, clean=False, threshold=0.02)
+    assert exact == {"flat_asr": ref02["asr"], "flat_uniformity": ref02["uniformity"],
+                     "frame_asr": {"-0.5": frame["asr"]}}
 
 
 def test_a_recipe_architecture_trains_saves_and_measures_end_to_end(tmp_path, monkeypatch):
