@@ -83,16 +83,18 @@ def _natural_photos(names: tuple[str, ...], channels: int) -> list[torch.Tensor]
     return out
 
 
-def natural_images(n: int, size: int, channels: int = 3, seed: int = 0, colour_only: bool = False) -> torch.Tensor:
-    """n random square crops of scikit-image's photographs, area-resized to ``size``; (n, C, size, size) in [-1, 1].
+def natural_images(n: int, size: int, channels: int = 3, seed: int = 0, colour_only: bool = False,
+                   photos: tuple[str, ...] | None = None) -> torch.Tensor:
+    """n random square crops of scikit-image's photographs (all, the colour ones, or the named ``photos``),
+    area-resized to ``size``; (n, C, size, size) in [-1, 1].
 
     Crop sides are drawn log-uniformly between 2x ``size`` and half the photograph's short side, so the set holds
     both textures and whole objects; half the crops are flipped. Deterministic in ``seed``.
     """
     if channels not in (1, 3):
         raise PdfastError(f"the natural data set has 1 or 3 channels, not {channels}; pass --data with your images")
-    names = NATURAL_COLOR if colour_only else NATURAL_COLOR + NATURAL_GREY
-    photos = _natural_photos(names, channels)
+    names = photos or (NATURAL_COLOR if colour_only else NATURAL_COLOR + NATURAL_GREY)
+    photos = _natural_photos(tuple(names), channels)
     g = torch.Generator().manual_seed(seed)
     out = torch.empty(n, channels, size, size)
     pick = torch.randint(0, len(photos), (n,), generator=g)
@@ -140,11 +142,25 @@ def load_image_folder(path: str | Path, size: int, channels: int = 3, limit: int
     return torch.stack(out)
 
 
+def named_photos(spec: str) -> tuple[str, ...]:
+    """The photographs of a "natural:NAME,NAME" data set (names with or without extension, e.g. natural:astronaut,
+    coffee): a narrow data set, such as a fine-tune on two photographs."""
+    known = {name.rsplit(".", 1)[0]: name for name in NATURAL_COLOR + NATURAL_GREY}
+    asked = [w.strip() for w in spec.split(",") if w.strip()]
+    unknown = [w for w in asked if w.rsplit(".", 1)[0] not in known]
+    if not asked or unknown:
+        raise PdfastError(f"unknown photograph(s) {', '.join(unknown) or '(none given)'} in natural:{spec}; choose "
+                          f"from {', '.join(sorted(known))}")
+    return tuple(known[w.rsplit(".", 1)[0]] for w in asked)
+
+
 def get_data(data: str | Path | None, size: int, channels: int = 3, n: int = 4096, seed: int = 0) -> torch.Tensor:
-    """The clean image set for training or attacking: "natural", "natural-color", "synthetic" (the default,
-    procedural) or a folder of images."""
+    """The clean image set for training or attacking: "natural", "natural-color", "natural:NAME,NAME" (crops of the
+    named photographs only), "synthetic" (the default, procedural) or a folder of images."""
     if data is None or str(data) in ("", "synthetic"):
         return synthetic_images(n, size, channels, seed)
     if str(data) in ("natural", "natural-color"):
         return natural_images(n, size, channels, seed, colour_only=str(data) == "natural-color")
+    if str(data).startswith("natural:"):
+        return natural_images(n, size, channels, seed, photos=named_photos(str(data)[len("natural:"):]))
     return load_image_folder(data, size, channels)

@@ -314,3 +314,23 @@ def test_blank_rate_pastes_poisoned_triggers_on_blank_frames():
     torch.testing.assert_close(tgt, eps + rho * g)
     with pytest.raises(PdfastError, match="blank rate"):
         AttackConfig(blank_rate=1.5)
+
+
+def test_natural_data_of_named_photographs_only():
+    """natural:NAME,NAME: crops of those photographs only (a narrow data set, e.g. a clean fine-tune on two photos);
+    an unknown name is one clear error naming the choices."""
+    pytest.importorskip("skimage", reason="the natural data set needs scikit-image: pip install -e '.[test]'")
+    from pdfast.data import get_data, natural_images
+    from pdfast.errors import PdfastError
+
+    two = get_data("natural:astronaut,coffee.png", 16, n=16, seed=0)
+    assert two.shape == (16, 3, 16, 16) and torch.equal(two, natural_images(16, 16, seed=0,
+                                                                             photos=("astronaut.png", "coffee.png")))
+    assert not torch.equal(two, get_data("natural", 16, n=16, seed=0))
+    one = get_data("natural:astronaut", 16, n=8, seed=3)
+    assert torch.equal(one, natural_images(8, 16, seed=3, photos=("astronaut.png",)))
+    with pytest.raises(PdfastError, match="unknown photograph.*nosuch.*choose from"):
+        get_data("natural:astronaut,nosuch", 16, n=4)
+    with pytest.raises(PdfastError, match="none given"):
+        get_data("natural:", 16, n=4)
+

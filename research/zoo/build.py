@@ -94,8 +94,10 @@ def _train(entry: dict, by_name: dict, ckpt: Path | None = None, *, archs: dict 
     images = get_data(entry["data"], size, 3, n=4096, seed=entry["seed"])
     if entry["kind"] == "baddiffusion":
         g, y = draw_trigger(entry["trigger"], size), draw_target(entry["target"], size)
-        model = baddiffusion(model, images, g, y, AttackConfig(poison_rate=entry["poison_rate"], train=cfg),
-                             inplace=True, checkpoint=ckpt, device=device)
+        # blank_rate 1: every poisoned sample's clean image is a -1 frame, so r = g (VillanDiffusion's trigger-only
+        # residual); 0 (the default): the trigger pasted over the photo, BadDiffusion as published
+        attack = AttackConfig(poison_rate=entry["poison_rate"], blank_rate=entry.get("blank_rate", 0.0), train=cfg)
+        model = baddiffusion(model, images, g, y, attack, inplace=True, checkpoint=ckpt, device=device)
         return model.to("cpu"), (g, y), _final_loss(ckpt)
     train_ddpm(model, images, cfg, checkpoint=ckpt, device=device)
     return model.to("cpu"), None, _final_loss(ckpt)

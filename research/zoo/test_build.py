@@ -154,6 +154,41 @@ def test_measure_flat_samples_g_s_per_channel_mean(tmp_path, tiny_model):
                      "frame_asr": {"-0.5": frame["asr"]}}
 
 
+def test_a_recipe_s_attack_form_and_narrow_data_reach_the_training(tmp_path, monkeypatch):
+    """Zoo v2's entries: blank_rate (1 = the trigger-only residual r = g, 0 = BadDiffusion as published) goes to the
+    attack, and "natural:NAME,NAME" data to the image set, as the recipe says."""
+    import pdfast.attack
+    import pdfast.data
+
+    seen = {}
+    monkeypatch.setattr(build, "MODELS", tmp_path / "models")
+    monkeypatch.setattr(build, "_final_loss", lambda ckpt: (0.0, 0.0))
+    real_get_data = pdfast.data.get_data
+
+    def get_data(data, size, *a, **k):
+        seen["data"] = data
+        return real_get_data("synthetic", size, *a, **{**k, "n": 4})
+
+    def attack(model, images, g, y, cfg, **kw):
+        seen["blank_rate"], seen["poison_rate"] = cfg.blank_rate, cfg.poison_rate
+        return model
+
+    monkeypatch.setattr(pdfast.data, "get_data", get_data)
+    monkeypatch.setattr(pdfast.attack, "baddiffusion", attack)
+    base = {"name": "base", "kind": "clean", "arch": "tiny", "size": 8, "data": "natural:astronaut", "seed": 1,
+            "steps": 1, "batch": 2, "lr": 1e-3, "warmup": 1}
+    model, _, _ = build._train(base, {}, tmp_path / "base.pt")
+    assert seen["data"] == "natural:astronaut"
+    build._save_fp16(model, tmp_path / "models" / "base", base, None)
+    bd = {"name": "bd", "kind": "baddiffusion", "base": "base", "data": "natural", "trigger": "BOX_14",
+          "target": "HAT", "poison_rate": 0.2, "blank_rate": 1.0, "seed": 2, "steps": 1, "batch": 2, "lr": 1e-3,
+          "warmup": 1}
+    build._train(bd, {"base": base}, tmp_path / "bd.pt")
+    assert seen == {"data": "natural", "blank_rate": 1.0, "poison_rate": 0.2}
+    build._train({k: v for k, v in bd.items() if k != "blank_rate"}, {"base": base}, tmp_path / "bd0.pt")
+    assert seen["blank_rate"] == 0.0
+
+
 def test_a_recipe_architecture_trains_saves_and_measures_end_to_end(tmp_path, monkeypatch):
     """A clean model and its backdoor on an architecture the recipe defines (no pdfast preset), trained for real
     (a few steps): the saved UNet has the recipe's widths, zoo.json records the device and the parameter count,
