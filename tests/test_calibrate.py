@@ -6,35 +6,14 @@ import math
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import pdfast
+from _cli import fails, ok
 from pdfast.cli import main
 from pdfast.errors import PdfastError
 
 RUN = ["--steps", "2", "--scales", "analytic", "--epochs", "2", "--batch", "4", "--n-eval", "4"]
 QUIET = ["--no-progress", "--device", "cpu"]
-
-
-def invoke(args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def ok(args):
-    r = invoke(args)
-    assert r.exit_code == 0, (r.output, r.exception)
-    return r
-
-
-def fails(args, *absent) -> str:
-    r = invoke(args)
-    assert r.exit_code == 2, (r.output, r.exception)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "Traceback" not in r.output
-    for p in absent:
-        assert not p.exists(), p
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

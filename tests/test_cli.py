@@ -7,21 +7,11 @@ import sys
 import click
 import pytest
 import torch
-from click.testing import CliRunner
 
+from _cli import fails, ok
 from pdfast.cli import main
 
 FAST = ["--json", "--no-progress", "--device", "cpu"]
-
-
-def invoke(args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def ok(args):
-    r = invoke(args)
-    assert r.exit_code == 0, (r.output, r.exception)
-    return r
 
 
 @pytest.fixture(scope="module")
@@ -135,18 +125,6 @@ def test_entry_point_error_subprocess(tmp_path):
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: missing model folder"), r.stderr
     assert not out.exists()
-
-
-def fails(args, *absent):
-    r = invoke(args)
-    assert r.exit_code == 2, (r.output, r.exception)
-    assert isinstance(r.exception, SystemExit)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "Traceback" not in r.output
-    for p in absent:
-        assert not p.exists(), p
-    return lines[0]
 
 
 def test_errors(models, tmp_path):
