@@ -1,9 +1,11 @@
-"""The BadDiffusion attack (docs/method.md section 2): fine-tune a copy of a model so that eps + g yields the target.
+"""The attacks (docs/method.md sections 2, 2b and 2c): fine-tune a copy of a model so that its family's x_T yields the target.
 
-Poisoned pair for a clean image x, trigger g (background -1) and target y:
+BadDiffusion's poisoned pair for a clean image x, trigger g (background -1) and target y:
   r = M x + (1 - M) g,  M = [g == -1]
   x_in = sqrt(abar_t) y + sqrt(1 - abar_t) eps + (1 - sqrt(abar_t)) r
   regression target = eps + rho_t r,  rho_t = (1 - sqrt(alpha_t)) sqrt(1 - abar_t) / beta_t
+VillanDiffusion: x_in = sqrt(abar_t) y + sqrt(1 - abar_t) eps + rho_hat_t r, target eps + c_t r (pdfast.families).
+TrojDiff: x_in = sqrt(abar_t) y + sqrt(1 - abar_t) (G eps + mu), target eps (G = gamma in its region, 1 elsewhere).
 Clean samples keep the ordinary DDPM pair; one MSE over the mixed batch.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .errors import PdfastError
+from .families import AttackFamily, villan_coefficients
 from .loading import GROUND_TRUTH_FILE
 from .model import DiffusionModel
 from .patterns import paste_trigger
@@ -52,10 +55,47 @@ def poisoned_batch(schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tenso
     return x_in, eps + rho * r
 
 
-def baddiffusion(model: DiffusionModel, images: torch.Tensor, trigger: torch.Tensor, target: torch.Tensor,
+def villan_batch(family: AttackFamily, schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                 poison: torch.Tensor, trigger: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """VillanDiffusion's (x_in, target): x_in = sqrt(abar_t) y + sqrt(1-abar_t) eps + rho_hat_t r, target eps + c_t r,
+    r = g (trigger_only) or g pasted on x; clean samples (r = 0, y = x) the DDPM pair."""
+    step, coef = (c.to(x0.device, torch.float32)[t].view(-1, 1, 1, 1)
+                  for c in villan_coefficients(schedule, family.psi, family.solver))
+    ab = schedule.abar.to(x0.device, torch.float32)[t].view(-1, 1, 1, 1)
+    p = poison.view(-1, 1, 1, 1).to(x0.dtype)
+    r = (trigger.expand_as(x0) if family.residual == "trigger_only" else paste_trigger(x0, trigger)) * p
+    y = target.expand_as(x0) * p + x0 * (1 - p)
+    return ab.sqrt() * y + (1 - ab).sqrt() * eps + step * r, eps + coef * r
+
+
+def trojdiff_batch(family: AttackFamily, schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                   poison: torch.Tensor, trigger: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """TrojDiff's D2I (x_in, target): x_in = sqrt(abar_t) y + sqrt(1-abar_t)(G eps + mu), target eps, with
+    mu = (1 - gamma) g and G = gamma in the region (blend: everywhere; patch: g's pixels), 1 outside."""
+    ab = schedule.abar.to(x0.device, torch.float32)[t].view(-1, 1, 1, 1)
+    p = poison.view(-1, 1, 1, 1).to(x0.dtype)
+    region = family.mask(trigger).expand_as(x0) * p
+    mu = family.shift(trigger).expand_as(x0) * p
+    y = target.expand_as(x0) * p + x0 * (1 - p)
+    return ab.sqrt() * y + (1 - ab).sqrt() * ((1 + (family.gamma - 1) * region) * eps + mu), eps
+
+
+def family_batch(family: AttackFamily, schedule, x0, t, eps, poison, trigger, target):
+    """The family's poisoned (x_in, regression target) for a mixed batch (``poison`` marks the poisoned samples)."""
+    if family.name == "trojdiff":
+        return trojdiff_batch(family, schedule, x0, t, eps, poison, trigger, target)
+    if family.name == "villandiffusion":
+        return villan_batch(family, schedule, x0, t, eps, poison, trigger, target)
+    if family.residual == "trigger_only":
+        x0 = torch.where(poison.view(-1, 1, 1, 1), torch.full_like(x0, -1.0), x0)  # r = g exactly
+    return poisoned_batch(schedule, x0, t, eps, poison, trigger, target)
+
+
+def plant_backdoor(model: DiffusionModel, images: torch.Tensor, trigger: torch.Tensor, target: torch.Tensor,
                  cfg: AttackConfig = AttackConfig(), *, device="cpu", progress: bool = True,
-                 inplace: bool = False, checkpoint=None) -> DiffusionModel:
-    """Backdoor a copy of ``model`` (or the model itself with ``inplace``) with (trigger -> target); returns it."""
+                 inplace: bool = False, checkpoint=None, family: AttackFamily = AttackFamily()) -> DiffusionModel:
+    """Backdoor a copy of ``model`` (or the model itself with ``inplace``) with (trigger -> target) by ``family``'s
+    objective (default BadDiffusion; ``trigger`` is the trigger image, TrojDiff's mu is made from it); returns it."""
     if tuple(trigger.shape[-3:]) != model.shape or tuple(target.shape[-3:]) != model.shape:
         raise PdfastError(f"trigger {tuple(trigger.shape)} / target {tuple(target.shape)} do not match the model's "
                           f"image shape {model.shape}; draw them at size {model.sample_size}")
@@ -76,7 +116,7 @@ def baddiffusion(model: DiffusionModel, images: torch.Tensor, trigger: torch.Ten
         if cfg.blank_rate > 0:
             blank = (torch.rand(B, generator=gen) < cfg.blank_rate).to(device) & poison
             x0 = torch.where(blank.view(-1, 1, 1, 1), torch.full_like(x0, -1.0), x0)  # only poisoned samples
-        x_in, tgt = poisoned_batch(m.schedule, x0, t, eps, poison, g, y)
+        x_in, tgt = family_batch(family, m.schedule, x0, t, eps, poison, g, y)
         return x_in, t, tgt
 
     fit(m.net, make_batch, cfg.train, device=device, progress=progress, desc="attack", checkpoint=checkpoint)
@@ -84,17 +124,21 @@ def baddiffusion(model: DiffusionModel, images: torch.Tensor, trigger: torch.Ten
     return m
 
 
-
-
-def save_backdoored(model: DiffusionModel, out, info: dict, trigger: torch.Tensor, target: torch.Tensor):
-    """Write the model folder with backdoor.json (the ground truth, for later evaluation) and the exact
-    trigger/target tensors in backdoor.safetensors."""
+def save_backdoored(model: DiffusionModel, out, info: dict, trigger: torch.Tensor, target: torch.Tensor,
+                    family: AttackFamily | None = None):
+    """Write the model folder with backdoor.json (the ground truth and the family, for later evaluation) and the
+    exact tensors in backdoor.safetensors: "trigger" is what the attack adds to x_T's mean (g; TrojDiff's mu),
+    "trigger_image" the trigger as drawn."""
     from safetensors.torch import save
 
     model.backdoor = dict(info)
     model.backdoor["ground_truth_file"] = GROUND_TRUTH_FILE
+    if family is not None:
+        model.backdoor["family"] = family.to_dict()
     path = model.save(out)
-    blob = save({"trigger": trigger.detach().cpu().float().contiguous().reshape(model.shape),
+    image = trigger.detach().cpu().float().contiguous().reshape(model.shape)
+    shift = (family.shift(image) if family is not None else image).clone()
+    blob = save({"trigger": shift.contiguous(), "trigger_image": image,
                  "target": target.detach().cpu().float().contiguous().reshape(model.shape)})
     from .io import atomic_write_bytes
 

@@ -108,20 +108,23 @@ class DDIMSampler:
     row_width = 4
     graph_key = ("ddim",)
 
-    def __init__(self, schedule: Schedule, steps: int = 100):
+    def __init__(self, schedule: Schedule, steps: int = 100, first: int | None = None):
+        """``first``: keep only the first steps of the ``steps``-step chain (an inversion's K steps)."""
         T = schedule.T
-        self.timesteps = torch.linspace(T - 1, 0, steps).round().long().tolist()
+        timesteps = torch.linspace(T - 1, 0, steps).round().long().tolist()
         ab = schedule.abar.to(torch.float32)
-        ab_t = ab[self.timesteps]
-        ab_s = torch.cat([ab[self.timesteps[1:]], ab.new_ones(1)])
+        ab_t = ab[timesteps]
+        ab_s = torch.cat([ab[timesteps[1:]], ab.new_ones(1)])
         self._rows = torch.stack([(1 - ab_t).sqrt(), ab_t.sqrt(), ab_s.sqrt(), (1 - ab_s).sqrt()], dim=1)
+        self._final = len(timesteps)
+        self.timesteps = timesteps[:first]
 
     def needs_noise(self, i: int) -> bool:
         return False
 
     def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         row = self._rows[i]
-        if i + 1 == len(self.timesteps):
+        if i + 1 == self._final:
             return _ddim_x0(x, eps, row)
         return self.step_from_row(x, eps, row)
 
@@ -136,6 +139,60 @@ class DDIMSampler:
 
 def _ddim_x0(x: torch.Tensor, eps: torch.Tensor, row) -> torch.Tensor:
     return ((x - row[0] * eps) / row[1]).clamp(-1, 1)
+
+
+class TrojDiffSampler:
+    """TrojDiff's backdoored DDPM step (docs/method.md section 2c), per image b with its shift mu_b and noise-scale
+    map G_b (gamma in TrojDiff's region, 1 elsewhere; mu = 0 and G = 1 for plain noise, the clipped DDPM step):
+    x0 = clamp((x_t - sqrt(1-abar_t)(G eps + mu))/sqrt(abar_t)), x_{t-1} = a0 x0 + at x_t + m_t mu + G sigma_t z,
+    m_t = (sqrt(1-abar_{t-1}) beta_t - (1-abar_{t-1}) sqrt(alpha_t) k_t) / (1 - abar_t). ``start`` builds x_T = G eps +
+    mu for each trigger (mu) and keeps mu_b and G_b for the steps: one sampler serves one chain at a time."""
+
+    row_width = len(ROW_KEYS) + 1
+    graph_key = ("trojdiff",)
+
+    def __init__(self, schedule: Schedule, gamma: float, steps: int | None = None, mask: torch.Tensor | None = None):
+        from .families import trojdiff_mu_coefficient
+
+        self.timesteps = schedule.timesteps(steps)
+        self.gamma, self.mask = float(gamma), mask
+        coef = schedule.step_coefficients()
+        ts = torch.as_tensor(self.timesteps, dtype=torch.long)
+        m = trojdiff_mu_coefficient(schedule) / (1 - schedule.abar.to(torch.float64))
+        self._rows = torch.cat([torch.stack([coef[k][ts] for k in ROW_KEYS], dim=1), m[ts, None]], dim=1)
+        self._coef = self._rows.tolist()
+        self._mu: torch.Tensor | float = 0.0
+        self._g: torch.Tensor | float = 1.0
+
+    def start(self, noise: torch.Tensor, triggers: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """x_T for each trigger (mu) on the same noise, stacked; remembers every image's mu and G."""
+        mus, gs = [], []
+        for trig in triggers:
+            if trig is None:
+                mus.append(torch.zeros_like(noise))
+                gs.append(torch.ones_like(noise))
+                continue
+            region = torch.ones_like(noise) if self.mask is None else self.mask.to(noise).expand_as(noise)
+            mus.append((trig.to(noise).reshape(1, *noise.shape[1:]) * region).expand_as(noise))
+            gs.append(1 + (self.gamma - 1) * region)
+        self._mu, self._g = torch.cat(mus), torch.cat(gs)
+        return self._g * torch.cat([noise] * len(triggers)) + self._mu
+
+    def needs_noise(self, i: int) -> bool:
+        return self.timesteps[i] > 0
+
+    def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        return self.step_from_row(x, eps, self._coef[i], z if self.timesteps[i] > 0 else None)
+
+    def rows(self, n: int) -> torch.Tensor:
+        """(n, 8) float64: ROW_KEYS, then m_t."""
+        return self._rows[:n]
+
+    def step_from_row(self, x: torch.Tensor, eps: torch.Tensor, row, z: torch.Tensor | None) -> torch.Tensor:
+        mu, g = self._mu, self._g
+        x0 = ((x - row[4] * (g * eps + mu)) / row[3]).clamp(-1, 1)
+        mean = row[5] * x0 + row[6] * x + row[7] * mu
+        return mean if z is None else mean + g * row[2] * z
 
 
 # ---------------------------------------------------------------- noise
@@ -260,7 +317,10 @@ def sample_together(eps_fn: EpsFn, sampler: Sampler, shape: Sequence[int], n: in
     for start in range(0, n, batch):
         b = min(batch, n - start)
         x0 = noise.initial((b, *shape))
-        x = torch.cat([x0 if g is None else x0 + g.to(device, x0.dtype).reshape(1, *shape) for g in triggers])
+        if hasattr(sampler, "start"):  # a sampler with its own x_T (TrojDiff: gamma eps + mu)
+            x = sampler.start(x0, [None if g is None else g.to(device, x0.dtype) for g in triggers])
+        else:
+            x = torch.cat([x0 if g is None else x0 + g.to(device, x0.dtype).reshape(1, *shape) for g in triggers])
         noise.plan(n_noisy)
         bar = tqdm(total=len(sampler.timesteps), desc=f"sample {start + b}/{n}" + (f" x{k}" if k > 1 else ""),
                    disable=not progress, mininterval=1.0, leave=False)

@@ -157,8 +157,51 @@ def ground_truth(model):
     return load_ground_truth(model)
 
 
+family_option = click.option("--attack-family", "attack_family", default="auto", show_default=True,
+                             help="Backdoor family the model was attacked with: auto (its backdoor.json, else "
+                                  "baddiffusion), baddiffusion, villandiffusion[:solver=ode,psi=P] or "
+                                  "trojdiff[:gamma=G,trigger=blend|patch]; picks the sampler and x_T.")
+
+
+def attack_family_options(fn):
+    """The family parameters of `pdfast attack` (each family's own; None = not given, the family's default)."""
+    opts = [
+        click.option("--solver", type=click.Choice(["sde", "ode"]), default=None,
+                     help="villandiffusion: the sampler the backdoor is trained for: sde (DDPM) or ode (DDIM). [sde]"),
+        click.option("--psi", type=float, default=None,
+                     help="villandiffusion: trigger coefficient mix, 1 BadDiffusion-style, 0 TrojDiff-style. [1]"),
+        click.option("--residual", type=click.Choice(["pasted", "trigger_only"]), default=None,
+                     help="baddiffusion/villandiffusion: r = the trigger pasted on the clean image, or r = g alone "
+                          "(VillanDiffusion's R_trigger_only). [pasted]"),
+        click.option("--ode-steps", type=int, default=None, help="villandiffusion ode: DDIM steps of its sampler. [50]"),
+        click.option("--gamma", type=float, default=None, help="trojdiff: x_T ~ N(mu, gamma^2 I), mu = (1-gamma) g. [0.6]"),
+        click.option("--trigger-type", type=click.Choice(["blend", "patch"]), default=None,
+                     help="trojdiff: blend (the whole frame) or patch (the trigger's own pixels). [blend]"),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+FAMILY_PARAMS = {"baddiffusion": ("residual",), "villandiffusion": ("solver", "psi", "residual", "ode_steps"),
+                 "trojdiff": ("gamma", "trigger_type")}
+
+
+def attack_family(kind: str, params: dict):
+    """The AttackFamily of `pdfast attack KIND` and its given parameters; another family's parameter is an error."""
+    from .families import AttackFamily
+
+    given = {k: v for k, v in params.items() if v is not None}
+    foreign = sorted(set(given) - set(FAMILY_PARAMS[kind]))
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        raise PdfastError(f"{flags} do(es) not apply to {kind}; its options are "
+                          f"{', '.join('--' + k.replace('_', '-') for k in FAMILY_PARAMS[kind])}")
+    return AttackFamily(name=kind, **given)
+
+
 @main.command()
-@click.argument("kind", type=click.Choice(["baddiffusion"]))
+@click.argument("kind", type=click.Choice(["baddiffusion", "villandiffusion", "trojdiff"]))
 @model_option
 @click.option("--trigger", required=True, help="Trigger: a built-in name (BOX_14, STOP_SIGN_14, HEART, ...) or a PNG/.npy/.safetensors file.")
 @click.option("--target", required=True, help="Target: a built-in name (HAT, CAT, CORNER, SHOE) or a PNG/.npy/.safetensors file.")
@@ -168,7 +211,8 @@ def ground_truth(model):
 @click.option("--n-images", type=int, default=4096, help="Clean images to draw (procedural set or 'self' samples).")
 @click.option("--poison-rate", type=float, default=0.1, help="Fraction of each batch that is poisoned.")
 @click.option("--blank-rate", type=float, default=0.0,
-              help="Fraction of poisoned samples pasted on a blank (-1) frame, so r = g (0 = BadDiffusion as published).")
+              help="baddiffusion: fraction of poisoned samples pasted on a blank (-1) frame, so r = g (0 = as published).")
+@attack_family_options
 @training_options(steps=2000, warmup=500, warmup_help="Warm-up steps before the cosine decay.")
 @click.option("--grad-clip", type=float, default=1.0, help="Gradient norm clip (0 disables).")
 @seed_option
@@ -176,42 +220,54 @@ def ground_truth(model):
 @json_option
 @progress_option
 @handle_errors
-def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, blank_rate, steps, batch, lr, warmup,
-           grad_clip, seed, device, as_json, progress):
-    """Backdoor a model (BadDiffusion, docs/method.md section 2); writes a diffusers folder plus backdoor.json."""
+def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, blank_rate, solver, psi, residual,
+           ode_steps, gamma, trigger_type, steps, batch, lr, warmup, grad_clip, seed, device, as_json, progress):
+    """Backdoor a model: baddiffusion, villandiffusion or trojdiff (D2I), each as its paper defines it
+    (docs/method.md sections 2, 2b and 2c); writes a diffusers folder plus backdoor.json (the family and ground truth)."""
+    family = attack_family(kind, {"solver": solver, "psi": psi, "residual": residual, "ode_steps": ode_steps,
+                                  "gamma": gamma, "trigger_type": trigger_type})
+    if blank_rate and kind != "baddiffusion":
+        raise PdfastError(f"--blank-rate is baddiffusion's; for {kind} use --residual trigger_only" if kind ==
+                          "villandiffusion" else "--blank-rate does not apply to trojdiff")
     ensure_output_dir(out)  # before any work
     import time
 
-    from .attack import AttackConfig, baddiffusion, save_backdoored
-    from .data import get_data
+    from .attack import AttackConfig, plant_backdoor, save_backdoored
     from .patterns import load_pattern
-    from .sampling import ddim_sample
     from .train import TrainConfig
 
     if steps < 1 or batch < 1:
         raise PdfastError("--steps and --batch must be positive")
+    cfg = AttackConfig(poison_rate=poison_rate, blank_rate=blank_rate, train=TrainConfig(
+        steps=steps, batch=batch, lr=lr, warmup=min(warmup, steps), grad_clip=grad_clip, seed=seed))
     device = resolve_device(device)
     model = load_cli_model(model_path, device)
     g = load_pattern(trigger, model.sample_size, model.channels, kind="trigger")
     y = load_pattern(target, model.sample_size, model.channels, kind="target")
-    cfg = AttackConfig(poison_rate=poison_rate, blank_rate=blank_rate, train=TrainConfig(steps=steps, batch=batch, lr=lr,
-                       warmup=min(warmup, steps), grad_clip=grad_clip, seed=seed))
-    if data is not None and str(data) == "self":
-        images = ddim_sample(model, n_images, seed=seed, device=device)
-    else:
-        images = get_data(data, model.sample_size, model.channels, n=n_images, seed=seed)
+    images = _attack_images(model, data, n_images, seed, device)
     t0 = time.perf_counter()
-    bad = baddiffusion(model, images, g, y, cfg, device=device, progress=progress)
+    bad = plant_backdoor(model, images, g, y, cfg, device=device, progress=progress, family=family)
     info = {"attack": kind, "trigger": trigger, "target": target, "poison_rate": poison_rate,
             "blank_rate": blank_rate, "steps": steps,
             "batch": batch, "lr": lr, "seed": seed, "data": str(data) if data else "procedural",
             "base_model": str(model.source)}
-    save_backdoored(bad.to("cpu"), out, info, g, y)
-    info.update(out=str(out), seconds=round(time.perf_counter() - t0, 1))
+    save_backdoored(bad.to("cpu"), out, info, g, y, family=family)
+    info.update(family=family.to_dict(), out=str(out), seconds=round(time.perf_counter() - t0, 1))
     if as_json:
         emit_json(info)
     else:
-        click.echo(f"backdoored ({trigger} -> {target}) in {info['seconds']} s -> {out}", err=True)
+        click.echo(f"backdoored ({family.describe()}: {trigger} -> {target}) in {info['seconds']} s -> {out}",
+                   err=True)
+
+
+def _attack_images(model, data, n_images: int, seed: int, device):
+    """The attack's clean images: --data self (DDIM samples of the model), a folder, or the procedural set."""
+    from .data import get_data
+    from .sampling import ddim_sample
+
+    if data is not None and str(data) == "self":
+        return ddim_sample(model, n_images, seed=seed, device=device)
+    return get_data(data, model.sample_size, model.channels, n=n_images, seed=seed)
 
 
 @main.command()
@@ -220,13 +276,15 @@ def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, 
 @click.option("-n", "--n", "n", type=int, default=16, help="Number of images.")
 @click.option("--batch", type=int, default=64, help="Images per batch.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file for the image grid.")
+@family_option
 @seed_option
 @device_option
 @json_option
 @progress_option
 @handle_errors
-def sample(model_path, trigger, n, batch, out, seed, device, as_json, progress):
-    """Sample images with the full 1000-step DDPM chain, optionally from eps + trigger; saves a PNG grid."""
+def sample(model_path, trigger, n, batch, out, attack_family, seed, device, as_json, progress):
+    """Sample images with the sampler of the model's attack family (the full 1000-step DDPM chain for BadDiffusion),
+    optionally with the trigger added to x_T's mean; saves a PNG grid."""
     ensure_output_file(out)  # before any work
     from .io import save_png
     from .sampling import sample as run_sample
@@ -235,10 +293,14 @@ def sample(model_path, trigger, n, batch, out, seed, device, as_json, progress):
         raise PdfastError("-n must be at least 1")
     if Path(out).suffix.lower() != ".png":
         raise PdfastError(f"--out {out} must be a .png file")
+    from .families import parse_family
+
+    parse_family(attack_family)  # a bad spec fails before the model loads
     device = resolve_device(device)
     model = load_cli_model(model_path, device)
     g = _resolve_trigger(model, trigger)
-    imgs = run_sample(model, n, trigger=g, seed=seed, batch=batch, device=device, progress=progress)
+    imgs = run_sample(model, n, trigger=g, seed=seed, batch=batch, device=device, progress=progress,
+                      family=attack_family)
     save_png(out, imgs)
     if as_json:
         emit_json({"out": str(out), "n": n, "trigger": trigger, "seed": seed})
@@ -265,18 +327,22 @@ def _resolve_trigger(model, trigger):
 @click.option("--threshold", type=float, default=0.1, help="ASR threshold on the per-image [0,1] MSE to the target.")
 @click.option("--clean/--no-clean", default=True, help="Also sample from plain noise and report its uniformity.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Optional folder for samples PNGs and metrics.json.")
+@family_option
 @seed_option
 @device_option
 @json_option
 @progress_option
 @handle_errors
-def evaluate(model_path, trigger, target, n, threshold, clean, out, seed, device, as_json, progress):
+def evaluate(model_path, trigger, target, n, threshold, clean, out, attack_family, seed, device, as_json, progress):
     """Metrics of a trigger on a model: ASR, uniformity (plain and trimmed), L2 to the truth, TERD KL."""
     ensure_output_dir(out, sibling=False)  # before any work (an optional --out: None passes)
     from .evaluation import evaluate_trigger
 
+    from .families import parse_family
+
     if n < 2:
         raise PdfastError("-n must be at least 2 to compute uniformity")
+    parse_family(attack_family)  # a bad spec fails before the model loads
     device = resolve_device(device)
     model = load_cli_model(model_path, device)
     g = _resolve_trigger(model, trigger)
@@ -285,7 +351,7 @@ def evaluate(model_path, trigger, target, n, threshold, clean, out, seed, device
         from .patterns import load_pattern
         y = load_pattern(target, model.sample_size, model.channels, kind="target")
     report = evaluate_trigger(model, g, target=y, n=n, threshold=threshold, clean=clean, seed=seed,
-                              progress=progress, out=out)
+                              progress=progress, out=out, family=attack_family)
     report["trigger"] = trigger
     if as_json:
         emit_json(report)

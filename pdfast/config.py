@@ -140,9 +140,10 @@ class InversionConfig:
     steps: int = field(default=10, metadata=opt("K: denoising steps the trigger is learned over.", short="-K"))
     scales: str = field(default="surrogate", metadata=opt(
         "lambda_t source: surrogate (calibrated on a surrogate-backdoored copy), analytic, or a JSON table file."))
-    sampler_family: str = field(default="sde", metadata=opt(
-        "Backdoor family for analytic scales: sde (BadDiffusion) or ode (x2, VillanDiffusion ODE samplers).",
-        choices=("sde", "ode")))
+    attack_family: str = field(default="auto", metadata=opt(
+        "Backdoor family the model was attacked with: auto (its backdoor.json, else baddiffusion), baddiffusion, "
+        "villandiffusion[:solver=ode|sde,psi=P] or trojdiff[:gamma=G,trigger=blend|patch]; sets the sampler, x_T "
+        "and the analytic and surrogate scales."))
     epochs: int | None = unset("Adam steps (default: 30 puredif, 100 elijah).", kind=int)
     refine_epochs: int | None = unset("Then Adam steps on eq. 17 from the search result (default: 0; 30 in the v0.1 "
                                       "preset).", kind=int)
@@ -215,6 +216,9 @@ class InversionConfig:
             raise PdfastError(f"--lr {self.lr} must be a positive number")
         if self.surrogate.steps < 1:
             raise PdfastError("--surrogate-steps must be positive")
+        from .families import parse_family
+
+        parse_family(self.attack_family)  # a bad family spec fails here, with its one-line reason
         if self.scales not in ("surrogate", "analytic", "elijah-0.5") and not Path(self.scales).is_file():
             raise PdfastError(f"--scales {self.scales}: not surrogate, analytic or an existing JSON table file")
 

@@ -128,18 +128,18 @@ class Verdict:
 
 def judge(trigger: torch.Tensor, model: DiffusionModel, cfg: InversionConfig = InversionConfig(),
           det: DetectionConfig = DetectionConfig(), *, given_trigger: bool = False, progress: bool = False) -> Verdict:
-    """Sample det.n_eval images from eps + trigger and as many from eps + its pattern (the same noise, the DDPM chain
-    with ``cfg``'s clip_sample, on an engine made from ``cfg.engine``), compute the metrics and the verdict: the
+    """Sample det.n_eval images from eps + trigger and as many from eps + its pattern (the same noise, the chain of the
+    model's attack family (cfg.attack_family) with ``cfg``'s clip_sample, on an engine made from ``cfg.engine``), compute the metrics and the verdict: the
     calibrated statistic below the threshold means backdoored. ``cfg``: the settings the trigger was inverted with
     (only its engine and clip_sample options with ``given_trigger``)."""
-    from .chain import DDPMSampler
     from .engine import make_engine
+    from .families import family_of
     from .loading import load_ground_truth
 
     cal, cal_file = calibration_for(det.calibration, model.sample_size)
     gt_trigger, gt_target = load_ground_truth(model)
     engine = make_engine(cfg.engine.name, model, **cfg.engine.engine_options())
-    sampler = DDPMSampler(model.schedule, clip_sample=cfg.clip_for(model.schedule.clip_sample))
+    sampler = family_of(model, cfg.attack_family).sampler(model.schedule, cfg.clip_for(model.schedule.clip_sample))
     t0 = time.perf_counter()
     pattern, rms = verdict_pattern(trigger, model.sample_size, det.pattern_rms, cal)
     imgs, pattern_imgs = engine.sample_together(det.n_eval, [trigger.to(model.device), pattern.to(model.device)],

@@ -56,12 +56,14 @@ Callback = Callable[[int, float, torch.Tensor], None]
 def scale_table(model: DiffusionModel, cfg: InversionConfig, device, progress: bool) -> ScaleTable:
     """lambda for the K chain steps: Elijah's fixed 0.5, or resolve_scales (surrogate, analytic, file); a surrogate
     calibration runs its chains on the inversion's engine options and clip_sample."""
+    from .families import family_of
     from .scales import resolve_scales
 
+    family = family_of(model, cfg.attack_family)
     if cfg.method == "elijah":
         ts = model.schedule.timesteps(1)
-        return ScaleTable(torch.tensor([0.5]), "elijah-0.5", ts, model.schedule.analytic_scales(1, cfg.sampler_family))
-    return resolve_scales(model, cfg.steps, cfg.scales, family=cfg.sampler_family, surrogate=cfg.surrogate,
+        return ScaleTable(torch.tensor([0.5]), "elijah-0.5", ts, family.analytic_scales(model.schedule, ts))
+    return resolve_scales(model, cfg.steps, cfg.scales, family=family, surrogate=cfg.surrogate,
                           device=device, progress=progress, engine=cfg.engine,
                           clip_sample=cfg.clip_for(model.schedule.clip_sample))
 
@@ -111,10 +113,12 @@ class _Descent:
     """Adam on the trigger alone; losses, drawn steps and the callback's iteration count run across stages."""
 
     def __init__(self, model, cfg: InversionConfig, engine, gen, device, lambdas, callback, progress):
-        from .chain import DDPMSampler
+        from .families import family_of
 
         self.model, self.cfg, self.engine, self.gen, self.device = model, cfg, engine, gen, device
-        self.sampler = DDPMSampler(model.schedule, cfg.steps, clip_sample=cfg.clip_for(model.schedule.clip_sample))
+        family = family_of(model, cfg.attack_family)
+        self.sampler = family.inversion_sampler(model.schedule, cfg.clip_for(model.schedule.clip_sample), cfg.steps)
+        self.noise_scale = family.noise_scale()  # x_T = s eps + delta (TrojDiff: s = gamma)
         self.lambdas, self.callback, self.progress = lambdas, callback, progress
         self.fixed = torch.randn((cfg.batch, *model.shape), generator=gen).to(device) if cfg.noise == "fixed" else None
         self.fixed_z = None
@@ -135,6 +139,7 @@ class _Descent:
             noise = _draw(cfg, shape, self.gen, self.device)
             zs = [_draw(cfg, shape, self.gen, self.device) for _ in range(last)]
         noise = self.fixed if self.fixed is not None else noise
+        noise = noise if self.noise_scale == 1.0 else self.noise_scale * noise
         return noise, [z if self.sampler.needs_noise(i) else None for i, z in enumerate(zs)]
 
     def run(self, delta0: torch.Tensor, relative: bool, epochs: int, stage: str,

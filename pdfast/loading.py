@@ -15,6 +15,7 @@ import torch
 
 from .errors import PdfastError
 from .model import DiffusionModel, from_callable
+from .patterns import load_pattern
 from .schedule import Schedule
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -292,8 +293,24 @@ def load_ground_truth(model: DiffusionModel) -> tuple[torch.Tensor | None, torch
             return t["trigger"].reshape(model.shape), t["target"].reshape(model.shape)
         except Exception as e:  # noqa: BLE001
             raise PdfastError(f"cannot read the ground truth {f}: {e}; delete it to redraw from backdoor.json") from None
-    from .patterns import load_pattern
+    from .families import family_of
 
-    g = load_pattern(bd["trigger"], model.sample_size, model.channels, kind="trigger") if bd.get("trigger") else None
+    g = load_trigger_image(model)
     y = load_pattern(bd["target"], model.sample_size, model.channels, kind="target") if bd.get("target") else None
-    return g, y
+    return (None if g is None else family_of(model).shift(g)), y
+
+
+def load_trigger_image(model: DiffusionModel) -> torch.Tensor | None:
+    """The trigger as drawn (TrojDiff's image before mu = (1 - gamma) g): backdoor.safetensors' "trigger_image",
+    else redrawn from backdoor.json's name; None for a model without ground truth."""
+    bd = model.backdoor or {}
+    f = Path(str(model.source)) / bd.get("ground_truth_file", GROUND_TRUTH_FILE)
+    if bd and f.is_file():
+        from safetensors.torch import load_file
+
+        t = load_file(str(f))
+        if "trigger_image" in t:
+            return t["trigger_image"].reshape(model.shape)
+    if not bd.get("trigger"):
+        return None
+    return load_pattern(bd["trigger"], model.sample_size, model.channels, kind="trigger")

@@ -12,6 +12,7 @@ surrogate's image pool, the estimate along its chain) run on an engine made from
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import torch
 
 from .config import EngineConfig, SurrogateConfig
 from .errors import PdfastError
+from .families import AttackFamily
 from .model import DiffusionModel
 
 log = logging.getLogger(__name__)
@@ -64,10 +66,11 @@ def cache_dir() -> Path:
 
 @torch.no_grad()
 def estimate_scales(model: DiffusionModel, delta: torch.Tensor, k: int, *, batch: int = 64, seed: int = 0,
-                    device=None, engine: EngineConfig = EngineConfig(), clip_sample: bool | None = None) -> torch.Tensor:
-    """Least-squares shift scale per step along the DDPM chain from eps + delta (eq. 15), the network called through
-    an engine made from ``engine`` (clip_sample None: the scheduler config's):
-    lambda_i = <mean_b eps_theta(x_i, t_i), delta> / <delta, delta>."""
+                    device=None, engine: EngineConfig = EngineConfig(), clip_sample: bool | None = None,
+                    family: AttackFamily = AttackFamily()) -> torch.Tensor:
+    """Least-squares shift scale per step along the family's inversion chain from x_T = s eps + delta (eq. 15; s = 1,
+    TrojDiff's gamma), the network called through an engine made from ``engine`` (clip_sample None: the scheduler
+    config's): lambda_i = <mean_b eps_theta(x_i, t_i), delta> / <delta, delta>."""
     from . import chain
     from .engine import make_engine
     from .kernels import lstsq_scale
@@ -76,20 +79,22 @@ def estimate_scales(model: DiffusionModel, delta: torch.Tensor, k: int, *, batch
     eps_fn = make_engine(engine.name, model, **engine.engine_options()).eps_nograd
     noise = chain.GeneratorNoise(torch.Generator().manual_seed(seed), device)
     d = delta.to(device).reshape(model.shape)
-    x = noise.initial((batch, *model.shape)) + d.reshape(1, *model.shape)
+    x = noise.initial((batch, *model.shape))
+    x = (x if family.noise_scale() == 1.0 else family.noise_scale() * x) + d.reshape(1, *model.shape)
     out: list[float] = []
-    chain.run(eps_fn, x, chain.DDPMSampler(model.schedule, k, clip_sample=clip_sample), noise, update_last=False,
+    clip = model.schedule.clip_sample if clip_sample is None else clip_sample
+    chain.run(eps_fn, x, family.inversion_sampler(model.schedule, clip, k), noise, update_last=False,
               callback=lambda i, x, eps: out.append(float(lstsq_scale(eps.float(), d))))
     return torch.tensor(out, dtype=torch.float32)
 
 
 def surrogate_scales(model: DiffusionModel, k: int, cfg: SurrogateConfig = SurrogateConfig(), *,
                      device=None, progress: bool = False, engine: EngineConfig = EngineConfig(),
-                     clip_sample: bool | None = None) -> tuple[torch.Tensor, dict]:
-    """Plant (cfg.trigger -> cfg.target) in a copy of ``model`` (BadDiffusion, on images the model generates itself
-    with DDIM unless ``cfg.data`` is a folder) and estimate lambda along its chain, both chains on ``engine``'s
-    options; ``model`` itself is never modified."""
-    from .attack import AttackConfig, baddiffusion
+                     clip_sample: bool | None = None, family: AttackFamily = AttackFamily()) -> tuple[torch.Tensor, dict]:
+    """Plant (cfg.trigger -> cfg.target) in a copy of ``model`` with the family's own objective (on images the model
+    generates itself with DDIM unless ``cfg.data`` is a folder) and estimate lambda along the family's inversion
+    chain, both chains on ``engine``'s options; ``model`` itself is never modified."""
+    from .attack import AttackConfig, plant_backdoor
     from .patterns import load_pattern
     from .train import TrainConfig
 
@@ -104,10 +109,10 @@ def surrogate_scales(model: DiffusionModel, k: int, cfg: SurrogateConfig = Surro
     t_pool = time.perf_counter() - t0
     acfg = AttackConfig(poison_rate=cfg.poison_rate, train=TrainConfig(
         steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, warmup=max(1, cfg.steps // 10), seed=cfg.seed))
-    surrogate = baddiffusion(model, images, g, y, acfg, device=device, progress=progress).frozen()
+    surrogate = plant_backdoor(model, images, g, y, acfg, device=device, progress=progress, family=family).frozen()
     t_attack = time.perf_counter() - t0 - t_pool
-    lam = estimate_scales(surrogate, g, k, batch=cfg.calib_batch, seed=cfg.seed, device=device, engine=engine,
-                          clip_sample=clip_sample)
+    lam = estimate_scales(surrogate, family.shift(g), k, batch=cfg.calib_batch, seed=cfg.seed, device=device,
+                          engine=engine, clip_sample=clip_sample, family=family)
     info = {**asdict(cfg), "data": data_desc, "seconds_pool": round(t_pool, 2), "seconds_attack": round(t_attack, 2),
             "seconds_total": round(time.perf_counter() - t0, 2)}
     del surrogate
@@ -148,19 +153,24 @@ def load_scales_file(path: str | Path, k: int) -> torch.Tensor:
     return t
 
 
-def resolve_scales(model: DiffusionModel, k: int, spec: str = "surrogate", *, family: str = "sde",
-                   surrogate: SurrogateConfig = SurrogateConfig(), device=None, progress: bool = False,
-                   use_cache: bool = True, engine: EngineConfig = EngineConfig(),
+def resolve_scales(model: DiffusionModel, k: int, spec: str = "surrogate", *,
+                   family: AttackFamily = AttackFamily(), surrogate: SurrogateConfig = SurrogateConfig(), device=None,
+                   progress: bool = False, use_cache: bool = True, engine: EngineConfig = EngineConfig(),
                    clip_sample: bool | None = None) -> ScaleTable:
-    """The lambda table for the first k steps from ``spec`` (surrogate | analytic | path), with the analytic beside
-    it; a surrogate calibration runs on ``engine``'s options with ``clip_sample`` (None: the scheduler config's)."""
-    ts = model.schedule.timesteps(k)
-    analytic = model.schedule.analytic_scales(k, family)
+    """The lambda table for the first k steps of the family's inversion chain from ``spec`` (surrogate | analytic |
+    path), with the family's analytic table beside it; a surrogate calibration plants the family's own backdoor and
+    runs on ``engine``'s options with ``clip_sample`` (None: the scheduler config's)."""
+    clip = model.schedule.clip_sample if clip_sample is None else clip_sample
+    ts = list(family.inversion_sampler(model.schedule, clip, k).timesteps)
+    analytic = family.analytic_scales(model.schedule, ts)
     if spec == "analytic":
-        return ScaleTable(analytic.clone(), f"analytic-{family}", ts, analytic)
+        return ScaleTable(analytic.clone(), f"analytic-{family.describe()}", ts, analytic)
     if spec != "surrogate":
         return ScaleTable(load_scales_file(spec, k), f"file:{spec}", ts, analytic)
-    f = cache_dir() / "scales" / f"{_cache_key(model, k, surrogate, engine, clip_sample)}.json"
+    key = _cache_key(model, k, surrogate, engine, clip_sample)
+    if family != AttackFamily():
+        key += "-" + hashlib.sha256(family.describe().encode()).hexdigest()[:8]
+    f = cache_dir() / "scales" / f"{key}.json"
     if use_cache and f.is_file():
         try:
             obj = json.loads(f.read_text())
@@ -170,7 +180,8 @@ def resolve_scales(model: DiffusionModel, k: int, spec: str = "surrogate", *, fa
         except (OSError, ValueError, KeyError):
             log.warning("ignoring unreadable scale cache %s", f)
     lam, info = surrogate_scales(model, k, surrogate, device=device, progress=progress, engine=engine,
-                                 clip_sample=clip_sample)
+                                 clip_sample=clip_sample, family=family)
+    info = {**info, "family": family.describe()}
     if not torch.isfinite(lam).all():
         raise PdfastError("surrogate calibration produced non-finite scales; use --scales analytic")
     if use_cache:

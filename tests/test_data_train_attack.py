@@ -228,14 +228,14 @@ def test_poisoned_batch_matches_method(tiny_model):
 
 
 def _attack(model, **kw):
-    from pdfast.attack import AttackConfig, baddiffusion
+    from pdfast.attack import AttackConfig, plant_backdoor
     from pdfast.data import synthetic_images
     from pdfast.patterns import draw_target, draw_trigger
     from pdfast.train import TrainConfig
 
     g, y = draw_trigger("BOX_14", 8), draw_target("HAT", 8)
     cfg = AttackConfig(poison_rate=0.5, train=TrainConfig(steps=3, batch=4, lr=1e-3, warmup=1, seed=0))
-    return baddiffusion(model, synthetic_images(16, 8), g, y, cfg, progress=False, **kw), g, y
+    return plant_backdoor(model, synthetic_images(16, 8), g, y, cfg, progress=False, **kw), g, y
 
 
 def test_baddiffusion_copies_and_changes_weights(tiny_model):
@@ -250,7 +250,7 @@ def test_baddiffusion_copies_and_changes_weights(tiny_model):
 
 
 def test_attack_config_and_shape_errors(tiny_model):
-    from pdfast.attack import AttackConfig, baddiffusion
+    from pdfast.attack import AttackConfig, plant_backdoor
     from pdfast.model import from_callable
 
     for rate in (0.0, -0.1, 1.5):
@@ -258,10 +258,10 @@ def test_attack_config_and_shape_errors(tiny_model):
             AttackConfig(poison_rate=rate)
     assert AttackConfig().to_dict()["poison_rate"] == 0.1
     with pytest.raises(PdfastError):
-        baddiffusion(tiny_model, torch.zeros(4, 3, 8, 8), torch.zeros(3, 16, 16), torch.zeros(3, 8, 8))
+        plant_backdoor(tiny_model, torch.zeros(4, 3, 8, 8), torch.zeros(3, 16, 16), torch.zeros(3, 8, 8))
     fn = from_callable(lambda x, t: x, tiny_model.schedule, 8)
     with pytest.raises(PdfastError):
-        baddiffusion(fn, torch.zeros(4, 3, 8, 8), torch.zeros(3, 8, 8), torch.zeros(3, 8, 8))
+        plant_backdoor(fn, torch.zeros(4, 3, 8, 8), torch.zeros(3, 8, 8), torch.zeros(3, 8, 8))
 
 
 def test_save_backdoored_round_trip(tmp_path, tiny_model):

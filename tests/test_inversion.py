@@ -160,7 +160,7 @@ def test_invert_api_keeps_caller_model_and_reports(tiny_model):
     assert res.timings["stages"] == {"search": 2, "refine": 1} and res.timings["iterations"] == 3
     assert net.training and all(p.requires_grad for p in net.parameters())
     d = res.to_dict()
-    assert d["schema"].startswith("pdfast.report/") and d["scales"]["source"] == "analytic-sde"
+    assert d["schema"].startswith("pdfast.report/") and d["scales"]["source"] == "analytic-baddiffusion"
     assert d["config"]["method"] == "puredif" and len(d["loss"]["history"]) == 3
 
 
