@@ -72,7 +72,7 @@ def make_net(arch: str, size: int, seed: int, archs: dict | None = None):
 def _train(entry: dict, by_name: dict, ckpt: Path | None = None, *, archs: dict | None = None, device: str = "cpu"):
     """Train one recipe entry on ``device``; returns (DiffusionModel with fp32 weights on the CPU, (g, y) or None,
     (final loss, seconds))."""
-    from pdfast.attack import AttackConfig, baddiffusion
+    from pdfast.attack import AttackConfig, plant_backdoor
     from pdfast.data import get_data
     from pdfast.loading import load_model
     from pdfast.model import DiffusionModel
@@ -92,15 +92,28 @@ def _train(entry: dict, by_name: dict, ckpt: Path | None = None, *, archs: dict 
         model.backdoor = None
         size = model.sample_size
     images = get_data(entry["data"], size, 3, n=4096, seed=entry["seed"])
-    if entry["kind"] == "baddiffusion":
+    if entry["kind"] in ATTACKS:
         g, y = draw_trigger(entry["trigger"], size), draw_target(entry["target"], size)
         # blank_rate 1: every poisoned sample's clean image is a -1 frame, so r = g (VillanDiffusion's trigger-only
         # residual); 0 (the default): the trigger pasted over the photo, BadDiffusion as published
         attack = AttackConfig(poison_rate=entry["poison_rate"], blank_rate=entry.get("blank_rate", 0.0), train=cfg)
-        model = baddiffusion(model, images, g, y, attack, inplace=True, checkpoint=ckpt, device=device)
+        model = plant_backdoor(model, images, g, y, attack, inplace=True, checkpoint=ckpt, device=device,
+                               family=recipe_family(entry))
         return model.to("cpu"), (g, y), _final_loss(ckpt)
     train_ddpm(model, images, cfg, checkpoint=ckpt, device=device)
     return model.to("cpu"), None, _final_loss(ckpt)
+
+
+ATTACKS = ("baddiffusion", "villandiffusion", "trojdiff")
+FAMILY_FIELDS = ("solver", "psi", "residual", "gamma", "trigger_type", "ode_steps")
+
+
+def recipe_family(entry: dict):
+    """The attack family of a recipe entry: its kind with the family fields it sets (solver, psi, residual, gamma,
+    trigger_type, ode_steps), each family's defaults for the rest."""
+    from pdfast.families import AttackFamily
+
+    return AttackFamily(name=entry["kind"], **{k: entry[k] for k in FAMILY_FIELDS if k in entry})
 
 
 def _final_loss(ckpt: Path) -> tuple[float, float | None]:
@@ -120,11 +133,11 @@ def _save_fp16(model, out: Path, entry: dict, truth) -> None:
         m.backdoor = None
         m.save(out)
     else:
-        info = {"attack": "baddiffusion", "trigger": entry["trigger"], "target": entry["target"],
-                "poison_rate": entry["poison_rate"], "blank_rate": 0.0, "steps": entry["steps"],
-                "batch": entry["batch"], "lr": entry["lr"], "seed": entry["seed"], "data": entry["data"],
-                "base_model": entry["base"]}
-        save_backdoored(m, out, info, *truth)
+        info = {"attack": entry["kind"], "trigger": entry["trigger"], "target": entry["target"],
+                "poison_rate": entry["poison_rate"], "blank_rate": entry.get("blank_rate", 0.0),
+                "steps": entry["steps"], "batch": entry["batch"], "lr": entry["lr"], "seed": entry["seed"],
+                "data": entry["data"], "base_model": entry["base"]}
+        save_backdoored(m, out, info, *truth, family=recipe_family(entry))
 
 
 def _fp32_engine(model):
@@ -253,7 +266,7 @@ def build(entry: dict, by_name: dict, recipe: dict, device: str = "cpu") -> None
         return
     if entry.get("base") and not is_built(entry["base"]):
         build(by_name[entry["base"]], by_name, recipe, device)
-    rule = recipe.get("strength_rule") if entry.get("gate") and entry["kind"] == "baddiffusion" else None
+    rule = recipe.get("strength_rule") if entry.get("gate") and entry["kind"] in ATTACKS else None
     if entry.get("gate") and rule is None:
         raise SystemExit(f"error: {entry['name']} is gated but the recipe has no strength_rule or it is not a backdoor")
     out = MODELS / entry["name"]
@@ -454,7 +467,7 @@ def report(recipe: dict) -> tuple[str, list[dict]]:
     clip_sample off and on, and the strength rule's verdict) and the rows as dicts."""
     rows = []
     for m in recipe["models"]:
-        if m["kind"] != "baddiffusion" or not is_built(m["name"]):
+        if m["kind"] not in ATTACKS or not is_built(m["name"]):
             continue
         info = _zoo_json(m["name"])
         gt, on = info.get("ground_truth", {}), info.get("ground_truth_clip_on", {})

@@ -171,10 +171,12 @@ def test_a_recipe_s_attack_form_and_narrow_data_reach_the_training(tmp_path, mon
 
     def attack(model, images, g, y, cfg, **kw):
         seen["blank_rate"], seen["poison_rate"] = cfg.blank_rate, cfg.poison_rate
+        if kw["family"].name != "baddiffusion":
+            seen["family"] = kw["family"]
         return model
 
     monkeypatch.setattr(pdfast.data, "get_data", get_data)
-    monkeypatch.setattr(pdfast.attack, "baddiffusion", attack)
+    monkeypatch.setattr(pdfast.attack, "plant_backdoor", attack)
     base = {"name": "base", "kind": "clean", "arch": "tiny", "size": 8, "data": "natural:astronaut", "seed": 1,
             "steps": 1, "batch": 2, "lr": 1e-3, "warmup": 1}
     model, _, _ = build._train(base, {}, tmp_path / "base.pt")
@@ -187,6 +189,10 @@ def test_a_recipe_s_attack_form_and_narrow_data_reach_the_training(tmp_path, mon
     assert seen == {"data": "natural", "blank_rate": 1.0, "poison_rate": 0.2}
     build._train({k: v for k, v in bd.items() if k != "blank_rate"}, {"base": base}, tmp_path / "bd0.pt")
     assert seen["blank_rate"] == 0.0
+    from pdfast.families import AttackFamily
+
+    build._train({**bd, "kind": "trojdiff", "gamma": 0.5, "blank_rate": 0.0}, {"base": base}, tmp_path / "td.pt")
+    assert seen["family"] == AttackFamily("trojdiff", gamma=0.5)
 
 
 def test_a_recipe_architecture_trains_saves_and_measures_end_to_end(tmp_path, monkeypatch):
@@ -258,3 +264,29 @@ def test_the_ground_truth_engine_is_fp32_uncompiled_and_tf32_is_restored(tiny_mo
     with build._no_tf32():
         assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+@pytest.mark.parametrize("family", [{"kind": "villandiffusion", "solver": "ode", "residual": "trigger_only"},
+                                    {"kind": "trojdiff", "gamma": 0.6}])
+def test_a_recipe_builds_each_attack_family_end_to_end(tmp_path, monkeypatch, family):
+    """A recipe entry of another family (its fields: solver, psi, residual, gamma, trigger_type) trains for real,
+    records its family in backdoor.json and measures its ground truth with the family's own sampler."""
+    monkeypatch.setattr(build, "MODELS", tmp_path / "models")
+    monkeypatch.setattr(build, "CKPT", tmp_path / "ckpt")
+    train = {"steps": 2, "batch": 4, "lr": 1e-3, "warmup": 1}
+    recipe = {"evaluation": {"n_samples": 2, "seed": 0},
+              "models": [{"name": "base", "kind": "clean", "arch": "tiny", "size": 8, "data": "synthetic", "seed": 1,
+                          **train},
+                         {"name": "bd", "base": "base", "data": "synthetic", "trigger": "BOX_14", "target": "HAT",
+                          "poison_rate": 0.5, "seed": 2, **train, **family}]}
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe))
+    by_name = {m["name"]: m for m in build.load_recipe(path)["models"]}
+    build.build(by_name["bd"], by_name, recipe, "cpu")
+    bd = json.loads((tmp_path / "models" / "bd" / "backdoor.json").read_text())
+    assert bd["attack"] == family["kind"] and bd["family"]["name"] == family["kind"]
+    for k, v in family.items():
+        if k != "kind":
+            assert bd["family"][k] == v
+    truth = json.loads((tmp_path / "models" / "bd" / "zoo.json").read_text())["ground_truth"]
+    assert truth["n"] == 2 and 0.0 <= truth["asr"] <= 1.0
