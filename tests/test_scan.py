@@ -97,25 +97,30 @@ def test_report_is_sorted_self_contained_and_totalled(scanned):
     by_margin = sorted(rows, key=lambda n: rows[n]["margin"])
     assert [page.index(f">{n}<") for n in by_margin] == sorted(page.index(f">{n}<") for n in by_margin)
     assert [md.index(f"| {n} |") for n in by_margin] == sorted(md.index(f"| {n} |") for n in by_margin)
-    assert page.count("src='data:image/png;base64,") == 2 * len(rows)  # trigger and samples of each model
+    assert page.count("src='data:image/png;base64,") == 3 * len(rows)  # trigger, samples, pattern samples
     assert "http" not in page and "<link" not in page and "<script" not in page  # nothing fetched: readable offline
     assert "<b>3</b> models" in page and "3 models" in md
 
 
 def test_rerun_skips_done_models(zoo, scanned):
     before = _rows(scanned)
-    r = ok(["scan", zoo / "coll", "--out", scanned, *FLAGS, "--json"])
+    r = ok(["scan", zoo / "coll", scanned, "--out", scanned, *FLAGS, "--json"])  # its own folder: not a model
     res = json.loads(r.stdout)
     assert res["ran"] == 0 and res["skipped"] == 3 and res["totals"]["done"] == 3
     assert _rows(scanned) == before
+
+
+def _three(zoo: Path, coll: Path, last: str) -> None:
+    """coll/a-fast (D), coll/b-slow (the 1000-step D), coll/c-fast (``last``): scanned in this order."""
+    for src, name in ((zoo / "coll" / "D", "a-fast"), (zoo / "slow" / "b-slow", "b-slow"), (zoo / "coll" / last, "c-fast")):
+        shutil.copytree(src, coll / name)
 
 
 def test_sigkill_midway_then_rerun_loses_and_repeats_nothing(zoo, tmp_path):
     """The first model (fast) lands, the scan is killed on the second (slow); the rerun finishes the rest."""
     coll = tmp_path / "coll"
     coll.mkdir()
-    for src, name in ((zoo / "coll" / "D", "a-fast"), (zoo / "slow" / "b-slow", "b-slow"), (zoo / "coll" / "D2", "c-fast")):
-        shutil.copytree(src, coll / name)
+    _three(zoo, coll, "D2")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "pdfast.cli", "scan", str(coll), "--out", str(out), *map(str, FLAGS)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -149,8 +154,7 @@ def test_workers_match_serial_and_survive_a_killed_worker(zoo, scanned, tmp_path
     b-slow gets a 'worker-died' row, c-fast still runs (on a new worker), and the rows equal the serial scan's."""
     coll = tmp_path / "coll"
     coll.mkdir()
-    for src, name in ((zoo / "coll" / "D", "a-fast"), (zoo / "slow" / "b-slow", "b-slow"), (zoo / "coll" / "D3", "c-fast")):
-        shutil.copytree(src, coll / name)
+    _three(zoo, coll, "D3")
     killed = []
 
     def kill_the_other_worker(n, total, row):
@@ -267,6 +271,11 @@ def test_exit_codes_and_bad_paths(zoo, scanned, tmp_path):
     assert f"pass its folder {weights.parent}" in fails(["scan", weights, "--out", tmp_path / "o3", *FLAGS])
     line = fails(["scan", zoo / "coll", "--out", tmp_path / "o4", *FLAGS, "--steps", 0], tmp_path / "o4")
     assert "--steps 0" in line
+    # a given trigger is judged on every model: only engine and detection options apply, as with detect
+    given = ["--trigger", "BOX_14", "--n-eval", 4, "--device", "cpu", "--no-progress"]
+    assert "'epochs' has no effect" in fails(["scan", zoo / "coll", "--out", tmp_path / "o5", *given, "--epochs", 3])
+    res = json.loads(ok(["scan", zoo / "coll", "--out", tmp_path / "o6", *given, "--json"]).stdout)
+    assert res["totals"]["done"] == 3 and all(r["config"]["trigger"] == "BOX_14" for r in res["rows"])
     text = invoke(["scan", "--help"]).output
     for code in ("0 ", "1 ", "2 ", "3 ", "130"):
         assert f"  {code}" in text, text

@@ -36,10 +36,12 @@ class ScanResult:
 
     @property
     def failed(self) -> list[dict]:
+        """The rows that failed."""
         return [r for r in self.rows if r["status"] != "done"]
 
     @property
     def backdoored(self) -> list[dict]:
+        """The finished rows whose verdict is backdoored."""
         return [r for r in self.rows if r["status"] == "done" and r["verdict"] == "backdoored"]
 
     def exit_code(self, fail_on_backdoor: bool = False) -> int:
@@ -49,6 +51,7 @@ class ScanResult:
         return EXIT_CODES["failed"] if self.failed else EXIT_CODES["ok"]
 
     def to_dict(self) -> dict:
+        """JSON-ready: totals, what this run did, the files, the rows (what --json prints)."""
         from .report import totals
 
         return {"out": str(self.out), "config_key": self.config_key, "ran": self.ran, "skipped": self.skipped,
@@ -65,7 +68,7 @@ def scan(paths, out, *, workers: int = 0, backend: str = "local", ray_address: s
     ``backend``: "local" or "ray" (``ray_address`` of a running cluster, else a local instance). ``callback(n,
     total, row)`` is called after each model's row is written."""
     from ..io import ensure_output_dir
-    from .discovery import discover
+    from .discovery import SCAN_DB, discover
     from .store import Store
     from .workers import BACKENDS, plan
 
@@ -77,18 +80,22 @@ def scan(paths, out, *, workers: int = 0, backend: str = "local", ray_address: s
     slots = plan(workers, device)
     cands = discover(paths)
     out.mkdir(parents=True, exist_ok=True)
-    store = Store(out / "scan.db")
+    store = Store(out / SCAN_DB)
     try:
         todo, skipped = _todo(cands, store.statuses(key), retry_failed)
         tasks = [{"content_hash": c.content_hash, "config_key": key, "name": c.name, "path": c.path,
                   "revision": c.revision, "options": options, "trigger": trigger} for c in todo]
         log.info("scan: %d models, %d to run, %d already recorded", len(cands), len(tasks), skipped)
         run_id = uuid.uuid4().hex[:12]
-        for n, result in enumerate(_run(tasks, slots, backend, ray_address), 1):
-            row = finish(out, store, result, config, run_id)
-            log.info(status_line(n, len(tasks), row))
-            if callback is not None:
-                callback(n, len(tasks), row)
+        try:
+            for n, result in enumerate(_run(tasks, slots, backend, ray_address), 1):
+                row = finish(out, store, result, config, run_id)
+                log.info(status_line(n, len(tasks), row))
+                if callback is not None:
+                    callback(n, len(tasks), row)
+        except KeyboardInterrupt:  # the report of what is finished, then the interrupt goes on
+            write_reports(out, store.rows(key, [c.content_hash for c in cands]), config)
+            raise
         rows = store.rows(key, [c.content_hash for c in cands])
     finally:
         store.close()
@@ -101,9 +108,15 @@ def run_config(options: dict, trigger) -> tuple[dict, str]:
     """The full configuration of these options (defaults filled, checked before any work) and its key: the sha256
     of its JSON, so the same settings given or left at their defaults are the same configuration."""
     from ..api import detection_config, split_options
-    from ..config import InversionConfig, with_options
+    from ..config import InversionConfig, option_names, with_options
 
     inv_opts, det_opts = split_options(options)
+    if trigger is not None:  # as pdfast.detect: a given trigger is judged, so only engine options apply
+        engine = set(option_names(type(InversionConfig().engine))) | {"clip_sample"}
+        extra = sorted(set(inv_opts) - engine)
+        if extra:
+            raise PdfastError(f"'{extra[0]}' has no effect when a trigger is given (it is judged, not inverted); "
+                              "drop it or drop the trigger")
     inv = with_options(InversionConfig(), inv_opts)
     config = {"inversion": (inv if trigger is not None else inv.resolved()).to_dict(),
               "detection": asdict(detection_config(det_opts)),
@@ -141,6 +154,7 @@ def _todo(cands, statuses: dict, retry_failed: bool):
 
 
 def _run(tasks, slots, backend, ray_address):
+    """The backend's results for these tasks (nothing to start when there are none)."""
     from .workers import run_tasks
 
     if tasks:
@@ -151,7 +165,7 @@ def finish(out: Path, store, result: dict, config: dict, run_id: str) -> dict:
     """Write a finished model's output folder (atomically) under out/runs/, then its row (one transaction)."""
     from ..io import atomic_dir
 
-    row = dict(result["row"], run_id=run_id, config=result["row"].get("config") or config)
+    row = dict(result["row"], run_id=run_id, config=config)
     if result["files"]:
         rel = f"runs/{slug(row['name'])}-{row['content_hash'][:8]}-{row['config_key'][:8]}"
         with atomic_dir(out / rel) as tmp:

@@ -61,6 +61,7 @@ def scan_command(detect: click.Command, handle_errors, emit_json) -> click.Comma
     @handle_errors
     def run(ctx, paths, out, workers, backend, ray_address, retry_failed, fail_on_backdoor, trigger_spec, device,
             as_json, progress, **options):
+        """Scan, print one line per model and the totals, exit with the scan's code."""
         from . import scan, status_line
 
         if trigger_spec is not None:  # as detect: only what was typed applies to a given trigger
@@ -68,6 +69,7 @@ def scan_command(detect: click.Command, handle_errors, emit_json) -> click.Comma
                        if ctx.get_parameter_source(k) not in (click.core.ParameterSource.DEFAULT, None)}
 
         def say(n, total, row):
+            """The model's status line on stderr, with --progress."""
             if progress:
                 click.echo(status_line(n, total, row), err=True)
 

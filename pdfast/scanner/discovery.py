@@ -17,6 +17,7 @@ from ..errors import PdfastError
 MODEL_MARKERS = ("model_index.json", "config.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 HF_MODEL_PREFIX = "models--"
+SCAN_DB = "scan.db"
 HF_OTHER_PREFIXES = ("datasets--", "spaces--")  # cached data sets and spaces are not models
 PATH_HELP = ("pass a model folder, a folder of model folders, a text file listing paths, or a Hugging Face cache "
              "folder")
@@ -76,7 +77,10 @@ def _listed(listing: Path) -> list[Path]:
 
 def _walk(folder: Path, base: Path):
     """(name, folder, revision) of every model folder under ``folder`` (itself included), and of every leaf folder
-    that is not one; hidden folders and cached data sets are skipped, a Hugging Face repo gives its snapshots."""
+    that is not one; hidden folders, cached data sets and scan folders are skipped, a Hugging Face repo gives its
+    snapshots."""
+    if (folder / SCAN_DB).is_file():  # a scan's own output folder (say --out inside PATH): not models
+        return
     if folder.name.startswith(HF_MODEL_PREFIX) and (folder / "snapshots").is_dir():
         yield from _snapshots(folder)
         return
@@ -115,6 +119,7 @@ def _hf_name(folder: Path) -> str | None:
 
 
 def _hf_revision(folder: Path) -> str | None:
+    """The snapshot's revision when ``folder`` is models--org--name/snapshots/<revision>, else None."""
     parent = folder.parent
     if parent.name == "snapshots" and parent.parent.name.startswith(HF_MODEL_PREFIX):
         return folder.name
@@ -122,6 +127,7 @@ def _hf_revision(folder: Path) -> str | None:
 
 
 def _rel(folder: Path, base: Path) -> str:
+    """The folder's name relative to ``base`` (posix), or its full path outside it."""
     try:
         return folder.relative_to(base).as_posix() or folder.name
     except ValueError:

@@ -67,8 +67,7 @@ def measures(res) -> dict:
             "pattern_asr": m.get("pattern_asr"), "l2": m.get("l2"),
             "pattern_cos": fidelity(res.trigger, gt)["pattern_cos"] if gt is not None else None,
             "model_hash": rep["model"]["content_hash"], "timings": rep["timings"], "device": env["device"],
-            "versions": {k: env.get(k) for k in ("pdfast", "torch", "diffusers", "python", "platform")},
-            "config": rep["config"]}
+            "versions": {k: env.get(k) for k in ("pdfast", "torch", "diffusers", "python", "platform")}}
 
 
 def output_files(res) -> dict[str, bytes]:

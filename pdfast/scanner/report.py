@@ -47,6 +47,7 @@ def thumbnail(png: Path, square_top: bool = False) -> str | None:
 
 
 def _num(v, fmt: str = "{:.4g}") -> str:
+    """A number formatted, or '' for None."""
     return "" if v is None else fmt.format(v)
 
 
@@ -58,7 +59,10 @@ def _cells(r: dict) -> list[str]:
             _num(r["seconds"], "{:.1f}")]
 
 
-HEAD = ["#", "model", "verdict", "statistic", "margin", "ASR", "pattern cos", "seconds", "trigger", "samples"]
+HEAD = ["#", "model", "verdict", "statistic", "margin", "ASR", "pattern cos", "seconds", "trigger", "samples",
+        "pattern samples"]
+PICTURES = (("trigger.png", "trigger", False), ("samples.png", "samples", True),
+            ("pattern_samples.png", "pattern samples", True))  # file, label, only its top square
 
 
 def write_html(out: Path, rows: list[dict], meta: dict) -> Path:
@@ -81,16 +85,15 @@ def write_html(out: Path, rows: list[dict], meta: dict) -> Path:
 
 
 def _html_row(out: Path, i: int, r: dict) -> str:
-    """One <tr>: name (revision, path as its title), the cells, two thumbnails or the error across them."""
+    """One <tr>: name (revision, path as its title), the cells, the thumbnails or the error across them."""
     cls = "failed" if r["status"] != "done" else ("backdoored" if r["verdict"] == "backdoored" else "")
     name = html.escape(r["name"] or "") + (f"<br><small>{html.escape(r['revision'])}</small>" if r["revision"] else "")
     cells = "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r))
     if r["status"] == "done" and r["out_dir"]:
-        imgs = [thumbnail(out / r["out_dir"] / "trigger.png"), thumbnail(out / r["out_dir"] / "samples.png", True)]
-        pics = "".join(f"<td><img src='{u}' alt='{a}'></td>" if u else "<td></td>"
-                       for u, a in zip(imgs, ("trigger", "samples")))
+        imgs = [(thumbnail(out / r["out_dir"] / f, top), label) for f, label, top in PICTURES]
+        pics = "".join(f"<td><img src='{u}' alt='{a}'></td>" if u else "<td></td>" for u, a in imgs)
     else:
-        pics = f"<td colspan='2'><code>{html.escape(r['error'] or '')}</code></td>"
+        pics = f"<td colspan='{len(PICTURES)}'><code>{html.escape(r['error'] or '')}</code></td>"
     return (f"<tr class='{cls}'><td>{i}</td><td title='{html.escape(r['path'] or '')}'>{name}</td>{cells}"
             f"{pics}</tr>")
 
@@ -107,9 +110,10 @@ def write_markdown(out: Path, rows: list[dict], meta: dict) -> Path:
         name = (r["name"] or "").replace("|", "\\|")
         cells = [c.replace("|", "\\|") for c in _cells(r)]
         if r["status"] == "done" and r["out_dir"]:
-            pics = [f"![trigger]({r['out_dir']}/trigger.png)", f"[samples]({r['out_dir']}/samples.png)"]
+            pics = [f"![trigger]({r['out_dir']}/trigger.png)"] + [f"[{label}]({r['out_dir']}/{f})"
+                                                                  for f, label, _ in PICTURES[1:]]
         else:
-            pics = [(r["error"] or "").replace("|", "\\|"), ""]
+            pics = [(r["error"] or "").replace("|", "\\|")] + [""] * (len(PICTURES) - 1)
         lines.append("| " + " | ".join([str(i), name, *cells, *pics]) + " |")
     path = out / "report.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))

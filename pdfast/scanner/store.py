@@ -23,6 +23,7 @@ class Store:
     """The results table of one scan folder."""
 
     def __init__(self, path: str | Path):
+        """Open (or create) the database and its table, in WAL mode."""
         self.path = Path(path)
         self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
@@ -60,10 +61,12 @@ class Store:
         return out
 
     def close(self) -> None:
+        """Close the connection."""
         self.db.close()
 
 
 def _decoded(row: dict) -> dict:
+    """A row with its JSON columns parsed."""
     for k in JSON_COLUMNS:
         if row.get(k):
             row[k] = json.loads(row[k])

@@ -66,6 +66,7 @@ def _worker_main(conn, slot: dict) -> None:
 
 
 def _start(ctx, slot: dict):
+    """A worker process for ``slot`` and the driver's end of its pipe."""
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_worker_main, args=(child, slot), daemon=True)
     proc.start()
@@ -104,7 +105,8 @@ def run_pool(tasks: list[dict], slots: list[dict]) -> Iterator[dict]:
                 if state == "dead":
                     proc, conn = workers.pop(i)
                     conn.close()
-                    result = crashed({**busy[i], **slots[i]}, f"worker process died (exit code {proc.exitcode}) on this model")
+                    why = f"worker process died (exit code {proc.exitcode}) on this model"
+                    result = crashed({**busy[i], **slots[i]}, why)
                 del busy[i]
                 yield result
     finally:
