@@ -76,8 +76,8 @@ def scan(paths, out, *, workers: int = 0, backend: str = "local", ray_address: s
         raise PdfastError(f"unknown backend '{backend}'; use one of: {', '.join(BACKENDS)}")
     out = ensure_output_dir(out, sibling=False)
     config, key = run_config(options, trigger)
-    device = _device(device)
-    slots = plan(workers, device)
+    device = _device(device, remote=backend == "ray")
+    slots = plan(workers, device) if backend == "local" else [{"device": device, "threads": None}]
     cands = discover(paths)
     out.mkdir(parents=True, exist_ok=True)
     store = Store(out / SCAN_DB)
@@ -127,13 +127,14 @@ def run_config(options: dict, trigger) -> tuple[dict, str]:
     return config, hashlib.sha256(blob).hexdigest()
 
 
-def _device(device: str) -> str:
-    """'auto' -> cuda when a GPU is usable, else cpu; cuda without one is an error."""
+def _device(device: str, remote: bool = False) -> str:
+    """'auto' -> cuda when a GPU is usable here, else cpu; cuda without one is an error unless the models run
+    ``remote`` (Ray: the GPUs are the cluster's, not the driver's)."""
     import torch
 
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
+    if device == "cuda" and not remote and not torch.cuda.is_available():
         raise PdfastError("--device cuda was asked for but no CUDA GPU is usable; use --device cpu or auto")
     if device not in ("cpu", "cuda"):
         raise PdfastError(f"unknown device '{device}' for a scan; use auto, cpu or cuda")
