@@ -271,6 +271,7 @@ def test_exit_codes_and_bad_paths(zoo, scanned, tmp_path):
     assert f"pass its folder {weights.parent}" in fails(["scan", weights, "--out", tmp_path / "o3", *FLAGS])
     line = fails(["scan", zoo / "coll", "--out", tmp_path / "o4", *FLAGS, "--steps", 0], tmp_path / "o4")
     assert "--steps 0" in line
+    assert "--workers -1" in fails(["scan", zoo / "coll", "--out", tmp_path / "o4", *FLAGS, "--workers", -1])
     # a given trigger is judged on every model: only engine and detection options apply, as with detect
     given = ["--trigger", "BOX_14", "--n-eval", 4, "--device", "cpu", "--no-progress"]
     assert "'epochs' has no effect" in fails(["scan", zoo / "coll", "--out", tmp_path / "o5", *given, "--epochs", 3])

@@ -70,10 +70,12 @@ def scan(paths, out, *, workers: int = 0, backend: str = "local", ray_address: s
     from ..io import ensure_output_dir
     from .discovery import SCAN_DB, discover
     from .store import Store
-    from .workers import BACKENDS, plan
+    from .workers import BACKENDS, plan, require_ray
 
     if backend not in BACKENDS:
         raise PdfastError(f"unknown backend '{backend}'; use one of: {', '.join(BACKENDS)}")
+    if backend == "ray":
+        require_ray()
     out = ensure_output_dir(out, sibling=False)
     config, key = run_config(options, trigger)
     device = _device(device, remote=backend == "ray")

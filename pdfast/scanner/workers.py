@@ -142,13 +142,19 @@ def _stop(workers: dict) -> None:
         conn.close()
 
 
-def run_ray(tasks: list[dict], device: str, address: str | None) -> Iterator[dict]:
-    """One Ray task per model (a GPU each on CUDA, max_retries 0); started here unless Ray is already initialised
-    (then that instance is used and left running). A lost task is a failed row."""
+def require_ray():
+    """The ray module, or a PdfastError saying how to install it."""
     try:
         import ray
     except ImportError:
         raise PdfastError("--backend ray needs Ray; install it with pip install 'pdfast[ray]'") from None
+    return ray
+
+
+def run_ray(tasks: list[dict], device: str, address: str | None) -> Iterator[dict]:
+    """One Ray task per model (a GPU each on CUDA, max_retries 0); started here unless Ray is already initialised
+    (then that instance is used and left running). A lost task is a failed row."""
+    ray = require_ray()
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, log_to_driver=False, include_dashboard=False)
