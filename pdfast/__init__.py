@@ -18,6 +18,7 @@ _LAZY_MODULES = {
     "pdfast.api": ("invert", "detect", "InversionResult", "DetectionResult"),
     "pdfast.calibration": ("calibrate", "CalibrationResult"),
     "pdfast.demo": ("demo_path",),
+    "pdfast.scanner": ("scan", "ScanResult"),
 }
 _LAZY = {name: (module, name) for module, names in _LAZY_MODULES.items() for name in names}
 

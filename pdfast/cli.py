@@ -532,5 +532,10 @@ def calibrate(out, device, as_json, progress, **options):
                f"{res.entry['kl_threshold']} -> {out}", err=True)
 
 
+from .scanner.command import scan_command  # noqa: E402 - `pdfast scan` (pdfast/scanner), built from detect's options
+
+main.add_command(scan_command(detect, handle_errors, emit_json))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
