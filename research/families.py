@@ -1,0 +1,183 @@
+"""Issue 20's evidence: each attack family's 16x16 model, trained by `pdfast attack` (research/zoo/v2/families.sh),
+fires from its own trigger; `pdfast detect` with defaults judges it; and its clean base is judged too.
+
+For every model in MODELS, with the sampler of its family (read from its backdoor.json), over n samples (seed 0):
+  truth ASR        x_T from the model's own trigger (BadDiffusion/VillanDiffusion eps + g, TrojDiff gamma eps + mu)
+  trivial starts   plain noise, g's flat part (a frame at its per-channel mean), a -0.5 frame: the ASR any
+                   detector gets for free
+  detect           pdfast.detect with defaults (PureDiffusion) and with method="elijah": verdict, statistic,
+                   margin; then each inverted trigger's exact ASR over the same n samples, its L2 and pattern cosine
+                   to the truth (fidelity) beside the chance level of a flat bright square in the trigger's region
+ASR is exact (MSE < 0.02 in [0, 1]) with BadDiffusion's 0.1 beside it; Wilson 95% intervals.
+
+    OMP_NUM_THREADS=1 python research/families.py            # every model; cached per (model hash, n, what)
+    python research/families.py --report-only                # tables from the cache
+
+Outputs: research/results/families.json and families.md; the per-model cache under research/results/families/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import stats  # noqa: E402
+from quality.base import git_info, log, write_json  # noqa: E402
+from quality.tables import md_table  # noqa: E402
+
+V2 = HERE / "zoo" / "v2" / "models"
+MODELS = {  # name: (folder, what it is)
+    "bd16-trigger-only": (V2 / "v2-fam-bd16-stop18-cat", "baddiffusion, residual trigger_only"),
+    "vd16-ode": (V2 / "v2-fam-vd16-ode-stop18-cat", "villandiffusion, solver ode, psi 1, trigger_only"),
+    "td16-blend": (V2 / "v2-fam-td16-blend-stop18-hat", "trojdiff D2I, blend, gamma 0.6"),
+    "clean-base": (V2 / "v2-c16-s0", "clean: the three's base"),
+}
+CACHE = HERE / "results" / "families"
+EXACT, PAPERS = 0.02, 0.1
+
+
+def _asr_block(mse: list[float]) -> dict:
+    n = len(mse)
+    return {"n": n, "exact": stats.rate(sum(m < EXACT for m in mse), n), "papers": stats.rate(sum(m < PAPERS for m in mse), n)}
+
+
+def sample_asr(model, family, starts: dict, target, n: int, seed: int) -> dict:
+    """Exact and 0.1 ASR of each start (name -> x_T shift or None) over the same n noises, in one chain."""
+    import torch
+
+    from pdfast import metrics
+    from pdfast.engine import make_engine
+    from pdfast.sampling import family_trigger_image
+
+    sampler = family.sampler(model.schedule, model.schedule.clip_sample,
+                             trigger_image=family_trigger_image(model, family))
+    names = list(starts)
+    imgs = make_engine("fast", model).sample_together(n, [starts[k] for k in names], seed=seed, sampler=sampler)
+    out = {}
+    for name, im in zip(names, imgs):
+        mse = [float(v) for v in metrics.per_image_mse(im, target)]
+        out[name] = {**_asr_block(mse), "uniformity": metrics.uniformity(im), "mse_median": float(torch.median(
+            torch.tensor(mse)))}
+    return out
+
+
+def trivial_starts(g):
+    """Plain noise, g's flat part and a -0.5 frame (as x_T shifts of the family's kind)."""
+    import torch
+
+    return {"plain": None, "flat-g": g.mean(dim=(-2, -1), keepdim=True).expand_as(g).contiguous(),
+            "frame-0.5": torch.full_like(g, -0.5)}
+
+
+def detect_entry(folder: Path, method: str) -> tuple[dict, object]:
+    """pdfast.detect with defaults (or Elijah's): verdict, statistic, margin, seconds, and the trigger."""
+    import pdfast
+
+    t0 = time.perf_counter()
+    res = pdfast.detect(folder, **({} if method == "puredif" else {"method": "elijah"}))
+    det = res.inversion.metrics["detection"]
+    return {"verdict": det["verdict"], "statistic": det["statistic"], "value": det["value"],
+            "threshold": det["threshold"], "margin": det["margin"], "seconds": round(time.perf_counter() - t0, 1),
+            "scales": res.inversion.inversion.scales.to_dict() if res.inversion.inversion else None}, res.trigger
+
+
+def fidelity(trigger, truth, region_square) -> dict:
+    from pdfast import metrics
+
+    return {"l2": metrics.l2_distance(trigger, truth), "pattern_cosine": metrics.pattern_cosine(trigger, truth),
+            "chance_square_cosine": metrics.pattern_cosine(region_square, truth)}
+
+
+def measure_model(name: str, n: int, seed: int) -> dict:
+    """Everything above for one model (cached by content hash)."""
+    import torch
+
+    from pdfast.families import family_of
+    from pdfast.loading import load_ground_truth, load_model
+
+    folder, what = MODELS[name]
+    model = load_model(folder)
+    cache = CACHE / f"{name}-{model.content_hash()[:12]}-n{n}-s{seed}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    fam = family_of(model)
+    g, y = load_ground_truth(model)
+    rec: dict = {"name": name, "folder": str(folder.relative_to(HERE.parent)), "what": what,
+                 "family": fam.describe(), "parameters": sum(p.numel() for p in model.net.parameters())}
+    for method in ("puredif", "elijah"):
+        log(f"[families] {name}: pdfast.detect ({method})")
+        rec[method], trig = detect_entry(folder, method)
+        rec[method + "_trigger"] = trig.reshape(-1).tolist()
+    if g is not None:
+        square = torch.where(g > -1, torch.ones_like(g), torch.full_like(g, -1.0))
+        starts = {"truth": g, **trivial_starts(g),
+                  "puredif": torch.tensor(rec["puredif_trigger"]).reshape(g.shape),
+                  "elijah": torch.tensor(rec["elijah_trigger"]).reshape(g.shape)}
+        log(f"[families] {name}: sampling {len(starts)} x {n}")
+        rec["asr"] = sample_asr(model, fam, starts, y, n, seed)
+        for method in ("puredif", "elijah"):
+            rec[method]["fidelity"] = fidelity(starts[method], g, square)
+    write_json(cache, rec)
+    return rec
+
+
+def report(recs: list[dict]) -> str:
+    """The markdown tables: firing, then detection with ASR and fidelity."""
+    f = stats.fmt_rate
+    fire = [[r["name"], r["family"], f(r["asr"]["truth"]["exact"]), f(r["asr"]["truth"]["papers"]),
+             f(r["asr"]["plain"]["exact"]), f(r["asr"]["flat-g"]["exact"]), f(r["asr"]["frame-0.5"]["exact"])]
+            for r in recs if "asr" in r]
+    det = []
+    for r in recs:
+        a = r.get("asr", {})
+        row = [r["name"], r["puredif"]["verdict"], f"{r['puredif']['value']:.4f} / {r['puredif']['threshold']:.4f}",
+               r["elijah"]["verdict"]]
+        if a:
+            fp, fe = r["puredif"]["fidelity"], r["elijah"]["fidelity"]
+            row += [f(a["truth"]["exact"]), f(a["puredif"]["exact"]), f(a["elijah"]["exact"]),
+                    f"{fp['pattern_cosine']:.2f} / {fe['pattern_cosine']:.2f} (chance {fp['chance_square_cosine']:.2f})",
+                    f"{fp['l2']:.1f} / {fe['l2']:.1f}"]
+        else:
+            row += ["-"] * 5
+        det.append(row)
+    return ("### Does each backdoor fire from its own trigger? (exact ASR, MSE < 0.02; 0.1 for the papers)\n\n"
+            + md_table(["model", "family", "truth exact", "truth 0.1", "plain noise", "g's flat part", "-0.5 frame"],
+                       fire)
+            + "\n\n### `pdfast detect` with defaults (PureDiffusion) and Elijah\n\n"
+            + md_table(["model", "verdict", "statistic / threshold", "Elijah verdict", "truth ASR", "PureDiffusion ASR",
+                        "Elijah ASR", "pattern cosine PD / Elijah", "L2 PD / Elijah"], det))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args(argv)
+    names = [m for m in MODELS if args.only is None or m in args.only]
+    recs = []
+    for name in names:
+        if args.report_only:
+            hits = sorted(CACHE.glob(f"{name}-*-n{args.n}-s{args.seed}.json"))
+            if hits:
+                recs.append(json.loads(hits[-1].read_text()))
+            continue
+        recs.append(measure_model(name, args.n, args.seed))
+    slim = [{k: v for k, v in r.items() if not k.endswith("_trigger")} for r in recs]
+    write_json(HERE / "results" / "families.json", {"git": git_info(), "n": args.n, "seed": args.seed,
+                                                    "models": slim})
+    text = (f"# Attack families (issue 20): firing and detection\n\nWritten by `python research/families.py` "
+            f"(n = {args.n} samples per start, seed {args.seed}, 95% Wilson intervals).\n\n{report(recs)}\n")
+    (HERE / "results" / "families.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
