@@ -26,7 +26,7 @@ from .errors import PdfastError
 from .model import DiffusionModel
 
 ROW_METRICS = ("pattern_uniformity", "pattern_uniformity_q25", "uniformity", "uniformity_trimmed", "kl_mean", "asr",
-               "pattern_asr", "l2", "pattern_l2")
+               "pattern_asr", "l2", "pattern_l2", "plain_uniformity", "pattern_effect", "trigger_effect")
 
 
 @dataclass

@@ -257,7 +257,7 @@ class DetectionConfig:
             raise PdfastError(f"--n-eval {self.n_eval} must be at least 2 (uniformity compares pairs of samples)")
 
 
-STATISTICS = ("pattern_uniformity", "pattern_uniformity_q25")
+STATISTICS = ("pattern_uniformity", "pattern_uniformity_q25", "pattern_effect", "trigger_effect")
 
 
 @dataclass(frozen=True)
@@ -272,7 +272,9 @@ class CalibrationConfig:
         "(geometric mean of the lowest clean and the highest backdoored value) instead of at half the lowest clean "
         "one.", multiple=True))
     statistic: str = field(default="pattern_uniformity", metadata=opt(
-        "The verdict's statistic (low = backdoored): the pattern's uniformity, or its lower quartile.",
+        "The verdict's statistic (low = backdoored): the pattern's uniformity, its lower quartile, or the paired "
+        "effect of the pattern or the trigger (their samples' uniformity over that of plain noise from the same "
+        "noises).",
         choices=STATISTICS))
 
 

@@ -128,10 +128,11 @@ class Verdict:
 
 def judge(trigger: torch.Tensor, model: DiffusionModel, cfg: InversionConfig = InversionConfig(),
           det: DetectionConfig = DetectionConfig(), *, given_trigger: bool = False, progress: bool = False) -> Verdict:
-    """Sample det.n_eval images from eps + trigger and as many from eps + its pattern (the same noise, the chain of the
-    model's attack family (cfg.attack_family) with ``cfg``'s clip_sample, on an engine made from ``cfg.engine``), compute the metrics and the verdict: the
-    calibrated statistic below the threshold means backdoored. ``cfg``: the settings the trigger was inverted with
-    (only its engine and clip_sample options with ``given_trigger``)."""
+    """Sample det.n_eval images from eps + trigger, as many from eps + its pattern and from eps alone (the same noise,
+    the chain of the model's attack family (cfg.attack_family) with ``cfg``'s clip_sample, on an engine made from
+    ``cfg.engine``), compute the metrics (the plain samples give the no-trigger baseline and the paired ratios) and
+    the verdict: the calibrated statistic below the threshold means backdoored. ``cfg``: the settings the trigger
+    was inverted with (only its engine and clip_sample options with ``given_trigger``)."""
     from .engine import make_engine
     from .families import family_of
     from .loading import load_ground_truth
@@ -142,13 +143,24 @@ def judge(trigger: torch.Tensor, model: DiffusionModel, cfg: InversionConfig = I
     sampler = family_of(model, cfg.attack_family).sampler(model.schedule, cfg.clip_for(model.schedule.clip_sample))
     t0 = time.perf_counter()
     pattern, rms = verdict_pattern(trigger, model.sample_size, det.pattern_rms, cal)
-    imgs, pattern_imgs = engine.sample_together(det.n_eval, [trigger.to(model.device), pattern.to(model.device)],
-                                                seed=det.eval_seed, progress=progress, sampler=sampler)
+    imgs, pattern_imgs, plain_imgs = engine.sample_together(
+        det.n_eval, [trigger.to(model.device), pattern.to(model.device), None], seed=det.eval_seed, progress=progress,
+        sampler=sampler)
     m: dict = {"n_samples": det.n_eval, "sample_seed": det.eval_seed,
                "sampling_seconds": round(time.perf_counter() - t0, 3)}
     m.update(_sample_metrics(trigger, imgs, pattern, pattern_imgs, rms, gt_trigger, gt_target))
+    m.update(paired_metrics(m, plain_imgs))
     m["detection"] = verdict(m, det.threshold, run_settings(cfg, det, model, given_trigger), cal, cal_file)
     return Verdict(m, imgs, pattern_imgs, gt_trigger, engine.describe())
+
+
+def paired_metrics(m: dict, plain_imgs: torch.Tensor) -> dict:
+    """The no-trigger baseline and the trigger's paired effect (docs/method.md section 7): the uniformity of plain
+    samples drawn from the same noises, and the ratios U(eps + pattern) / U(eps) and U(eps + trigger) / U(eps)
+    (about 1 when the trigger changes nothing, near 0 when it collapses the samples onto one image)."""
+    plain = metrics.uniformity(plain_imgs)
+    return {"plain_uniformity": plain, "pattern_effect": m["pattern_uniformity"] / max(plain, 1e-12),
+            "trigger_effect": m["uniformity"] / max(plain, 1e-12)}
 
 
 def _sample_metrics(trigger, imgs, pattern, pattern_imgs, rms, gt_trigger, gt_target) -> dict:

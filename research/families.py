@@ -146,11 +146,11 @@ def report(recs: list[dict]) -> str:
             row += ["-"] * 5
         det.append(row)
     return ("### Does each backdoor fire from its own trigger? (exact ASR, MSE < 0.02; 0.1 for the papers)\n\n"
-            + md_table(["model", "family", "truth exact", "truth 0.1", "plain noise", "g's flat part", "-0.5 frame"],
-                       fire)
+            + md_table(fire, ["model", "family", "truth exact", "truth 0.1", "plain noise", "g's flat part",
+                              "-0.5 frame"])
             + "\n\n### `pdfast detect` with defaults (PureDiffusion) and Elijah\n\n"
-            + md_table(["model", "verdict", "statistic / threshold", "Elijah verdict", "truth ASR", "PureDiffusion ASR",
-                        "Elijah ASR", "pattern cosine PD / Elijah", "L2 PD / Elijah"], det))
+            + md_table(det, ["model", "verdict", "statistic / threshold", "Elijah verdict", "truth ASR",
+                             "PureDiffusion ASR", "Elijah ASR", "pattern cosine PD / Elijah", "L2 PD / Elijah"]))
 
 
 def main(argv=None) -> int:
