@@ -7,7 +7,10 @@ every independent record of `pdfast detect` (defaults) on the same models:
   - the zoo v1 quality entries (research/results/quality/entries/MODEL/pdfast-K10-*.json: pdfast.invert with the
     default options, method and K only, and its verdict samples, by `python research/quality`).
 
-    python benchmarks/scan_vs_detect.py /path/to/scan-dir      # prints a Markdown table and the totals
+    python benchmarks/scan_vs_detect.py SCAN_DIR [DETECT_OUT ...]   # prints a Markdown table and the totals
+
+DETECT_OUT: `pdfast detect --model M --out DETECT_OUT` folders run alone (their report.json), for models with no
+other record.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def independent() -> dict[str, tuple[float, str, str]]:
+def independent(alone: list[Path] = ()) -> dict[str, tuple[float, str, str]]:
     """Model folder name -> (statistic value, verdict or '', where it was recorded)."""
     out = {}
     cal = json.loads((ROOT / "pdfast" / "detection_calibration.json").read_text())
@@ -36,6 +39,10 @@ def independent() -> dict[str, tuple[float, str, str]]:
     for f in sorted((ROOT / "research" / "results" / "families").glob("*.json")):
         rec = json.loads(f.read_text())
         out[Path(rec["folder"]).name] = (rec["puredif"]["value"], rec["puredif"]["verdict"], f"families/{f.name}")
+    for d in alone:
+        rep = json.loads((d / "report.json").read_text())
+        det = rep["metrics"]["detection"]
+        out[Path(rep["model"]["source"]).name] = (det["value"], det["verdict"], f"pdfast detect alone: {d.name}")
     return out
 
 
@@ -43,7 +50,7 @@ def main(argv: list[str]) -> int:
     db = sqlite3.connect(Path(argv[0]) / "scan.db")
     rows = {Path(p).name: (v, verdict, thr) for p, v, verdict, thr in
             db.execute("select path, value, verdict, threshold from results where status = 'done'")}
-    ref = independent()
+    ref = independent([Path(a) for a in argv[1:]])
     lines, same = ["| model | scan value | detect alone | verdict scan / alone | where |", "|---|---|---|---|---|"], 0
     for name in sorted(set(rows) & set(ref)):
         (v, verdict, thr), (rv, rverdict, where) = rows[name], ref[name]
