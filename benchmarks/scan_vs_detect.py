@@ -33,7 +33,7 @@ def independent(alone: list[Path] = ()) -> dict[str, tuple[float, str, str]]:
                 out[m["model"]] = (m[stat], "", f"detection_calibration.json ({size or 'top'})")
     for f in sorted((ROOT / "research" / "results" / "quality" / "entries").glob("*/pdfast-K10-*.json")):
         rec = json.loads(f.read_text())
-        if rec.get("options") == {"method": "pdfast", "steps": 10} or set(rec.get("options", {})) <= {"method", "steps"}:
+        if set(rec.get("options", {})) <= {"method", "steps"}:  # the defaults: only method and K given
             out.setdefault(rec["model"], (rec["pattern_samples"]["verdict"]["uniformity"], "",
                                           f"quality/{f.parent.name}/{f.name}"))
     for f in sorted((ROOT / "research" / "results" / "families").glob("*.json")):

@@ -1,4 +1,5 @@
-"""The attacks (docs/method.md sections 2, 2b and 2c): fine-tune a copy of a model so that its family's x_T yields the target.
+"""The attacks (docs/method.md sections 2, 2b and 2c): fine-tune a copy of a model so that its family's x_T yields
+the target.
 
 BadDiffusion's poisoned pair for a clean image x, trigger g (background -1) and target y:
   r = M x + (1 - M) g,  M = [g == -1]
@@ -56,7 +57,8 @@ def poisoned_batch(schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tenso
 
 
 def villan_batch(family: AttackFamily, schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
-                 poison: torch.Tensor, trigger: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                 poison: torch.Tensor, trigger: torch.Tensor,
+                 target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """VillanDiffusion's (x_in, target): x_in = sqrt(abar_t) y + sqrt(1-abar_t) eps + rho_hat_t r, target eps + c_t r,
     r = g (trigger_only) or g pasted on x; clean samples (r = 0, y = x) the DDPM pair."""
     step, coef = (c.to(x0.device, torch.float32)[t].view(-1, 1, 1, 1)
@@ -69,7 +71,8 @@ def villan_batch(family: AttackFamily, schedule, x0: torch.Tensor, t: torch.Tens
 
 
 def trojdiff_batch(family: AttackFamily, schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
-                   poison: torch.Tensor, trigger: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                   poison: torch.Tensor, trigger: torch.Tensor,
+                   target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """TrojDiff's D2I (x_in, target): x_in = sqrt(abar_t) y + sqrt(1-abar_t)(G eps + mu), target eps, with
     mu = (1 - gamma) g and G = gamma in the region (blend: everywhere; patch: g's pixels), 1 outside."""
     ab = schedule.abar.to(x0.device, torch.float32)[t].view(-1, 1, 1, 1)

@@ -44,7 +44,8 @@ class AttackFamily:
         if self.solver not in ("sde", "ode"):
             raise PdfastError(f"solver '{self.solver}' is not sde or ode; use solver=sde (DDPM) or solver=ode (DDIM)")
         if self.solver == "ode" and self.name != "villandiffusion":
-            raise PdfastError(f"{self.name} backdoors are trained for the DDPM sampler; solver=ode is villandiffusion's")
+            raise PdfastError(f"{self.name} backdoors are trained for the DDPM sampler; "
+                              "solver=ode is villandiffusion's")
         if not 0.0 <= self.psi <= 1.0:
             raise PdfastError(f"psi {self.psi} is outside [0, 1]; use 1 (BadDiffusion-style) or 0 (TrojDiff-style)")
         if self.residual not in ("pasted", "trigger_only"):

@@ -22,7 +22,8 @@ def sample(model: DiffusionModel, n: int = 16, *, trigger: torch.Tensor | None =
     from .families import family_of
 
     fam = family_of(model, family)
-    sampler = fam.sampler(model.schedule, model.schedule.clip_sample, steps, trigger_image=family_trigger_image(model, fam))
+    sampler = fam.sampler(model.schedule, model.schedule.clip_sample, steps,
+                          trigger_image=family_trigger_image(model, fam))
     on_step = None if callback is None else (lambda i, x, eps: callback(sampler.timesteps[i]))
     device = torch.device(device) if device is not None else model.device
     return chain.sample(model.eps, sampler, model.shape, n, trigger=trigger, seed=seed, batch=batch, device=device,

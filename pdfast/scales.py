@@ -90,7 +90,8 @@ def estimate_scales(model: DiffusionModel, delta: torch.Tensor, k: int, *, batch
 
 def surrogate_scales(model: DiffusionModel, k: int, cfg: SurrogateConfig = SurrogateConfig(), *,
                      device=None, progress: bool = False, engine: EngineConfig = EngineConfig(),
-                     clip_sample: bool | None = None, family: AttackFamily = AttackFamily()) -> tuple[torch.Tensor, dict]:
+                     clip_sample: bool | None = None,
+                     family: AttackFamily = AttackFamily()) -> tuple[torch.Tensor, dict]:
     """Plant (cfg.trigger -> cfg.target) in a copy of ``model`` with the family's own objective (on images the model
     generates itself with DDIM unless ``cfg.data`` is a folder) and estimate lambda along the family's inversion
     chain, both chains on ``engine``'s options; ``model`` itself is never modified."""

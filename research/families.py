@@ -43,7 +43,8 @@ EXACT, PAPERS = 0.02, 0.1
 
 def _asr_block(mse: list[float]) -> dict:
     n = len(mse)
-    return {"n": n, "exact": stats.rate(sum(m < EXACT for m in mse), n), "papers": stats.rate(sum(m < PAPERS for m in mse), n)}
+    return {"n": n, "exact": stats.rate(sum(m < EXACT for m in mse), n),
+            "papers": stats.rate(sum(m < PAPERS for m in mse), n)}
 
 
 def sample_asr(model, family, starts: dict, target, n: int, seed: int) -> dict:
@@ -162,7 +163,8 @@ def report(recs: list[dict]) -> str:
         if a:
             fp, fe = r["puredif"]["fidelity"], r["elijah"]["fidelity"]
             row += [f(a["truth"]["exact"]), f(a["puredif"]["exact"]), f(a["elijah"]["exact"]),
-                    f"{fp['pattern_cosine']:.2f} / {fe['pattern_cosine']:.2f} (chance {fp['chance_square_cosine']:.2f})",
+                    f"{fp['pattern_cosine']:.2f} / {fe['pattern_cosine']:.2f} "
+                    f"(chance {fp['chance_square_cosine']:.2f})",
                     f"{fp['l2']:.1f} / {fe['l2']:.1f}"]
         else:
             row += ["-"] * 5
