@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .errors import PdfastError
-from .families import AttackFamily, villan_coefficients
+from .families import AttackFamily
+from .schedule import villan_coefficients
 from .loading import GROUND_TRUTH_FILE
 from .model import DiffusionModel
 from .patterns import paste_trigger

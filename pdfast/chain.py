@@ -152,7 +152,7 @@ class TrojDiffSampler:
     graph_key = ("trojdiff",)
 
     def __init__(self, schedule: Schedule, gamma: float, steps: int | None = None, mask: torch.Tensor | None = None):
-        from .families import trojdiff_mu_coefficient
+        from .schedule import trojdiff_mu_coefficient
 
         self.timesteps = schedule.timesteps(steps)
         self.gamma, self.mask = float(gamma), mask

@@ -163,6 +163,13 @@ family_option = click.option("--attack-family", "attack_family", default="auto",
                                   "trojdiff[:gamma=G,trigger=blend|patch]; picks the sampler and x_T.")
 
 
+def sampling_options(fn):
+    """--attack-family, --seed, --device, --json and --progress of the verbs that sample a model (sample, evaluate)."""
+    for o in (progress_option, json_option, device_option, seed_option, family_option):
+        fn = o(fn)
+    return fn
+
+
 def attack_family_options(fn):
     """The family parameters of `pdfast attack` (each family's own; None = not given, the family's default)."""
     opts = [
@@ -276,11 +283,7 @@ def _attack_images(model, data, n_images: int, seed: int, device):
 @click.option("-n", "--n", "n", type=int, default=16, help="Number of images.")
 @click.option("--batch", type=int, default=64, help="Images per batch.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file for the image grid.")
-@family_option
-@seed_option
-@device_option
-@json_option
-@progress_option
+@sampling_options
 @handle_errors
 def sample(model_path, trigger, n, batch, out, attack_family, seed, device, as_json, progress):
     """Sample images with the sampler of the model's attack family (the full 1000-step DDPM chain for BadDiffusion),
@@ -327,11 +330,7 @@ def _resolve_trigger(model, trigger):
 @click.option("--threshold", type=float, default=0.1, help="ASR threshold on the per-image [0,1] MSE to the target.")
 @click.option("--clean/--no-clean", default=True, help="Also sample from plain noise and report its uniformity.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Optional folder for samples PNGs and metrics.json.")
-@family_option
-@seed_option
-@device_option
-@json_option
-@progress_option
+@sampling_options
 @handle_errors
 def evaluate(model_path, trigger, target, n, threshold, clean, out, attack_family, seed, device, as_json, progress):
     """Metrics of a trigger on a model: ASR, uniformity (plain and trimmed), L2 to the truth, TERD KL."""

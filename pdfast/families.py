@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from .errors import PdfastError
-from .schedule import Schedule
+from .schedule import Schedule, villan_coefficients  # the coefficients live with the schedule
 
 FAMILIES = ("baddiffusion", "villandiffusion", "trojdiff")
 DEFAULT_FAMILY = "baddiffusion"
@@ -157,36 +157,3 @@ def family_of(model, spec: str | AttackFamily | None = None) -> AttackFamily:
     if info.get("attack") in FAMILIES:
         return AttackFamily(name=info["attack"], residual="trigger_only" if info.get("blank_rate") == 1 else "pasted")
     return AttackFamily()
-
-
-# ---------------------------------------------------------------- coefficients
-def sqrt_one_minus_abar_prev(schedule: Schedule) -> torch.Tensor:
-    """sqrt(1 - abar_{t-1}), with abar_{-1} = 1 (float64)."""
-    return (1 - schedule.abar_prev.to(torch.float64)).clamp_min(0).sqrt()
-
-
-def shift_increments(schedule: Schedule) -> torch.Tensor:
-    """k_t = h_t of TrojDiff and VillanDiffusion: the per-step mean increments of a chain whose marginal mean
-    carries sqrt(1 - abar_t) mu, k_t = sqrt(1 - abar_t) - sqrt(alpha_t) sqrt(1 - abar_{t-1}) (the closed form of
-    their recursion sum_j k_{t-j} prod sqrt(alpha) = sqrt(1 - abar_t))."""
-    a, ab = schedule.alphas.to(torch.float64), schedule.abar.to(torch.float64)
-    return (1 - ab).sqrt() - a.sqrt() * sqrt_one_minus_abar_prev(schedule)
-
-
-def villan_coefficients(schedule: Schedule, psi: float, solver: str = "sde") -> tuple[torch.Tensor, torch.Tensor]:
-    """(rho_hat_t, c_t) per t, float64: rho_hat_t = psi (1 - sqrt(abar_t)) + (1 - psi) sqrt(1 - abar_t);
-    c_t = psi rho_t + (1 - psi) [(1 - sqrt(alpha_t)) sqrt(1 - abar_t) + h_t (alpha_t - abar_t) / beta_t], x2 for ODE."""
-    a, ab = schedule.alphas.to(torch.float64), schedule.abar.to(torch.float64)
-    step = psi * (1 - ab.sqrt()) + (1 - psi) * (1 - ab).sqrt()
-    bad = schedule.rho().to(torch.float64)
-    troj = (1 - a.sqrt()) * (1 - ab).sqrt() + shift_increments(schedule) * (a - ab) / (1 - a)
-    coef = psi * bad + (1 - psi) * troj
-    return step, (2 * coef if solver == "ode" else coef)
-
-
-def trojdiff_mu_coefficient(schedule: Schedule) -> torch.Tensor:
-    """TrojDiff's mu coefficient in the posterior mean (before the division by 1 - abar_t), float64:
-    sqrt(1 - abar_{t-1}) beta_t - (1 - abar_{t-1}) sqrt(alpha_t) k_t."""
-    s_prev = sqrt_one_minus_abar_prev(schedule)
-    b, a = schedule.betas.to(torch.float64), schedule.alphas.to(torch.float64)
-    return s_prev * b - s_prev ** 2 * a.sqrt() * shift_increments(schedule)

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from pdfast.errors import PdfastError
-from pdfast.families import (AttackFamily, family_of, parse_family, shift_increments, trojdiff_mu_coefficient,
-                             villan_coefficients)
-from pdfast.schedule import Schedule
+from pdfast.families import AttackFamily, family_of, parse_family
+from pdfast.schedule import Schedule, shift_increments, trojdiff_mu_coefficient, villan_coefficients
 from tests._cli import fails, ok
 
 
