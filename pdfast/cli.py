@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from .config import FAMILY_HELP
 from .errors import PdfastError
 from .io import ensure_output_dir, ensure_output_file
 
@@ -158,9 +159,7 @@ def ground_truth(model):
 
 
 family_option = click.option("--attack-family", "attack_family", default="auto", show_default=True,
-                             help="Backdoor family the model was attacked with: auto (its backdoor.json, else "
-                                  "baddiffusion), baddiffusion, villandiffusion[:solver=ode,psi=P] or "
-                                  "trojdiff[:gamma=G,trigger=blend|patch]; picks the sampler and x_T.")
+                             help=FAMILY_HELP)
 
 
 def sampling_options(fn):
@@ -190,20 +189,16 @@ def attack_family_options(fn):
     return fn
 
 
-FAMILY_PARAMS = {"baddiffusion": ("residual",), "villandiffusion": ("solver", "psi", "residual", "ode_steps"),
-                 "trojdiff": ("gamma", "trigger_type")}
-
-
 def attack_family(kind: str, params: dict):
     """The AttackFamily of `pdfast attack KIND` and its given parameters; another family's parameter is an error."""
-    from .families import AttackFamily
+    from .families import FAMILY_FIELDS, AttackFamily
 
     given = {k: v for k, v in params.items() if v is not None}
-    foreign = sorted(set(given) - set(FAMILY_PARAMS[kind]))
+    foreign = sorted(set(given) - set(FAMILY_FIELDS[kind]))
     if foreign:
         flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
         raise PdfastError(f"{flags} do(es) not apply to {kind}; its options are "
-                          f"{', '.join('--' + k.replace('_', '-') for k in FAMILY_PARAMS[kind])}")
+                          f"{', '.join('--' + k.replace('_', '-') for k in FAMILY_FIELDS[kind])}")
     return AttackFamily(name=kind, **given)
 
 

@@ -16,6 +16,11 @@ from typing import Any, Iterator
 
 from .errors import PdfastError
 
+# --attack-family's help, shared by the CLI verbs that take it (pdfast.families parses the value)
+FAMILY_HELP = ("Backdoor family the model was attacked with: auto (its backdoor.json, else baddiffusion), "
+               "baddiffusion, villandiffusion[:solver=ode|sde,psi=P] or trojdiff[:gamma=G,trigger=blend|patch]; "
+               "sets the sampler, x_T and the analytic and surrogate scales.")
+
 METHODS = ("puredif", "elijah")
 # PureDiffusion presets, as data. "paper": what the paper describes (a fresh noise batch each iteration, eq. 17 as
 # printed, no refinement); "pdfast": pdfast's additions (docs/method.md section 5). Explicit options win.
@@ -140,10 +145,7 @@ class InversionConfig:
     steps: int = field(default=10, metadata=opt("K: denoising steps the trigger is learned over.", short="-K"))
     scales: str = field(default="surrogate", metadata=opt(
         "lambda_t source: surrogate (calibrated on a surrogate-backdoored copy), analytic, or a JSON table file."))
-    attack_family: str = field(default="auto", metadata=opt(
-        "Backdoor family the model was attacked with: auto (its backdoor.json, else baddiffusion), baddiffusion, "
-        "villandiffusion[:solver=ode|sde,psi=P] or trojdiff[:gamma=G,trigger=blend|patch]; sets the sampler, x_T "
-        "and the analytic and surrogate scales."))
+    attack_family: str = field(default="auto", metadata=opt(FAMILY_HELP))
     epochs: int | None = unset("Adam steps (default: 30 puredif, 100 elijah).", kind=int)
     refine_epochs: int | None = unset("Then Adam steps on eq. 17 from the search result (default: 0; 30 in the v0.1 "
                                       "preset).", kind=int)

@@ -22,8 +22,9 @@ from .schedule import Schedule, villan_coefficients  # the coefficients live wit
 
 FAMILIES = ("baddiffusion", "villandiffusion", "trojdiff")
 DEFAULT_FAMILY = "baddiffusion"
-FAMILY_HELP = ("Backdoor family the model was attacked with: auto (its backdoor.json, else baddiffusion), "
-               "baddiffusion, villandiffusion[:solver=ode|sde,psi=P] or trojdiff[:gamma=G,trigger=blend|patch].")
+# The parameters each family has (what backdoor.json records, and the `pdfast attack` flags it accepts).
+FAMILY_FIELDS = {"baddiffusion": ("residual",), "villandiffusion": ("solver", "psi", "residual", "ode_steps"),
+                 "trojdiff": ("gamma", "trigger_type")}
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,8 @@ class AttackFamily:
 
     def to_dict(self) -> dict:
         """The fields that matter for this family (what backdoor.json records)."""
-        keep = {"baddiffusion": ("residual",), "villandiffusion": ("solver", "psi", "residual", "ode_steps"),
-                "trojdiff": ("gamma", "trigger_type")}[self.name]
         d = asdict(self)
-        return {"name": self.name, **{k: d[k] for k in keep}}
+        return {"name": self.name, **{k: d[k] for k in FAMILY_FIELDS[self.name]}}
 
     def describe(self) -> str:
         """e.g. 'villandiffusion:solver=ode' (what --attack-family parses back): the name and its non-default fields."""
@@ -124,12 +123,12 @@ class AttackFamily:
         return coef[torch.as_tensor(timesteps)].to(torch.float32)
 
 
-def parse_family(spec: str | AttackFamily | None, default: AttackFamily | None = None) -> AttackFamily:
-    """'villandiffusion:solver=ode,psi=0.5' -> AttackFamily; 'auto' or None -> ``default`` (else baddiffusion)."""
+def parse_family(spec: str | AttackFamily | None) -> AttackFamily:
+    """'villandiffusion:solver=ode,psi=0.5' -> AttackFamily; 'auto' or None -> baddiffusion."""
     if isinstance(spec, AttackFamily):
         return spec
     if spec in (None, "", "auto"):
-        return default or AttackFamily()
+        return AttackFamily()
     name, _, rest = str(spec).partition(":")
     kinds = {f.name: f.type for f in fields(AttackFamily)}
     values: dict = {}

@@ -279,20 +279,14 @@ GROUND_TRUTH_FILE = "backdoor.safetensors"
 
 
 def load_ground_truth(model: DiffusionModel) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(trigger, target) of a backdoored model folder: from backdoor.safetensors, else redrawn from backdoor.json names."""
+    """(trigger, target) of a backdoored model folder: from backdoor.safetensors, else redrawn from backdoor.json names
+    (the trigger as the x_T shift of the model's family)."""
     bd = model.backdoor
     if not bd:
         return None, None
-    src = Path(str(model.source))
-    f = src / bd.get("ground_truth_file", GROUND_TRUTH_FILE)
-    if f.is_file():
-        from safetensors.torch import load_file
-
-        try:
-            t = load_file(str(f))
-            return t["trigger"].reshape(model.shape), t["target"].reshape(model.shape)
-        except Exception as e:  # noqa: BLE001
-            raise PdfastError(f"cannot read the ground truth {f}: {e}; delete it to redraw from backdoor.json") from None
+    t = _truth_tensors(model)
+    if t is not None:
+        return t["trigger"].reshape(model.shape), t["target"].reshape(model.shape)
     from .families import family_of
 
     g = load_trigger_image(model)
@@ -304,13 +298,22 @@ def load_trigger_image(model: DiffusionModel) -> torch.Tensor | None:
     """The trigger as drawn (TrojDiff's image before mu = (1 - gamma) g): backdoor.safetensors' "trigger_image",
     else redrawn from backdoor.json's name; None for a model without ground truth."""
     bd = model.backdoor or {}
-    f = Path(str(model.source)) / bd.get("ground_truth_file", GROUND_TRUTH_FILE)
-    if bd and f.is_file():
-        from safetensors.torch import load_file
-
-        t = load_file(str(f))
-        if "trigger_image" in t:
-            return t["trigger_image"].reshape(model.shape)
+    t = _truth_tensors(model) if bd else None
+    if t is not None and "trigger_image" in t:
+        return t["trigger_image"].reshape(model.shape)
     if not bd.get("trigger"):
         return None
     return load_pattern(bd["trigger"], model.sample_size, model.channels, kind="trigger")
+
+
+def _truth_tensors(model: DiffusionModel) -> dict | None:
+    """backdoor.safetensors of a model folder (None when absent); unreadable is one PdfastError line."""
+    f = Path(str(model.source)) / model.backdoor.get("ground_truth_file", GROUND_TRUTH_FILE)
+    if not f.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(f))
+    except Exception as e:  # noqa: BLE001
+        raise PdfastError(f"cannot read the ground truth {f}: {e}; delete it to redraw from backdoor.json") from None

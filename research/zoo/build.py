@@ -105,15 +105,14 @@ def _train(entry: dict, by_name: dict, ckpt: Path | None = None, *, archs: dict 
 
 
 ATTACKS = ("baddiffusion", "villandiffusion", "trojdiff")
-FAMILY_FIELDS = ("solver", "psi", "residual", "gamma", "trigger_type", "ode_steps")
 
 
 def recipe_family(entry: dict):
     """The attack family of a recipe entry: its kind with the family fields it sets (solver, psi, residual, gamma,
     trigger_type, ode_steps), each family's defaults for the rest."""
-    from pdfast.families import AttackFamily
+    from pdfast.families import FAMILY_FIELDS, AttackFamily
 
-    return AttackFamily(name=entry["kind"], **{k: entry[k] for k in FAMILY_FIELDS if k in entry})
+    return AttackFamily(name=entry["kind"], **{k: entry[k] for k in FAMILY_FIELDS[entry["kind"]] if k in entry})
 
 
 def _final_loss(ckpt: Path) -> tuple[float, float | None]:
