@@ -14,6 +14,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
+from .errors import PdfastError
 from .schedule import Schedule
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -55,6 +56,9 @@ def ddpm_clipped_step(x: torch.Tensor, eps: torch.Tensor, c, z: torch.Tensor | N
 class DDPMSampler:
     """The ancestral DDPM step x_{t-1} = c1 (x_t - c2 eps) + sigma_t z, c1 = 1/sqrt(alpha_t), c2 = beta_t/sqrt(1-abar_t)
     (Ho et al. 2020 Alg. 2); with clip_sample the x0 form of ``ddpm_clipped_step`` (docs/method.md section 1).
+    ``respace`` n < T: the same ancestral step over n evenly spaced timesteps tau_1 < ... < tau_n, with the betas
+    beta'_i = 1 - abar_tau_i / abar_tau_(i-1) that keep every marginal abar_tau (Schedule.respaced; the verdict's
+    short chain, docs/method.md section 7).
 
     ``clip_sample``: None takes the scheduler config's (``schedule.clip_sample``). The unclipped step runs the fused
     ``ddpm_update`` op (pdfast.kernels: native, Triton or its torch reference ``ddpm_update_ref``, the one torch
@@ -63,13 +67,21 @@ class DDPMSampler:
 
     row_width = len(ROW_KEYS)
 
-    def __init__(self, schedule: Schedule, steps: int | None = None, clip_sample: bool | None = None):
-        self.timesteps = schedule.timesteps(steps)
+    def __init__(self, schedule: Schedule, steps: int | None = None, clip_sample: bool | None = None,
+                 respace: int | None = None):
         self.clip = schedule.clip_sample if clip_sample is None else bool(clip_sample)
         self.clip_range = float(schedule.clip_sample_range)
         self.graph_key = ("ddpm", self.clip, self.clip_range)
-        coef = schedule.step_coefficients()
-        ts = torch.as_tensor(self.timesteps, dtype=torch.long)
+        if respace is not None and respace < schedule.T:  # the ancestral chain over fewer, evenly spaced timesteps
+            if steps is not None:
+                raise PdfastError("a respaced DDPM chain runs all its steps; give steps or respace, not both")
+            sub, kept = schedule.respaced(respace)
+            coef, idx = sub.step_coefficients(), list(range(respace - 1, -1, -1))
+            self.timesteps = [kept[i] for i in idx]
+        else:
+            self.timesteps = schedule.timesteps(steps)
+            coef, idx = schedule.step_coefficients(), self.timesteps
+        ts = torch.as_tensor(idx, dtype=torch.long)
         self._rows = torch.stack([coef[k][ts] for k in ROW_KEYS], dim=1)  # (steps, 7) float64
         self._coef = self._rows.tolist()  # python floats: the eager step costs no tensor op per coefficient
 

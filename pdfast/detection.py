@@ -140,7 +140,8 @@ def judge(trigger: torch.Tensor, model: DiffusionModel, cfg: InversionConfig = I
     cal, cal_file = calibration_for(det.calibration, model.sample_size)
     gt_trigger, gt_target = load_ground_truth(model)
     engine = make_engine(cfg.engine.name, model, **cfg.engine.engine_options())
-    sampler = family_of(model, cfg.attack_family).sampler(model.schedule, cfg.clip_for(model.schedule.clip_sample))
+    sampler = family_of(model, cfg.attack_family).sampler(model.schedule, cfg.clip_for(model.schedule.clip_sample),
+                                                          respace=det.eval_steps)
     t0 = time.perf_counter()
     pattern, rms = verdict_pattern(trigger, model.sample_size, det.pattern_rms, cal)
     imgs, pattern_imgs, plain_imgs = engine.sample_together(
@@ -187,8 +188,10 @@ def _sample_metrics(trigger, imgs, pattern, pattern_imgs, rms, gt_trigger, gt_ta
 
 def run_settings(cfg: InversionConfig, det: DetectionConfig, model: DiffusionModel, given_trigger: bool) -> dict:
     """The settings a calibration must share with this run to apply (those it records are compared): image size,
-    samples per verdict and clip_sample; for an inverted trigger also method, K, preset and scale source."""
+    samples per verdict, the verdict chain's steps and clip_sample; for an inverted trigger also method, K, preset
+    and scale source."""
     common = {"sample_size": model.sample_size, "n_eval": det.n_eval,
+              "eval_steps": min(det.eval_steps, model.schedule.T),
               "clip_sample": cfg.clip_for(model.schedule.clip_sample)}
     if given_trigger:
         return common

@@ -88,9 +88,11 @@ class AttackFamily:
         return self.gamma if self.name == "trojdiff" else 1.0
 
     def sampler(self, schedule: Schedule, clip_sample: bool, steps: int | None = None,
-                trigger_image: torch.Tensor | None = None):
+                trigger_image: torch.Tensor | None = None, respace: int | None = None):
         """The sampler this family's backdoor fires with (all its steps, or the first ``steps``); TrojDiff's region
-        is the patch of ``trigger_image`` when given (patch type), else the whole frame."""
+        is the patch of ``trigger_image`` when given (patch type), else the whole frame. ``respace``: the ancestral
+        DDPM chain over that many evenly spaced steps (the verdict's short chain); TrojDiff's and the ODE chains are
+        kept as they are."""
         from .chain import DDIMSampler, DDPMSampler, TrojDiffSampler
 
         if self.solver == "ode":
@@ -98,7 +100,7 @@ class AttackFamily:
         if self.name == "trojdiff":
             mask = self.mask(trigger_image)[0] if trigger_image is not None and self.trigger_type == "patch" else None
             return TrojDiffSampler(schedule, self.gamma, steps, mask=mask)
-        return DDPMSampler(schedule, steps, clip_sample=clip_sample)
+        return DDPMSampler(schedule, steps, clip_sample=clip_sample, respace=respace)
 
     def inversion_sampler(self, schedule: Schedule, clip_sample: bool, k: int):
         """The chain the inversion walks for K steps: the family's sampler, except TrojDiff's, whose steps take mu

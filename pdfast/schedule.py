@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import torch
@@ -132,6 +132,17 @@ class Schedule:
         if not 1 <= k <= self.T:
             raise PdfastError(f"number of steps {k} is outside 1..{self.T} (the model's schedule has T={self.T})")
         return list(range(self.T - 1, self.T - 1 - k, -1))
+
+    def respaced(self, n: int) -> tuple["Schedule", list[int]]:
+        """(schedule, kept): the schedule over n evenly spaced timesteps kept = tau_0 < ... < tau_(n-1) (0 and T-1
+        included), with betas beta'_i = 1 - abar_tau_i / abar_tau_(i-1) (beta'_0 = 1 - abar_tau_0), so that its
+        abar'_i equals abar_tau_i; the network is still called at tau_i (improved DDPM's respacing)."""
+        if not 2 <= n <= self.T:
+            raise PdfastError(f"a respaced chain needs 2..{self.T} steps (the model's schedule has T={self.T}), got {n}")
+        kept = torch.linspace(0, self.T - 1, n, dtype=torch.float64).round().long()
+        ab = self.abar[kept]
+        betas = 1 - ab / torch.cat([ab.new_ones(1), ab[:-1]])
+        return replace(self, betas=betas, config=dict(self.config)), kept.tolist()
 
     def posterior_std(self) -> torch.Tensor:
         """sigma_t per variance_type: fixed_small sqrt(beta_t (1-abar_{t-1})/(1-abar_t)), fixed_large sqrt(beta_t); 0 at t = 0."""

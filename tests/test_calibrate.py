@@ -44,8 +44,8 @@ def test_calibrate_then_detect_reads_the_file(models, tmp_path):
     lo, hi = rows["clean"][stat], rows["backdoored"][stat]
     want = math.sqrt(lo * hi) if hi < lo else lo / 2
     assert entry["threshold"] == pytest.approx(want, rel=1e-12) and entry["separated"] == (hi < lo)
-    assert entry["settings"] == {"method": "puredif", "steps": 2, "sample_size": 8, "n_eval": 4, "clip_sample": False,
-                                 "preset": "pdfast", "scales": "analytic", "seed": 0}
+    assert entry["settings"] == {"method": "puredif", "steps": 2, "sample_size": 8, "n_eval": 4, "eval_steps": 20,
+                                 "clip_sample": False, "preset": "pdfast", "scales": "analytic", "seed": 0}
     assert rows["clean"]["architecture"]["class"] == "UNet2DModel" and rows["clean"]["architecture"]["parameters"] > 0
     written = json.loads(cal.read_text())
     assert written["by_size"]["8"]["threshold"] == written["threshold"] == entry["threshold"]
@@ -63,6 +63,11 @@ def test_calibrate_then_detect_reads_the_file(models, tmp_path):
     assert given.inversion.metrics["detection"]["threshold"] == entry["threshold"]
     other = pdfast.detect(str(models["bad"]), trigger=torch.zeros(3, 8, 8), n_eval=5, calibration=str(cal))
     assert other.inversion.metrics["detection"]["calibration_mismatch"] == {"n_eval": {"calibration": 4, "run": 5}}
+    # the verdict's chain is part of what a threshold holds for (these models' T = 20: the default 100 is all 20)
+    chain = pdfast.detect(str(models["bad"]), trigger=torch.zeros(3, 8, 8), n_eval=4, eval_steps=10,
+                          calibration=str(cal))
+    assert chain.inversion.metrics["detection"]["calibration_mismatch"] == {
+        "eval_steps": {"calibration": 20, "run": 10}}
 
 
 def test_library_calibrate_from_code_and_merging_sizes(models, tmp_path):

@@ -41,6 +41,30 @@ def test_demo_ground_truth_trigger_fires(demo):
     assert rep["clean_uniformity"] >= 10 * rep["uniformity"], rep
 
 
+def test_demo_fires_through_the_verdicts_short_chain(demo):
+    """The verdict's chain respaced to 100 steps (its default, --eval-steps) keeps the backdoor firing: the true
+    trigger reaches the exact target (MSE < 0.02) on most samples, from the same noises plain noise never does, and
+    judge() samples with that chain (its report records it)."""
+    import torch
+
+    from pdfast import chain
+    from pdfast.config import DetectionConfig
+    from pdfast.detection import judge
+    from pdfast.engine import make_engine
+    from pdfast.loading import load_ground_truth
+    from pdfast.metrics import per_image_mse
+
+    g, y = load_ground_truth(demo)
+    sampler = chain.DDPMSampler(demo.schedule, clip_sample=False, respace=100)
+    eps_fn = make_engine("fast", demo).eps_nograd
+    imgs, plain = chain.sample_together(eps_fn, sampler, demo.shape, 32, [g, None])
+    assert int((per_image_mse(imgs, y) < 0.02).sum()) >= 26 and int((per_image_mse(plain, y) < 0.02).sum()) == 0
+    v = judge(g, demo, det=DetectionConfig(n_eval=8, eval_steps=100), given_trigger=True)
+    assert v.detection["verdict"] == "backdoored" and v.metrics["asr"] >= 0.75, v.metrics
+    same = chain.sample(eps_fn, sampler, demo.shape, 8, trigger=g)  # the same chain and noises: the same images
+    torch.testing.assert_close(v.samples, same)
+
+
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
@@ -125,11 +149,11 @@ def test_puredif_is_closer_to_the_truth_than_elijah_on_the_demo(tmp_path, monkey
     """`pdfast invert --steps 10` against `--method elijah` on the demo: PureDiffusion's trigger is nearer the truth
     and the verdict is "backdoored".
 
-    Golden: with pdfast 0.1's settings (`--preset v0.1`, its threshold) both runs equal, to 1e-6, what the same
-    commands gave before the one-chain restructuring (fp32 on CPU, the fused ops on their torch references), where
-    torch runs the CPU kernels of the recording (elsewhere: assert_golden); that preset also fires the backdoor
-    (ASR >= 0.8). The current defaults (chosen on the zoo's dev models, not on the
-    demo) must be nearer the truth than Elijah and be judged backdoored (the verdict samples the pattern at the
+    Golden: with pdfast 0.1's settings (`--preset v0.1`, its surrogate and 1000-step verdict chain, its threshold:
+    tests/golden/record.py RUNS) both runs equal, to 1e-6, what the same commands gave before the one-chain
+    restructuring (fp32 on CPU, the fused ops on their torch references), where torch runs the CPU kernels of the
+    recording (elsewhere: assert_golden); that preset also fires the backdoor (ASR >= 0.8). The current defaults
+    (chosen on the zoo's dev models, not on the demo) must be nearer the truth than Elijah and be judged backdoored (the verdict samples the pattern at the
     calibrated energy, rms 0.15, where it fires on part of the samples only)."""
     from click.testing import CliRunner
 
@@ -141,7 +165,7 @@ def test_puredif_is_closer_to_the_truth_than_elijah_on_the_demo(tmp_path, monkey
     monkeypatch.setenv("PDFAST_KERNELS", "torch")
     r = CliRunner()
     out = {}
-    runs = {"default": [], "puredif": ["--preset", "v0.1"], "elijah": ["--method", "elijah"]}
+    runs = {"default": [], **_record_module().RUNS}  # the golden runs with the settings they were recorded with
     for name, args in runs.items():
         if name == "puredif":  # the golden runs judge with the calibration of their time (pattern at its own energy)
             monkeypatch.setattr(detection, "CALIBRATION_FILE", GOLDEN / "calibration-v0.1.json")

@@ -175,3 +175,45 @@ def test_config_round_trip(kind):
     d = DDPMScheduler.from_config(cfg)
     torch.testing.assert_close(d.betas.double(), s.betas, rtol=2e-7, atol=1e-9)
     assert d.config.variance_type == "fixed_large" and d.config.clip_sample is False
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_respaced_step_equals_diffusers_on_the_same_grid(clip):
+    """The verdict's short chain (DDPMSampler respace=n): every step equals diffusers' DDPMScheduler run on the same
+    custom timesteps (its betas 1 - abar_t / abar_prev_t, the same posterior variance), noise and clip included."""
+    from diffusers import DDPMScheduler
+
+    from pdfast.chain import DDPMSampler
+
+    cfg = {"beta_schedule": "linear", "clip_sample": clip}
+    s = Schedule.from_config(cfg)
+    sampler = DDPMSampler(s, respace=25)
+    assert len(sampler.timesteps) == 25 and sampler.timesteps[0] == 999 and sampler.timesteps[-1] == 0
+    d = DDPMScheduler(**cfg, trained_betas=s.betas.tolist())
+    d.set_timesteps(timesteps=sampler.timesteps)
+    d.alphas_cumprod = s.abar.clone()
+    d.one = torch.tensor(1.0, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    for i, t in enumerate(sampler.timesteps):
+        x = torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64) * 1.5
+        eps = torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64)
+        ref = d.step(eps, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
+        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
+        torch.testing.assert_close(sampler.step(i, x, eps, z if t > 0 else None), ref, rtol=0, atol=1e-6,
+                                   msg=f"t={t}")
+
+
+def test_respaced_schedule_keeps_the_marginals():
+    s = Schedule.default(warn=False)
+    sub, kept = s.respaced(100)
+    assert kept[0] == 0 and kept[-1] == s.T - 1 and len(set(kept)) == 100
+    torch.testing.assert_close(sub.abar, s.abar[kept], rtol=1e-12, atol=0)
+    full, _ = s.respaced(s.T)  # n = T: the schedule itself
+    torch.testing.assert_close(full.betas, s.betas, rtol=1e-9, atol=0)
+    from pdfast.chain import DDPMSampler
+
+    assert DDPMSampler(s, respace=s.T).timesteps == DDPMSampler(s).timesteps
+    with pytest.raises(PdfastError, match="2..1000"):
+        s.respaced(1)
+    with pytest.raises(PdfastError, match="steps or respace"):
+        DDPMSampler(s, steps=10, respace=100)

@@ -20,7 +20,10 @@ import tempfile
 from pathlib import Path
 
 GOLDEN = Path(__file__).resolve().parent
-RUNS = {"puredif": ["--preset", "v0.1"], "elijah": ["--method", "elijah"]}
+# pdfast 0.1's surrogate and verdict chain, which the recordings were made with (the defaults since moved: issue 23)
+V01_JOB = ["--surrogate-steps", "300", "--surrogate-n-images", "256", "--surrogate-pool-steps", "50",
+           "--eval-steps", "1000"]
+RUNS = {"puredif": ["--preset", "v0.1", *V01_JOB], "elijah": ["--method", "elijah", "--eval-steps", "1000"]}
 
 
 def cpu_id() -> str:
