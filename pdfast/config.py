@@ -29,8 +29,9 @@ _V01 = {"batch": 40, "epochs": 30, "norm": "l1", "noise": "antithetic", "objecti
         "refine_epochs": 30, "refine_from": "pattern", "warm_epochs": 0, "lr_schedule": "constant",
         "average": "none", "bounds": "none"}
 # "pdfast": chosen on the zoo's dev models (docs/method.md 5.4, research/results/method-study-dev.md): the relative
-# search alone, with the L2 norm, projected onto the image box [-1, 1].
-PRESETS = {"pdfast": {**_V01, "norm": "l2", "refine_epochs": 0, "bounds": "image"},
+# search alone, with the L2 norm, projected onto the image box [-1, 1]; 20 Adam steps (pdfast 0.1: 30; the
+# speed issue's tolerance check, benchmarks/results/tolerance-*.md, docs/method.md 5.4).
+PRESETS = {"pdfast": {**_V01, "norm": "l2", "refine_epochs": 0, "bounds": "image", "epochs": 20},
            "paper": {**_V01, "noise": "fresh", "objective": "absolute", "refine_epochs": 0},
            "v0.1": dict(_V01)}
 # Elijah as published (docs/method.md section 4); only the options a user gives change it.
@@ -101,12 +102,13 @@ class SurrogateConfig:
 
     trigger: str = field(default="GLASSES", metadata=opt("Surrogate trigger (a built-in name or an image file)."))
     target: str = field(default="CORNER", metadata=opt("Surrogate target (a built-in name or an image file)."))
-    steps: int = field(default=300, metadata=opt("Fine-tune steps of the surrogate backdoor."))
+    steps: int = field(default=150, metadata=opt("Fine-tune steps of the surrogate backdoor (pdfast 0.1: 300)."))
     batch: int = field(default=32, metadata=opt("Batch of the surrogate fine-tune."))
     lr: float = field(default=5e-4, metadata=opt("Learning rate of the surrogate fine-tune."))
     poison_rate: float = field(default=0.5, metadata=opt("Poisoned share of the surrogate's batches."))
-    n_images: int = field(default=256, metadata=opt("Images the suspect model generates for the surrogate's data."))
-    pool_steps: int = field(default=50, metadata=opt("DDIM steps for those images."))
+    n_images: int = field(default=128, metadata=opt("Images the suspect model generates for the surrogate's data "
+                                                    "(pdfast 0.1: 256)."))
+    pool_steps: int = field(default=25, metadata=opt("DDIM steps for those images (pdfast 0.1: 50)."))
     calib_batch: int = field(default=64, metadata=opt("Noise batch for the lambda estimate along the chain."))
     seed: int = field(default=1234, metadata=opt("Seed of the surrogate's data, fine-tune and estimate."))
     data: str | None = field(default=None, metadata=opt(
@@ -146,7 +148,8 @@ class InversionConfig:
     scales: str = field(default="surrogate", metadata=opt(
         "lambda_t source: surrogate (calibrated on a surrogate-backdoored copy), analytic, or a JSON table file."))
     attack_family: str = field(default="auto", metadata=opt(FAMILY_HELP))
-    epochs: int | None = unset("Adam steps (default: 30 puredif, 100 elijah).", kind=int)
+    epochs: int | None = unset("Adam steps (default: 20 puredif, 30 in the paper and v0.1 presets, 100 elijah).",
+                               kind=int)
     refine_epochs: int | None = unset("Then Adam steps on eq. 17 from the search result (default: 0; 30 in the v0.1 "
                                       "preset).", kind=int)
     batch: int | None = unset("Noise batch (default: 40 puredif, 100 elijah).", kind=int)
@@ -245,6 +248,10 @@ class DetectionConfig:
         "Pattern-uniformity threshold for the verdict; default: the calibration's.", kind=float))
     n_eval: int = field(default=16, metadata=opt("Samples drawn from eps + trigger (and its pattern) for the verdict."))
     eval_seed: int = field(default=0, metadata=opt("Seed of those samples."))
+    eval_steps: int = field(default=100, metadata=opt(
+        "Steps of the verdict's ancestral DDPM chain: fewer than the model's T respaces it evenly (the same "
+        "marginals, docs/method.md section 7); T or more runs the full chain (the reference). TrojDiff's and the "
+        "ODE samplers' chains are not respaced."))
     pattern_rms: float | None = field(default=None, metadata=opt(
         "Energy (rms) the verdict's pattern is scaled to; default: the calibration's (its own energy if none).",
         kind=float))
@@ -257,6 +264,9 @@ class DetectionConfig:
         check_choices(self)
         if self.n_eval < 2:
             raise PdfastError(f"--n-eval {self.n_eval} must be at least 2 (uniformity compares pairs of samples)")
+        if self.eval_steps < 2:
+            raise PdfastError(f"--eval-steps {self.eval_steps} must be at least 2; give the chain's length (1000 for "
+                              "the full DDPM chain)")
 
 
 STATISTICS = ("pattern_uniformity", "pattern_uniformity_q25", "pattern_effect", "trigger_effect")
