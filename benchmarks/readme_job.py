@@ -1,11 +1,12 @@
 """The README job (`pdfast invert --steps 50` on the demo model, cold cache) before and after a change, side by side.
 
-    OMP_NUM_THREADS=1 python benchmarks/readme_job.py --before /path/to/old/checkout [--rounds 2] [--steps 50]
+    python benchmarks/readme_job.py --before /path/to/old/checkout [--rounds 2] [--steps 50] [--threads N]
 
 Runs the job from the old checkout (PYTHONPATH, with pdfast/kernels linked to its kernels/) and from this tree,
 alternating (ABBA...), each in a fresh process with an empty scale cache; reports per phase (start-up, surrogate
 calibration, inversion, verdict sampling) the medians and their ratio, and whether the triggers and verdicts are
-identical. Writes benchmarks/results/readme-job-<device>.md/.json. The kernels run on their torch references in both
+identical. Each job runs with torch's own thread count (every core, as a user runs it) unless --threads is given.
+Writes benchmarks/results/readme-job-<device>.md/.json. The kernels run on their torch references in both
 (PDFAST_KERNELS=torch): the job as `pip install .` gives it, without the optional native build.
 """
 from __future__ import annotations
@@ -28,16 +29,17 @@ PHASES = ("startup_s", "calibration_s", "inversion_s", "sampling_s", "wall_s")
 
 
 def run_job(tree: Path, steps: int, workdir: Path, *, kernels: str = "torch", threads: int | None = None,
-            cache: Path | None = None) -> dict:
-    """One run of the job from ``tree`` (cold: a fresh scale cache under ``workdir`` unless ``cache`` is given);
-    phase seconds from its report.json and the process wall time."""
+            cache: Path | None = None, extra: tuple[str, ...] = ()) -> dict:
+    """One run of the job from ``tree`` (cold: a fresh scale cache under ``workdir`` unless ``cache`` is given;
+    ``extra``: more `pdfast invert` options); phase seconds from its report.json and the process wall time."""
     env = dict(os.environ, PYTHONPATH=str(tree), PDFAST_CACHE_DIR=str(cache or workdir / "cache"),
                PDFAST_KERNELS=kernels)
+    env.pop("OMP_NUM_THREADS", None)  # the job as a user runs it: torch's own thread count (every core)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     out = workdir / "out"
     cmd = [sys.executable, "-c", "from pdfast.cli import main; main()", "invert", "--steps", str(steps), "--out",
-           str(out), "--json", "--no-progress", "--device", "cpu"]
+           str(out), "--json", "--no-progress", "--device", "cpu", *extra]
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, cwd=workdir, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
@@ -63,6 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--before", type=Path, required=True, help="checkout of the code before the change")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each job (default: unset)")
     a = ap.parse_args(argv)
     if not (a.before / "pdfast" / "__init__.py").is_file():
         print(f"error: {a.before} is not a pdfast checkout; pass --before with one (git worktree add DIR REV)",
@@ -73,7 +76,7 @@ def main(argv=None) -> int:
     for r in range(a.rounds):
         for name in (("before", "after") if r % 2 == 0 else ("after", "before")):
             with tempfile.TemporaryDirectory() as d:
-                runs[name].append(run_job(a.before if name == "before" else ROOT, a.steps, Path(d)))
+                runs[name].append(run_job(a.before if name == "before" else ROOT, a.steps, Path(d), threads=a.threads))
             print(f"round {r} {name}: {runs[name][-1]['wall_s']:.1f} s", file=sys.stderr)
     rows = []
     for ph in PHASES:
@@ -82,9 +85,9 @@ def main(argv=None) -> int:
                      "after / before": f"{n / b:.2f}"})
     same = max(float((x["trigger"] - y["trigger"]).abs().max()) for x in runs["before"] for y in runs["after"])
     verdicts = sorted({x["verdict"] for k in runs for x in runs[k]})
-    cmd = "OMP_NUM_THREADS=1 python benchmarks/readme_job.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = "python benchmarks/readme_job.py " + " ".join(sys.argv[1:] if argv is None else argv)
     note = (f"\n\nMax |trigger after - trigger before| over all run pairs: {same:.3g}; verdicts: {', '.join(verdicts)}."
-            f" {a.rounds} rounds per side, alternating; medians. Other jobs shared the 2 cores: read the ratios.")
+            f" {a.rounds} rounds per side, alternating (ABBA); medians; threads per job: {a.threads or 'torch default'}.")
     table = md_table(rows, ["phase", "before s", "after s", "after / before"]) + note
     write(f"readme-job-{common.device_slug('cpu')}", {**header(), "command": cmd, "rows": rows,
                                                       "max_trigger_diff": same, "verdicts": verdicts}, table)

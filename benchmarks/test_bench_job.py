@@ -2,11 +2,12 @@
 size, each through the library call the job makes:
 
   surrogate calibration   pdfast.scales.resolve_scales(..., "surrogate") with a small SurrogateConfig, cache off
-                          (the job: 256 DDIM-50 images, 300 fine-tune steps at batch 32, lambda over K = 50);
+                          (the job: 128 DDIM-25 images, 150 fine-tune steps at batch 32, lambda over K = 50);
   inversion               pdfast.invert(..., evaluate=False) with analytic scales (calibration timed apart above),
-                          K = 2, batch 8, 2 + 2 Adam steps (the job: K = 50, batch 40, 30 + 30);
-  verdict's sampling      engine.sample_together(16, [trigger, pattern]) over the first 10 of the 1000 steps
-                          (the job: all 1000 steps, what pdfast.detection.judge runs).
+                          K = 2, batch 8, 2 + 2 Adam steps (the job: K = 50, batch 40, 20 Adam steps);
+  verdict's sampling      engine.sample_together(16, [trigger, pattern, None]) over the verdict's whole chain, the
+                          DDPM chain respaced to 100 steps (what pdfast.detection.judge runs by default), and the
+                          first 10 of the full 1000-step chain (the reference setting, --eval-steps 1000).
 
 Small enough that CI runs each body once (--benchmark-disable) in about a second; `python benchmarks/regress.py` times them
 against the committed baseline (benchmarks/README.md). The job's own wall time is in benchmarks/results/logs/invert50.log.
@@ -52,11 +53,19 @@ def test_inversion(benchmark):
 
 
 @pytest.mark.benchmark(group="job-phases")
-def test_verdict_sampling(benchmark):
+@pytest.mark.parametrize("chain", ["respaced-100", "full-first-10"])
+def test_verdict_sampling(benchmark, chain):
+    from pdfast.chain import DDPMSampler
+    from pdfast.config import DetectionConfig
+
     model = demo()
     trigger = -torch.rand(model.shape, generator=torch.Generator().manual_seed(0))
     engine = FastEngine(model)
     pattern = metrics.trigger_pattern(trigger)
-    imgs = benchmark(lambda: engine.sample_together(SAMPLING["n"], [trigger, pattern], steps=SAMPLING["steps"]))
-    assert [tuple(i.shape) for i in imgs] == [(SAMPLING["n"], *model.shape)] * 2
+    if chain == "respaced-100":
+        sampler = DDPMSampler(model.schedule, clip_sample=False, respace=DetectionConfig().eval_steps)
+    else:
+        sampler = DDPMSampler(model.schedule, SAMPLING["steps"], clip_sample=False)
+    imgs = benchmark(lambda: engine.sample_together(SAMPLING["n"], [trigger, pattern, None], sampler=sampler))
+    assert [tuple(i.shape) for i in imgs] == [(SAMPLING["n"], *model.shape)] * 3
     assert all(torch.isfinite(i).all() for i in imgs)
