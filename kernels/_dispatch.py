@@ -218,6 +218,27 @@ def lazy_jit(fn):
     return _LazyKernel(fn)
 
 
+def device_coefficients(coeffs, placeholder: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(pointer argument, FROM_PTR) for a kernel whose coefficients come as python floats or as a device tensor:
+    a tensor is passed as the pointer the kernel reads them from on the device (no host sync, so a CUDA graph can
+    capture the launch and replay it with new values in the tensor); floats leave `placeholder` there, unread."""
+    return (coeffs, True) if torch.is_tensor(coeffs) else (placeholder, False)
+
+
+def check_coefficient_row(op: str, row, n: int, like: torch.Tensor) -> None:
+    """A coefficient row of a *_row op: a floating tensor of at least n elements, contiguous in its first n, on
+    like's device, and not asking for a gradient (the coefficients are constants); ValueError in one line."""
+    if not torch.is_tensor(row) or not row.is_floating_point() or row.numel() < n or row.dim() > 1:
+        raise ValueError(f"{op}: the coefficients must be a floating tensor of at least {n} elements in at most one "
+                         f"dimension, got {type(row).__name__} {tuple(getattr(row, 'shape', ()))}")
+    if row.dim() == 1 and n > 1 and row.stride(0) != 1:
+        raise ValueError(f"{op}: the coefficient row must be contiguous, got stride {row.stride(0)}")
+    if row.device != like.device:
+        raise ValueError(f"{op}: the coefficients are on {row.device}, the tensors on {like.device}")
+    if row.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{op}: the coefficients are constants and get no gradient; pass row.detach()")
+
+
 def result_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     return functools.reduce(torch.promote_types, [t.dtype for t in tensors if t is not None])
 

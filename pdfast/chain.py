@@ -62,7 +62,8 @@ class DDPMSampler:
 
     ``clip_sample``: None takes the scheduler config's (``schedule.clip_sample``). The unclipped step runs the fused
     ``ddpm_update`` op (pdfast.kernels: native, Triton or its torch reference ``ddpm_update_ref``, the one torch
-    form of the step); the coefficients are the schedule's (``step_coefficients``), one row per chain step.
+    form of the step), and ``ddpm_update_row`` from a row; the coefficients are the schedule's
+    (``step_coefficients``), one row per chain step.
     """
 
     row_width = len(ROW_KEYS)
@@ -103,12 +104,14 @@ class DDPMSampler:
 
     def step_from_row(self, x: torch.Tensor, eps: torch.Tensor, row: torch.Tensor,
                       z: torch.Tensor | None) -> torch.Tensor:
-        """``step`` with its coefficients in a tensor row: the torch reference of the fused op (no host sync)."""
+        """``step`` with its coefficients in a tensor row, read on the device (no host sync: the fast engine's CUDA
+        graph replays it for every step): the fused ``ddpm_update_row`` (Triton where the kernel backend is Triton,
+        else its torch reference); the clipped step is its torch formula on every backend."""
         if self.clip:
             return ddpm_clipped_step(x, eps, row, z, self.clip_range)
-        from .kernels import ddpm_update_ref
+        from .kernels import ddpm_update_row
 
-        return ddpm_update_ref(x, eps, row[0], row[1], row[2], noise=z)
+        return ddpm_update_row(x, eps, row, noise=z)
 
 
 class DDIMSampler:

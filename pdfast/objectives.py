@@ -33,16 +33,16 @@ class Objective(Protocol):
 def shift_term(eps: torch.Tensor, delta: torch.Tensor, lam, norm: str) -> torch.Tensor:
     """|| mean_b eps - lam delta || as a mean over elements: L1 mean |r|, L2 mean r^2 (eq. 16-17).
 
-    A float lam runs the fused ``shift_loss`` op; a tensor lam (inside a CUDA graph) the same formula in torch.
+    A float lam runs the fused ``shift_loss`` op; a tensor lam (a row of the fast engine's CUDA graph) its row form
+    ``shift_loss_row``, which reads lam on the device (Triton where the kernel backend is Triton, else torch).
     """
     if norm not in NORMS:
         raise PdfastError(f"unknown norm '{norm}'; use l1 or l2")
-    if not torch.is_tensor(lam):
-        from .kernels import shift_loss
+    from .kernels import shift_loss, shift_loss_row
 
-        return shift_loss(eps, delta, float(lam), norm)
-    r = eps.float().mean(0) - lam * delta.float().reshape(eps.shape[1:])
-    return r.abs().mean() if norm == "l1" else (r * r).mean()
+    if torch.is_tensor(lam):
+        return shift_loss_row(eps, delta, lam, norm)
+    return shift_loss(eps, delta, float(lam), norm)
 
 
 def trigger_size(delta: torch.Tensor, norm: str) -> torch.Tensor:

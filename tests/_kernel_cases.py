@@ -75,3 +75,87 @@ def check_loss(shape, delta_form, norm, device="cpu", dtype=torch.float32, tol=1
     want = torch.autograd.grad(2.5 * ref, (eps_hat, delta))
     for a, b in zip(got, want):
         assert_close(a, b, tol)
+
+
+
+def coefficient_row(values, device, offset=1):
+    """The coefficients as a view at `offset` into a longer fp32 buffer, as the fast engine's static row hands them
+    to the ops (sampler coefficients, then the objective's lambda): a kernel reading the wrong element shows."""
+    buf = torch.tensor([9.0] * offset + list(values) + [7.0], dtype=torch.float32, device=device)
+    return buf[offset:offset + len(values)]
+
+
+def check_update_row(shape, with_noise, device="cpu", dtype=torch.float32, tol=1e-6):
+    """ddpm_update_row against the torch formula with the same tensor coefficients (ddpm_update_ref(x, eps, row[0],
+    row[1], row[2], noise)): the output and the gradients of x, eps and noise. Returns (out, x, eps, noise, row)."""
+    generator = gen("row", shape, with_noise)
+    x, eps = leaf(shape, device, dtype, generator), leaf(shape, device, dtype, generator)
+    noise = leaf(shape, device, dtype, generator) if with_noise else None
+    row = coefficient_row(COEFFS, device)
+    out = K.ddpm_update_row(x, eps, row, noise=noise)
+    ref = K.ddpm_update_ref(x, eps, row[0], row[1], row[2], noise=noise)
+    assert_close(out, ref, tol)
+    inputs = [t for t in (x, eps, noise) if t is not None]
+    g = torch.randn(shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+    for a, b in zip(torch.autograd.grad(out, inputs, g, retain_graph=True), torch.autograd.grad(ref, inputs, g)):
+        assert_close(a, b, tol)
+    return out, x, eps, noise, row
+
+
+def check_loss_row(shape, norm, device="cpu", dtype=torch.float32, tol=1e-6):
+    """shift_loss_row (lam a 0-dim view into a row, at an odd offset as in the engine's row) against shift_loss_ref
+    with the same tensor lam: the loss and both gradients under an upstream gradient of 2.5. Returns (loss, eps_hat,
+    delta, lam)."""
+    generator = gen("row", shape, norm)
+    eps_hat = leaf(shape, device, dtype, generator)
+    delta = leaf(delta_shape(shape, "1chw"), device, dtype, generator)
+    lam = coefficient_row([LAM], device, offset=7)[0]
+    loss = K.shift_loss_row(eps_hat, delta, lam, norm)
+    ref = K.shift_loss_ref(eps_hat, delta, lam, norm)
+    assert loss.dim() == 0 and loss.dtype == torch.float32
+    assert_close(loss.to(ref.dtype), ref, tol)
+    got = torch.autograd.grad(2.5 * loss, (eps_hat, delta), retain_graph=True)
+    for a, b in zip(got, torch.autograd.grad(2.5 * ref, (eps_hat, delta))):
+        assert_close(a, b, tol)
+    return loss, eps_hat, delta, lam
+
+# The Triton kernels (module attribute names) and their device-coefficient constexpr: the row forms of the ops launch
+# them with it True (ddpm_update_row: ROW, shift_loss_row: LAM_PTR), the float forms with it False.
+KERNELS = {"pdfast.kernels.ddpm_update": {"_ddpm_update_fwd_kernel": "ROW", "_ddpm_update_bwd_kernel": "ROW"},
+           "pdfast.kernels._batch_mean": {"_batch_mean_fwd_kernel": "LAM_PTR"},
+           "pdfast.kernels.shift_loss": {"_shift_loss_bwd_kernel": "LAM_PTR"}}
+
+
+class _CountingKernel:
+    """Wraps a lazily jitted kernel: every `kernel[grid](...)` launch adds one to counts[(name, from_device)]."""
+
+    def __init__(self, kernel, name, flag, counts):
+        self.kernel, self.name, self.flag, self.counts = kernel, name, flag, counts
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def counted(*args, **kwargs):
+            self.counts[self.name, bool(kwargs[self.flag])] += 1
+            return launch(*args, **kwargs)
+
+        return counted
+
+
+def count_launches(monkeypatch):
+    """Replaces the fused ops' Triton kernels by counting wrappers; returns the Counter of (kernel name, read its
+    coefficients from a device tensor) launches, filled as the kernels run."""
+    import collections
+    import importlib
+
+    counts = collections.Counter()
+    for module_name, kernels in KERNELS.items():
+        module = importlib.import_module(module_name)
+        for name, flag in kernels.items():
+            monkeypatch.setattr(module, name, _CountingKernel(getattr(module, name), name, flag, counts))
+    return counts
+
+
+def row_launches(counts):
+    """{kernel name: launches with device coefficients}, every kernel of KERNELS listed."""
+    return {name: counts[name, True] for kernels in KERNELS.values() for name in kernels}

@@ -6,6 +6,7 @@ the capture itself is checked by the gpu tests.
 """
 import pytest
 import torch
+from _kernel_cases import assert_close, count_launches, row_launches
 
 from pdfast.engine import make_engine
 from pdfast.chain import DDPMSampler, GeneratorNoise
@@ -147,17 +148,74 @@ def test_relative_objective_through_the_checkpointed_chain(tiny_model, norm, gra
                        relative=True)
 
 
-@pytest.mark.triton_interpreter
-def test_triton_kernels_through_interpreter(tiny_model, monkeypatch):
+def _interpreting_or_skip():
     from pdfast.kernels._dispatch import interpreting
 
     if not interpreting():
         pytest.skip("TRITON_INTERPRET is off (a real-GPU run): CPU tensors cannot take the Triton path")
-    inp = chain_inputs(tiny_model, 3, 3)
-    want = make_engine("reference", tiny_model).loss_and_grad(**with_objective(inp, "l1"), loss_steps=[0, 2])
+
+
+ROW_KERNELS = ("_ddpm_update_fwd_kernel", "_ddpm_update_bwd_kernel", "_batch_mean_fwd_kernel", "_shift_loss_bwd_kernel")
+
+
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize("graphs", [False, "emulate"])
+def test_triton_kernels_through_interpreter(tiny_model, monkeypatch, graphs):
+    """The whole iteration with the Triton backend (interpreted on CPU) equals the reference engine and the same
+    engine on the torch backend. With the graphed code paths (emulated: the CUDA-graph bodies run eagerly) every
+    recomputed step runs the row kernels (coefficients read from the graph's static row), forward and backward;
+    without them the eager steps run the float kernels and no row kernel."""
+    _interpreting_or_skip()
+    inp = with_objective(chain_inputs(tiny_model, 3, 3), "l1")
+    want = make_engine("reference", tiny_model).loss_and_grad(**inp, loss_steps=[0, 2])
+    engine = FastEngine(tiny_model, memory_budget=0, cuda_graphs=graphs)
+    counts = count_launches(monkeypatch)
+    monkeypatch.setenv("PDFAST_KERNELS", "torch")
+    torch_loss, torch_grad = engine.loss_and_grad(**inp, loss_steps=[0, 2])
+    assert not counts  # the torch backend launched nothing
+    monkeypatch.delenv("PDFAST_KERNELS")
     monkeypatch.setenv("PDFAST_FORCE_TRITON", "1")  # TRITON_INTERPRET=1 is set by conftest
-    loss, grad = FastEngine(tiny_model, memory_budget=0).loss_and_grad(**with_objective(inp, "l1"), loss_steps=[0, 2])
+    loss, grad = engine.loss_and_grad(**inp, loss_steps=[0, 2])
+    # the same engine: a graphed step per kernel backend (a captured graph keeps the kernels it was captured with)
+    assert engine.describe()["graphs_backward"] == (2 if graphs else 0)
     assert abs(loss - want[0]) <= 1e-5 * want[0] and rel(grad, want[1]) <= 1e-5
+    assert abs(loss - torch_loss) <= 1e-6 * torch_loss and rel(grad, torch_grad) <= 1e-6
+    rows = row_launches(counts)
+    if graphs:  # 3 recomputed steps, each its forward and backward kernels
+        assert all(rows[k] >= 3 for k in ROW_KERNELS), counts
+    else:
+        assert not any(rows.values()) and counts["_ddpm_update_bwd_kernel", False] >= 2, counts
+
+
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize("norm", ["l1", "l2"])
+@pytest.mark.parametrize("step", [0, 2], ids=["noisy", "last"])
+def test_recomputed_step_runs_the_row_kernels(tiny_model, monkeypatch, norm, step):
+    """One recomputed step and its VJP through the CUDA graph's code path (_GraphedBackwardStep with capture=False
+    runs the captured body eagerly): with the Triton backend each fused op launches its row kernel once forward and
+    once backward, and (a_i, dL_i/d delta, L_i) equal the torch backend's on the same inputs. The last step of the
+    schedule (t = 0) adds no noise."""
+    from pdfast.engine.fast import _GraphedBackwardStep
+
+    _interpreting_or_skip()
+    model = DiffusionModel(tiny_model.net, Schedule.from_config({"clip_sample": False, "num_train_timesteps": 3}),
+                           sample_size=8).frozen()
+    engine, sampler = FastEngine(model, memory_budget=0), DDPMSampler(model.schedule)
+    objective = ShiftObjective(model.schedule.analytic_scales(3).tolist(), norm)
+    g = torch.Generator().manual_seed(5)
+    x, z, a = (torch.randn(3, *model.shape, generator=g) for _ in range(3))
+    delta = 0.5 * torch.randn(1, *model.shape, generator=g)
+    row = engine._rows(sampler, objective, {step}, 3, "cpu")[step]
+    t, z = torch.tensor(sampler.timesteps[step]), z if sampler.needs_noise(step) else None
+    out = {}
+    counts = count_launches(monkeypatch)
+    for setting in ("torch", "triton"):
+        monkeypatch.setenv("PDFAST_KERNELS", setting)
+        graphed = _GraphedBackwardStep(engine._eps, objective, sampler, x, delta, row, capture=False)
+        out[setting] = graphed(x, t, z, a, row, delta)
+        assert row_launches(counts) == dict.fromkeys(ROW_KERNELS, int(setting == "triton")), (setting, counts)
+    for got, want in zip(out["triton"], out["torch"]):
+        assert_close(got, want, 1e-6)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "bf16-autocast"])
@@ -311,6 +369,25 @@ def test_gpu_sampling_matches_reference_sampler(tiny_unet, no_tf32):
     got = FastEngine(model, dtype="float32", compile=False).sample(5, seed=3, batch=4)
     assert (got - want).abs().max() <= 1e-4
 
+
+
+@pytest.mark.gpu
+def test_gpu_captured_step_runs_the_row_kernels(cuda_model, no_tf32, monkeypatch):
+    """On CUDA the captured backward step launches the Triton row kernels (counted when the graph is captured and
+    when its replay is checked) and gives the loss and gradient of the same engine on the torch backend."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.delenv("PDFAST_FORCE_TRITON", raising=False)
+    inp = with_objective(chain_inputs(cuda_model, 8, 6, device="cuda"), "l2")
+    monkeypatch.setenv("PDFAST_KERNELS", "torch")
+    want = FastEngine(cuda_model, dtype="float32", compile=False, memory_budget=0).loss_and_grad(**inp,
+                                                                                               loss_steps=[2, 5])
+    monkeypatch.delenv("PDFAST_KERNELS")
+    counts = count_launches(monkeypatch)
+    engine = FastEngine(cuda_model, dtype="float32", compile=False, memory_budget=0)
+    loss, grad = engine.loss_and_grad(**inp, loss_steps=[2, 5])
+    assert engine.describe()["graphs_backward"] == 1
+    assert all(row_launches(counts)[k] > 0 for k in ROW_KERNELS), counts
+    assert abs(loss - want[0]) <= 1e-5 * abs(want[0]) and rel(grad, want[1]) <= 1e-5
 
 class _Spread:
     """A new objective in a few lines, with no hand-written gradient: the batch spread of eps_theta at each loss

@@ -12,7 +12,8 @@ import textwrap
 
 import pytest
 import torch
-from _kernel_cases import COEFFS, LAM, assert_close, check_loss, check_update, delta_shape, gen, leaf
+from _kernel_cases import (COEFFS, LAM, assert_close, check_loss, check_loss_row, check_update, check_update_row,
+                           coefficient_row, count_launches, delta_shape, gen, leaf, row_launches)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -106,6 +107,69 @@ def test_lstsq_scale_matches_reference(force_triton, shape, delta_form):
 def test_lstsq_scale_no_grad(force_triton):
     eps_hat, delta = torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(3, 4, 4, requires_grad=True)
     assert not K.lstsq_scale(eps_hat, delta).requires_grad
+
+
+# ---------------------------------------------------------------- row forms: coefficients read on the device
+
+
+def _row_counts(update=0, loss=0):
+    return {"_ddpm_update_fwd_kernel": update, "_ddpm_update_bwd_kernel": update, "_batch_mean_fwd_kernel": loss,
+            "_shift_loss_bwd_kernel": loss}
+
+
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize("with_noise", [False, True], ids=["no_noise", "noise"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_ddpm_update_row_matches_torch_formula(force_triton, monkeypatch, shape, with_noise):
+    """ddpm_update_row (the engine's recomputed step) equals the torch formula with the same tensor coefficients,
+    values and gradients, through one launch of each Triton kernel in its device-row form; and it is the float
+    form's arithmetic bit for bit."""
+    counts = count_launches(monkeypatch)
+    out, x, eps, noise, row = check_update_row(shape, with_noise)
+    assert row_launches(counts) == _row_counts(update=1)
+    assert torch.equal(out, K.ddpm_update(x, eps, *row.tolist(), noise=noise))
+
+
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize("norm", ["l1", "l2"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_shift_loss_row_matches_torch_formula(force_triton, monkeypatch, shape, norm):
+    counts = count_launches(monkeypatch)
+    loss, eps_hat, delta, lam = check_loss_row(shape, norm)
+    assert row_launches(counts) == _row_counts(loss=1)
+    assert torch.equal(loss, K.shift_loss(eps_hat, delta, float(lam), norm))
+
+
+@pytest.mark.triton_interpreter
+@pytest.mark.parametrize("setting", ["", "torch", "triton"], ids=["auto", "torch", "triton"])
+def test_row_forms_dispatch(monkeypatch, setting):
+    """On CPU tensors the row forms run the torch formula unless Triton is asked for (PDFAST_KERNELS=triton), and
+    PDFAST_KERNELS=torch keeps the formula even under PDFAST_FORCE_TRITON=1."""
+    monkeypatch.setenv("PDFAST_KERNELS", setting)
+    monkeypatch.setenv("PDFAST_FORCE_TRITON", "1" if setting == "torch" else "0")
+    counts = count_launches(monkeypatch)
+    x, delta = torch.randn(2, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    row, lam = coefficient_row(COEFFS, "cpu"), coefficient_row([LAM], "cpu")[0]
+    assert_close(K.ddpm_update_row(x, x, row, noise=x), K.ddpm_update_ref(x, x, *row, noise=x), 1e-6)
+    assert_close(K.shift_loss_row(x, delta, lam, "l2"), K.shift_loss_ref(x, delta, lam, "l2"), 1e-6)
+    launched = int(setting == "triton")  # forward kernels only: nothing here asks for a gradient
+    assert row_launches(counts) == {**_row_counts(), "_ddpm_update_fwd_kernel": launched,
+                                    "_batch_mean_fwd_kernel": launched}
+
+
+def test_row_forms_refuse_bad_coefficients():
+    x = torch.randn(2, 3, 4, 4)
+    bad = [(torch.ones(2), "at least 3"), (torch.ones(3, dtype=torch.long), "floating"),
+           (torch.ones(6)[::2], "contiguous"), (torch.ones(3, requires_grad=True), "no gradient"),
+           (torch.ones(3, device="meta"), "on meta"), (torch.ones(1, 3), "one dimension")]
+    for row, match in bad:
+        with pytest.raises(ValueError, match=match) as err:
+            K.ddpm_update_row(x, x, row)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="at least 1"):
+        K.shift_loss_row(x, x[:1], 0.5, "l1")  # a float lam belongs to shift_loss
+    with pytest.raises(ValueError, match="norm"):
+        K.shift_loss_row(x, x[:1], torch.tensor(0.5), "l3")
 
 
 # ---------------------------------------------------------------- dispatch, validation, references
@@ -202,3 +266,20 @@ def test_kernels_cuda(monkeypatch, dtype):
                 check_loss(shape, delta_form, norm, device="cuda", dtype=dtype, tol=tol)
             check_lstsq(shape, delta_form, device="cuda", dtype=dtype, tol=tol)
     torch.cuda.synchronize()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_row_kernels_cuda(monkeypatch, dtype):
+    """The row forms on the GPU: compiled Triton kernels reading their coefficients from device memory."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.delenv("PDFAST_FORCE_TRITON", raising=False)
+    counts = count_launches(monkeypatch)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for shape in SHAPES + [(40, 3, 32, 32)]:
+        for with_noise in (False, True):
+            check_update_row(shape, with_noise, device="cuda", dtype=dtype, tol=tol)
+        for norm in ("l1", "l2"):
+            check_loss_row(shape, norm, device="cuda", dtype=dtype, tol=tol)
+    torch.cuda.synchronize()
+    assert all(n > 0 for n in row_launches(counts).values()), counts

@@ -22,6 +22,8 @@ CIFAR-10 UNet (docs/method.md section 9). This engine instead:
    torch.compile's mode='reduce-overhead' is not used: its graphs overwrite outputs on the chain x = f(f(x)).
 5. Runs the chain and the loss through pdfast.chain and the objective's terms, whose fused ops (``ddpm_update``,
    ``shift_loss``) pick their backend per device in pdfast.kernels (native or Triton where built, torch otherwise).
+   The graphed step takes its coefficients from a device row, so it runs their row forms (``ddpm_update_row``,
+   ``shift_loss_row``: Triton kernels that read the row on the device, captured in the graph like the network).
 
 The caller's network is never modified: the engine works on a frozen copy (eval, requires_grad off, cast to the
 engine dtype) taken at construction; build a new engine after changing the weights.
@@ -216,7 +218,8 @@ class FastEngine(ChainSampling):
     on CPU half of the available RAM (short chains: no recomputation); 0 = recompute every step.
     cuda_graphs: "auto" (on CUDA), False, or "emulate" (the graphed code paths run eagerly on any device, without
     capture: how the tests check them on CPU). The step and the loss terms run the fused ops of pdfast.kernels, whose
-    backend (native, Triton or torch) is chosen per device there (PDFAST_KERNELS overrides it).
+    backend (native, Triton or torch) is chosen per device there (PDFAST_KERNELS overrides it); the graphed step runs
+    their row forms (Triton, or the torch formula).
     """
 
     name = "fast"
@@ -402,7 +405,9 @@ class FastEngine(ChainSampling):
         """The captured backward step for this shape, sampler and objective (CUDA, or emulated), or None."""
         if not self._graphs_on(x):
             return None
-        key = (tuple(x.shape), x.device, sampler.graph_key, type(objective).__name__, getattr(objective, "norm", None))
+        # the kernel backends too: a captured step keeps the kernels it was captured with (PDFAST_KERNELS may change)
+        key = (tuple(x.shape), x.device, sampler.graph_key, type(objective).__name__, getattr(objective, "norm", None),
+               _kernels_key(x.device))
         if key not in self._graphs_bwd:
             t0 = torch.tensor(sampler.timesteps[0], device=x.device)
             row = self._rows(sampler, objective, {0}, 1, x.device)[0]
@@ -445,6 +450,11 @@ def _kernel_backends(device: torch.device) -> dict | str:
     except ImportError:
         return "pdfast.kernels"
     return backends(device)
+
+
+def _kernels_key(device: torch.device):
+    backends = _kernel_backends(device)
+    return tuple(sorted(backends.items())) if isinstance(backends, dict) else backends
 
 
 class _Backward:
