@@ -27,7 +27,10 @@ CPU_CASES = {
 GPU_CASE = dict(arch="cifar10", size=32, batch=40, k=10)
 # fast-engine variants per CPU case: memory budget None (the engine's own: every step keeps its graph at these sizes)
 # and 0 (every step recomputed in the backward pass, the large-K path); cifar10 only the first, to keep CI short
-FAST_CPU = [("tiny", None), ("tiny", 0), ("demo", None), ("demo", 0), ("cifar10", None)]
+# "graphed-path": the demo recomputing every step through the code path CUDA captures (the recompute and its
+# vector-Jacobian product from one coefficient row, the fused row ops; cuda_graphs="emulate" runs it without capture)
+FAST_CPU = [("tiny", None, False), ("tiny", 0, False), ("demo", None, False), ("demo", 0, False),
+            ("demo", 0, "emulate"), ("cifar10", None, False)]
 # the fast engine's loss must equal the reference's (1e-5) where the reference runs in a second or less
 CHECKED = {"tiny", "demo"}
 
@@ -69,11 +72,12 @@ def test_reference_iteration_cpu(benchmark, case):
 
 
 @pytest.mark.benchmark(group="engine-cpu")
-@pytest.mark.parametrize("case,budget", FAST_CPU,
-                         ids=[f"{c}-{'keep-all' if b is None else 'recompute-all'}" for c, b in FAST_CPU])
-def test_fast_iteration_cpu(benchmark, case, budget):
+@pytest.mark.parametrize("case,budget,graphs", FAST_CPU,
+                         ids=[f"{c}-{'keep-all' if b is None else 'recompute-all'}{'-graphed-path' if g else ''}"
+                              for c, b, g in FAST_CPU])
+def test_fast_iteration_cpu(benchmark, case, budget, graphs):
     model, inp = setup(CPU_CASES[case], "cpu")
-    engine = FastEngine(model, memory_budget=budget)
+    engine = FastEngine(model, memory_budget=budget, cuda_graphs=graphs)
     loss, grad = benchmark(iteration(engine, inp, "cpu", warmup=False))
     assert loss > 0 and torch.isfinite(grad).all()
     benchmark.extra_info.update(kernel_info(engine))
