@@ -36,12 +36,15 @@ def invert(tree: Path, model: str, seed: int, steps: int, out: Path, cache: Path
     """One `pdfast invert` from ``tree`` (reused when its report exists); its report.json."""
     rep = out / "report.json"
     if not rep.is_file():
+        cache.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONPATH=str(tree), PDFAST_CACHE_DIR=str(cache), PDFAST_KERNELS="torch")
         cmd = [sys.executable, "-c", "from pdfast.cli import main; main()", "invert", "--steps", str(steps),
                "--seed", str(seed), "--out", str(out), "--json", "--no-progress", "--device", "cpu"]
         if model != "demo":
             cmd += ["--model", str((ROOT / model).resolve())]
-        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # cwd outside every tree: `python -c` puts the working directory ahead of PYTHONPATH on sys.path
+        subprocess.run(cmd, env=env, cwd=cache.parent, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
     return json.loads(rep.read_text())
 
 

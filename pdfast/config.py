@@ -29,9 +29,8 @@ _V01 = {"batch": 40, "epochs": 30, "norm": "l1", "noise": "antithetic", "objecti
         "refine_epochs": 30, "refine_from": "pattern", "warm_epochs": 0, "lr_schedule": "constant",
         "average": "none", "bounds": "none"}
 # "pdfast": chosen on the zoo's dev models (docs/method.md 5.4, research/results/method-study-dev.md): the relative
-# search alone, with the L2 norm, projected onto the image box [-1, 1]; 20 Adam steps (pdfast 0.1: 30; the
-# speed issue's tolerance check, benchmarks/results/tolerance-*.md, docs/method.md 5.4).
-PRESETS = {"pdfast": {**_V01, "norm": "l2", "refine_epochs": 0, "bounds": "image", "epochs": 20},
+# search alone, with the L2 norm, projected onto the image box [-1, 1].
+PRESETS = {"pdfast": {**_V01, "norm": "l2", "refine_epochs": 0, "bounds": "image"},
            "paper": {**_V01, "noise": "fresh", "objective": "absolute", "refine_epochs": 0},
            "v0.1": dict(_V01)}
 # Elijah as published (docs/method.md section 4); only the options a user gives change it.
@@ -148,8 +147,7 @@ class InversionConfig:
     scales: str = field(default="surrogate", metadata=opt(
         "lambda_t source: surrogate (calibrated on a surrogate-backdoored copy), analytic, or a JSON table file."))
     attack_family: str = field(default="auto", metadata=opt(FAMILY_HELP))
-    epochs: int | None = unset("Adam steps (default: 20 puredif, 30 in the paper and v0.1 presets, 100 elijah).",
-                               kind=int)
+    epochs: int | None = unset("Adam steps (default: 30 puredif, 100 elijah).", kind=int)
     refine_epochs: int | None = unset("Then Adam steps on eq. 17 from the search result (default: 0; 30 in the v0.1 "
                                       "preset).", kind=int)
     batch: int | None = unset("Noise batch (default: 40 puredif, 100 elijah).", kind=int)
