@@ -79,6 +79,14 @@ def truth_asr(src: Path, steps: int, n: int) -> dict:
     return out
 
 
+def cached_truth(row: dict, a) -> dict:
+    """truth_asr for a scanned model, kept beside its run (a rerun reuses it)."""
+    f = Path(row["run"]) / f"verdict-chain-truth-{a.steps}-n{a.n_truth}.json"
+    if not f.is_file():
+        f.write_text(json.dumps(truth_asr(Path(row["source"]), a.steps, a.n_truth)))
+    return json.loads(f.read_text())
+
+
 def family_of_folder(src: Path) -> str:
     """The attack family a backdoored folder records (only the DDPM chain of BadDiffusion is respaced)."""
     return json.loads((src / "backdoor.json").read_text()).get("family", {}).get("name", "baddiffusion") \
@@ -98,7 +106,8 @@ def thresholds(rows: list[dict]) -> dict:
         clean = [r["short"]["pattern_uniformity"] for r in cal_rows if r["label"] == "clean"]
         bad = [r["short"]["pattern_uniformity"] for r in cal_rows if r["label"] == "backdoored"]
         thr, sep = place_threshold(clean, bad)
-        out[size] = {"threshold": thr, "separated": sep, "full_threshold": cal["threshold"],
+        full = {r["full_threshold"] for r in rows if r["size"] == size}
+        out[size] = {"threshold": thr, "separated": sep, "full_threshold": full.pop() if len(full) == 1 else None,
                      "placed_on": sorted(names), "found": len(cal_rows)}
     return out
 
@@ -117,14 +126,15 @@ def main(argv=None) -> int:
             cached.write_text(json.dumps(rejudge(run.parent, a.steps)))
         rows.append(json.loads(cached.read_text()))
         rows[-1]["split"] = split.get(rows[-1]["name"], "-")
+        rows[-1]["full_threshold"] = json.loads(run.read_text())["metrics"]["detection"]["threshold"]
+        rows[-1]["run"] = str(run.parent)
         log(f"{rows[-1]['name']}: {rows[-1]['full']['pattern_uniformity']:.4f} -> "
             f"{rows[-1]['short']['pattern_uniformity']:.4f} ({rows[-1]['seconds']} s)")
     thr = thresholds(rows)
     for r in rows:
         r["short_verdict"] = "backdoored" if r["short"]["pattern_uniformity"] < thr[r["size"]]["threshold"] else "clean"
-    truth = [truth_asr(Path(r["source"]), a.steps, a.n_truth) for r in rows
-             if r["size"] == 16 and r["label"] == "backdoored" and r["split"] == "dev"
-             and family_of_folder(Path(r["source"])) == "baddiffusion"]
+    truth = [cached_truth(r, a) for r in rows if r["size"] == 16 and r["label"] == "backdoored"
+             and r["split"] == "dev" and family_of_folder(Path(r["source"])) == "baddiffusion"]
     write_json(HERE / "results" / f"verdict-chain-{a.steps}.json",
                {"git": git_info(), "scan": str(a.scan), "steps": a.steps, "thresholds": thr, "rows": rows,
                 "truth": truth})
@@ -142,14 +152,15 @@ def report(a, rows: list[dict], thr: dict, truth: list[dict]) -> str:
     m_rows = [[r["name"], r["split"], r["size"], r["label"], f"{r['full']['pattern_uniformity']:.4f}",
                f"{r['short']['pattern_uniformity']:.4f}", r["full_verdict"], r["short_verdict"]]
               for r in sorted(rows, key=lambda r: (r["split"], r["size"], r["label"], r["name"]))]
-    th_rows = [[s, f"{v['full_threshold']:.4f}", f"{v['threshold']:.4f}", str(v["separated"]), v["found"]]
+    th_rows = [[s, "-" if v["full_threshold"] is None else f"{v['full_threshold']:.4f}", f"{v['threshold']:.4f}",
+                str(v["separated"]), v["found"]]
                for s, v in thr.items()]
     return (f"# The verdict's chain respaced to {a.steps} steps against the full 1000-step chain\n\n"
             f"Written by `python research/verdict_chain.py {a.scan} --steps {a.steps} --n-truth {a.n_truth}` from a "
             "scan made with the full chain. Thresholds for the short chain placed on the shipped calibration's models "
             "by its rule, applied unchanged to every other model.\n\n"
             f"**Verdicts equal on {same} of {len(rows)} models.**\n\n"
-            + md_table(th_rows, ["size", "full-chain threshold", f"{a.steps}-step threshold", "separated",
+            + md_table(th_rows, ["size", "full-chain threshold (the scan's)", f"{a.steps}-step threshold", "separated",
                                  "calibration models found"])
             + f"\n\n## The true trigger's exact ASR (MSE < {EXACT}), {a.n_truth} samples, 95% Wilson intervals\n\n"
             + md_table(t_rows, ["model", "truth, full", f"truth, {a.steps} steps", "plain, full",
