@@ -1,0 +1,28 @@
+"""benchmarks/tolerance.py and levers.py: the tolerance rule, the refusal of a checkout that is not one, and the
+levers' variants (what each one changes); the runs themselves take minutes and are not repeated here."""
+import levers
+import tolerance
+
+
+def test_within_the_old_range_or_above():
+    old = [{"asr_exact": 0.5, "pattern_cos": 0.83}, {"asr_exact": 0.56, "pattern_cos": 0.86}]
+    assert tolerance.within({"asr_exact": 0.5, "pattern_cos": 0.9}, old) == {"asr_exact": True, "pattern_cos": True}
+    assert tolerance.within({"asr_exact": 0.47, "pattern_cos": 0.84}, old) == {"asr_exact": False,
+                                                                               "pattern_cos": True}
+    assert tolerance.within({"asr_exact": 0.6, "pattern_cos": 0.78}, old)["pattern_cos"] is False
+
+
+def test_refuses_a_folder_that_is_not_a_checkout(tmp_path, capsys):
+    assert tolerance.main(["--before", str(tmp_path)]) == 2
+    assert "is not a pdfast checkout" in capsys.readouterr().err
+
+
+def test_levers_change_one_thing_each():
+    vs = levers.variants(with_compile=True)
+    base = set(vs["pdfast 0.1 settings"]["extra"])
+    assert {"--eval-steps", "1000", "--surrogate-steps", "300"} <= base
+    assert "--eval-steps" not in vs["verdict chain 100 alone"]["extra"]
+    assert "--surrogate-steps" in vs["verdict chain 100 alone"]["extra"]
+    assert "--surrogate-steps" not in vs["surrogate 150/128/25 alone"]["extra"]
+    assert vs["both (the defaults)"]["extra"] == [] and vs["the defaults, one thread"]["threads"] == 1
+    assert vs["the defaults + compile on"]["extra"] == ["--compile", "on"]
