@@ -3,13 +3,13 @@
     python benchmarks/levers.py [--rounds 2] [--steps 50] [--with-compile]
 
 Every variant is the README job (`pdfast invert --steps 50` on the demo, cold scale cache, a fresh process) from this
-tree; pdfast 0.1's settings are given as options, so one checkout times every combination. Variants run interleaved
-(round r runs them all, in an order rotated by r); medians per phase. Levers:
+tree, the settings given as options, so one checkout times every combination. Variants run interleaved (round r
+runs them all, in an order rotated by r); medians per phase. Levers:
 
-  verdict chain     --eval-steps 100 (the ancestral chain respaced to 100 steps) instead of the full 1000
-  surrogate         150 fine-tune steps on 128 DDIM-25 images instead of 300 on 256 DDIM-50
-  Adam steps        20 instead of 30 (measured, not taken: benchmarks/tolerance.py)
+  verdict chain     the default --eval-steps 100 (the ancestral chain respaced to 100 steps) against the full 1000
   one thread        OMP_NUM_THREADS=1 instead of torch's default (every core)
+  surrogate         150 fine-tune steps on 128 DDIM-25 images instead of 300 on 256 DDIM-50 (not taken)
+  Adam steps        20 instead of 30 (not taken; both failed benchmarks/tolerance.py on a zoo v2 model)
   compile           --compile on: inductor's CPU backend, compile time included (cold: every shape compiles)
 
 Writes benchmarks/results/levers-<device>.md/.json.
@@ -26,21 +26,20 @@ import common
 from common import header, md_table, write
 from readme_job import PHASES, ROOT, run_job
 
-V01 = {"eval": ["--eval-steps", "1000"],
-       "surrogate": ["--surrogate-steps", "300", "--surrogate-n-images", "256", "--surrogate-pool-steps", "50"]}
+FULL_CHAIN = ["--eval-steps", "1000"]
+CHEAP_SURROGATE = ["--surrogate-steps", "150", "--surrogate-n-images", "128", "--surrogate-pool-steps", "25"]
 
 
 def variants(with_compile: bool) -> dict[str, dict]:
-    """name -> {"extra": invert options, "threads": OMP_NUM_THREADS or None}."""
-    def without(*levers):  # pdfast 0.1's settings except the given levers (which take today's defaults)
-        return [a for k, v in V01.items() if k not in levers for a in v]
-
-    out = {"pdfast 0.1 settings": {"extra": without(), "threads": None},
-           "verdict chain 100 alone": {"extra": without("eval"), "threads": None},
-           "surrogate 150/128/25 alone": {"extra": without("surrogate"), "threads": None},
-           "both (the defaults)": {"extra": [], "threads": None},
-           "the defaults + 20 Adam steps (not taken)": {"extra": ["--epochs", "20"], "threads": None},
-           "the defaults, one thread": {"extra": [], "threads": 1}}
+    """name -> {"extra": invert options, "threads": OMP_NUM_THREADS or None}: pdfast 0.1's job (the full verdict
+    chain), the defaults (its 100-step chain), and the levers measured on top of them (the last two not taken:
+    benchmarks/results/tolerance-probes.md)."""
+    out = {"pdfast 0.1 (full verdict chain)": {"extra": FULL_CHAIN, "threads": None},
+           "the defaults (verdict chain 100)": {"extra": [], "threads": None},
+           "the defaults, one thread": {"extra": [], "threads": 1},
+           "+ cheaper surrogate (not taken)": {"extra": CHEAP_SURROGATE, "threads": None},
+           "+ 20 Adam steps (not taken)": {"extra": ["--epochs", "20"], "threads": None},
+           "+ both (not taken)": {"extra": [*CHEAP_SURROGATE, "--epochs", "20"], "threads": None}}
     if with_compile:
         out["the defaults + compile on"] = {"extra": ["--compile", "on"], "threads": None}
     return out
@@ -61,7 +60,7 @@ def main(argv=None) -> int:
                 runs[name].append(run_job(ROOT, a.steps, Path(d), threads=vs[name]["threads"],
                                           extra=tuple(vs[name]["extra"])))
             print(f"round {r} {name}: {runs[name][-1]['wall_s']:.1f} s", file=sys.stderr)
-    base = statistics.median(x["wall_s"] for x in runs[names[0]])
+    base = statistics.median(x["wall_s"] for x in runs[names[0]])  # pdfast 0.1's job
     rows = []
     for name in names:
         med = {ph: statistics.median(x[ph] for x in runs[name]) for ph in PHASES}

@@ -64,6 +64,18 @@ def measure(model_path: str, trigger_file: Path, n: int) -> dict:
     return {"asr_exact": ev["asr"], "pattern_cos": fidelity(trigger, g)["pattern_cos"]}
 
 
+def same_trigger(a: Path, b: Path) -> bool:
+    """Whether two runs' triggers are bit-equal."""
+    import torch
+    from safetensors.torch import load_file
+
+    fa, fb = a / "trigger.safetensors", b / "trigger.safetensors"
+    if not (fa.is_file() and fb.is_file()):
+        return False
+    x, y = load_file(str(fa))["trigger"], load_file(str(fb))["trigger"]
+    return x.shape == y.shape and torch.equal(x, y)
+
+
 def within(new: dict, old: list[dict]) -> dict:
     """Per quantity: the new value within the old seeds' range, or above it."""
     return {k: new[k] >= min(o[k] for o in old) - 1e-12 for k in ("asr_exact", "pattern_cos")}
@@ -78,6 +90,10 @@ def run_model(model: str, trees: dict, a) -> dict:
             out = a.work / side / name / f"seed{s}"
             rep = invert(tree, model, s, a.steps, out, a.work / side / name / "cache")
             cached = out / f"measure-n{a.n}.json"  # the evaluation of this trigger, kept beside it for a rerun
+            twin = a.work / "before" / name / f"seed{s}"  # the old code's trigger of the same seed
+            if not cached.is_file() and side == "after" and same_trigger(out, twin) and \
+                    (twin / cached.name).is_file():  # bit-equal triggers measure the same: reuse, say so
+                cached.write_text(json.dumps({**json.loads((twin / cached.name).read_text()), "same_trigger": True}))
             if not cached.is_file():
                 cached.write_text(json.dumps(measure(model, out / "trigger.safetensors", a.n)))
             rows.append({"seed": s, "verdict": rep["metrics"]["detection"]["verdict"],
@@ -97,7 +113,8 @@ def table(results: dict) -> str:
     for name, r in results.items():
         for side in ("before", "after"):
             xs = r[side]
-            rows.append(dict(zip(cols, [name, side, " ".join(x["verdict"] for x in xs),
+            rows.append(dict(zip(cols, [name, side + (" (triggers bit-equal to before)" if side == "after" and all(
+                x.get("same_trigger") for x in xs) else ""), " ".join(x["verdict"] for x in xs),
                                         " ".join(f"{x['asr_exact']:.2f}" for x in xs),
                                         " ".join(f"{x['pattern_cos']:.3f}" for x in xs),
                                         " ".join(f"{x['wall_s']:.0f}" for x in xs)])))

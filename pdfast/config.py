@@ -101,13 +101,12 @@ class SurrogateConfig:
 
     trigger: str = field(default="GLASSES", metadata=opt("Surrogate trigger (a built-in name or an image file)."))
     target: str = field(default="CORNER", metadata=opt("Surrogate target (a built-in name or an image file)."))
-    steps: int = field(default=150, metadata=opt("Fine-tune steps of the surrogate backdoor (pdfast 0.1: 300)."))
+    steps: int = field(default=300, metadata=opt("Fine-tune steps of the surrogate backdoor."))
     batch: int = field(default=32, metadata=opt("Batch of the surrogate fine-tune."))
     lr: float = field(default=5e-4, metadata=opt("Learning rate of the surrogate fine-tune."))
     poison_rate: float = field(default=0.5, metadata=opt("Poisoned share of the surrogate's batches."))
-    n_images: int = field(default=128, metadata=opt("Images the suspect model generates for the surrogate's data "
-                                                    "(pdfast 0.1: 256)."))
-    pool_steps: int = field(default=25, metadata=opt("DDIM steps for those images (pdfast 0.1: 50)."))
+    n_images: int = field(default=256, metadata=opt("Images the suspect model generates for the surrogate's data."))
+    pool_steps: int = field(default=50, metadata=opt("DDIM steps for those images."))
     calib_batch: int = field(default=64, metadata=opt("Noise batch for the lambda estimate along the chain."))
     seed: int = field(default=1234, metadata=opt("Seed of the surrogate's data, fine-tune and estimate."))
     data: str | None = field(default=None, metadata=opt(
