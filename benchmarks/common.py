@@ -31,6 +31,16 @@ def build_model(arch: str, size: int, device: str) -> DiffusionModel:
     return DiffusionModel(net, schedule, sample_size=size, source=f"<random {arch} {size}px>").frozen().to(device)
 
 
+def add_model_options(p) -> None:
+    """The options that pick the model under test, shared by the engine benchmarks (sweep.py, fused_engine.py):
+    --device, --arch (a pdfast.train.make_unet preset), --size and --batch."""
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--arch", choices=["cifar10", "small", "demo", "tiny"], default="cifar10",
+                   help="pdfast.train.make_unet preset (cifar10 = google/ddpm-cifar10-32, 35.7M parameters)")
+    p.add_argument("--size", type=int, default=32, help="image size in pixels")
+    p.add_argument("--batch", type=int, default=40)
+
+
 def chain_inputs(model: DiffusionModel, batch: int, k: int, seed: int = 0) -> dict:
     """Noise batch, per-step DDPM noise, the Elijah init delta = -U(0, 1), the DDPM sampler over K steps and eq. 17
     (L1) over the analytic scales; loss on step K."""

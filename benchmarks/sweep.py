@@ -31,11 +31,7 @@ from pdfast.engine.reference import ReferenceEngine  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--arch", choices=["cifar10", "small", "demo", "tiny"], default="cifar10",
-                   help="pdfast.train.make_unet preset (cifar10 = google/ddpm-cifar10-32, 35.7M parameters)")
-    p.add_argument("--size", type=int, default=32, help="image size in pixels")
-    p.add_argument("--batch", type=int, default=40)
+    common.add_model_options(p)
     p.add_argument("--ks", default="10,50,200,1000", help="chain lengths K, comma separated")
     p.add_argument("--budget-gib", type=float, default=None,
                    help="engine memory budget in GiB (states + kept activations); default: the engine's own "
