@@ -7,8 +7,9 @@ verdict and the backdoors' exact firing? Read from a `pdfast scan` of the zoo ru
 2. the threshold for N steps is placed on the models the shipped calibration was placed on (its "models", zoo v1's
    dev split) by the same rule (pdfast.calibration.place_threshold), then applied to every other model; the verdicts
    are compared with the full chain's at the shipped threshold;
-3. the ground-truth trigger of every BadDiffusion 16x16 dev model is sampled n_truth times with both chains (same
-   seeds) and plain noise beside it: exact ASR (MSE < 0.02 in [0, 1]) with Wilson intervals.
+3. the ground-truth trigger of every 16x16 dev backdoor whose chain is respaced (the DDPM families) is sampled
+   n_truth times with both chains (same seeds) and plain noise beside it: exact ASR (MSE < 0.02 in [0, 1]) with
+   Wilson intervals.
 
     python research/verdict_chain.py SCAN_DIR [--steps 100] [--n-truth 64]
 
@@ -50,7 +51,8 @@ def rejudge(run: Path, steps: int) -> dict:
     t0 = time.perf_counter()
     v = judge(trigger, model, InversionConfig(), DetectionConfig(eval_steps=steps))
     full, short = rep["metrics"], v.metrics
-    return {"name": src.name, "source": str(src), "size": model.sample_size, "label": "backdoored" if model.backdoor else "clean",
+    return {"name": src.name, "source": str(src), "size": model.sample_size,
+            "label": "backdoored" if model.backdoor else "clean",
             "full": {k: full.get(k) for k in ("pattern_uniformity", "plain_uniformity", "asr")},
             "short": {k: short.get(k) for k in ("pattern_uniformity", "plain_uniformity", "asr")},
             "full_verdict": full["detection"]["verdict"], "seconds": round(time.perf_counter() - t0, 2)}
@@ -87,10 +89,13 @@ def cached_truth(row: dict, a) -> dict:
     return json.loads(f.read_text())
 
 
-def family_of_folder(src: Path) -> str:
-    """The attack family a backdoored folder records (only the DDPM chain of BadDiffusion is respaced)."""
-    return json.loads((src / "backdoor.json").read_text()).get("family", {}).get("name", "baddiffusion") \
-        if (src / "backdoor.json").is_file() else "-"
+def is_respaced(src: Path, steps: int) -> bool:
+    """Whether the model's own family chain is respaced to ``steps`` (the DDPM chains; not TrojDiff's, not ODE)."""
+    import pdfast
+    from pdfast.families import family_of
+
+    model = pdfast.load_model(str(src))
+    return len(family_of(model).sampler(model.schedule, False, respace=steps).timesteps) == steps
 
 
 def thresholds(rows: list[dict]) -> dict:
@@ -134,7 +139,7 @@ def main(argv=None) -> int:
     for r in rows:
         r["short_verdict"] = "backdoored" if r["short"]["pattern_uniformity"] < thr[r["size"]]["threshold"] else "clean"
     truth = [cached_truth(r, a) for r in rows if r["size"] == 16 and r["label"] == "backdoored"
-             and r["split"] == "dev" and family_of_folder(Path(r["source"])) == "baddiffusion"]
+             and r["split"] == "dev" and is_respaced(Path(r["source"]), a.steps)]
     write_json(HERE / "results" / f"verdict-chain-{a.steps}.json",
                {"git": git_info(), "scan": str(a.scan), "steps": a.steps, "thresholds": thr, "rows": rows,
                 "truth": truth})
