@@ -4,8 +4,9 @@ Every clean and backdoored model is inverted and judged exactly as a run with th
 (``pdfast.api.invert``: the InversionConfig, DetectionConfig and engine options given here), and the verdict's
 statistic s of each (the pattern's uniformity by default; low = backdoored) is recorded. The threshold sits between
 the two groups:
-    threshold = sqrt(min_clean s * max_backdoored s)   when they separate (max_backdoored s < min_clean s),
-    threshold = min_clean s / 2                        otherwise, or when no backdoored model is given;
+    threshold = sqrt(min_clean s * h)   h = the highest backdoored s below min_clean s (every clean model stays clean,
+                                        as many backdoored ones as can be are caught; all of them when they separate),
+    threshold = min_clean s / 2         when no backdoored s is below min_clean s, or none is given;
 TERD's KL threshold is (max_clean kl + min_backdoored kl) / 2 where those separate (kl_backdoored > kl_clean).
 
 The calibration is written, with the settings, models and environment it was made with, into the file the user
@@ -25,8 +26,9 @@ from .config import CalibrationConfig, InversionConfig, option_names, with_optio
 from .errors import PdfastError
 from .model import DiffusionModel
 
-ROW_METRICS = ("pattern_uniformity", "pattern_uniformity_q25", "uniformity", "uniformity_trimmed", "kl_mean", "asr",
-               "pattern_asr", "l2", "pattern_l2", "plain_uniformity", "pattern_effect", "trigger_effect")
+ROW_METRICS = ("trigger_miss", "trigger_fires", "pattern_uniformity", "pattern_uniformity_q25", "uniformity",
+               "uniformity_trimmed", "kl_mean", "asr", "pattern_asr", "l2", "pattern_l2", "plain_uniformity",
+               "pattern_effect", "trigger_effect")
 
 
 @dataclass
@@ -166,14 +168,18 @@ def _settings(cfg: InversionConfig, det, models: list[DiffusionModel]) -> dict:
 
 
 def place_threshold(clean: Sequence[float], backdoored: Sequence[float]) -> tuple[float, bool | None]:
-    """(threshold, separated) for statistics that are low on backdoored models: sqrt(min clean * max backdoored)
-    when max backdoored < min clean (and > 0), else min clean / 2; separated is None without backdoored models."""
+    """(threshold, separated) for statistics that are low on backdoored models: sqrt(min clean * h), h the highest
+    backdoored value below every clean one (all of them when they separate), so no clean model is called
+    backdoored and as many backdoored ones as can be are; min clean / 2 when no backdoored value is below every clean
+    one (or none is given, or h is 0). separated: every backdoored value below every clean one (None without
+    backdoored models)."""
     lo_clean = min(clean)
     if not backdoored:
         return lo_clean / 2, None
-    hi_bad = max(backdoored)
-    separated = hi_bad < lo_clean
-    return (math.sqrt(lo_clean * hi_bad) if separated and hi_bad > 0 else lo_clean / 2), separated
+    below = [v for v in backdoored if v < lo_clean]
+    separated = len(below) == len(backdoored)
+    hi_bad = max(below, default=0.0)
+    return (math.sqrt(lo_clean * hi_bad) if hi_bad > 0 else lo_clean / 2), separated
 
 
 def kl_threshold(clean: Sequence[float | None], backdoored: Sequence[float | None]) -> float | None:
@@ -205,7 +211,7 @@ def calibration_entry(rows: list[dict], statistic: str, settings: dict, *, sourc
     rms = rms.pop()
     halved = thr == min(r[statistic] for r in clean) / 2
     rule = ("half the lowest clean value" if halved
-            else "geometric mean of the highest backdoored and lowest clean value")
+            else "geometric mean of the lowest clean value and the highest backdoored value below it")
     return {"statistic": statistic, "threshold": thr, "pattern_rms": rms, "kl_threshold": kl_thr,
             "provenance": _provenance(settings, len(clean), len(bad), rms, rule, source), "separated": separated,
             "settings": settings, "models": rows, "engine": None if engine is None else asdict(engine),

@@ -449,7 +449,12 @@ def _finish(result, out, as_json, what: str):
             parts.append(f"{k} {m[k]:.4g}")
     if m.get("detection"):
         det = m["detection"]
-        parts.append(f"verdict {det['verdict']} ({det['statistic']} threshold {det['threshold']:.4g})")
+        parts.append(f"verdict {det['verdict']} ({det['statistic']} {det['value']:.4g}, "
+                     f"threshold {det['threshold']:.4g})")
+        if m.get("medoid_hits"):
+            h = m["medoid_hits"]
+            parts.append(f"trigger lands on one image {h['trigger']:.0%} (plain {h['plain']:.0%}, "
+                         f"flat {h['flat']:.0%})")
         if det.get("kl_signal"):
             parts.append(f"KL signal {det['kl_signal']['verdict']} (kl_mean {det['kl_signal']['kl_mean']:.4g} vs "
                          f"{det['kl_signal']['threshold']:.4g})")

@@ -27,10 +27,11 @@ METHODS = ("puredif", "elijah")
 # "v0.1": pdfast 0.1's defaults, chosen on the demo model alone (kept to reproduce its results).
 _V01 = {"batch": 40, "epochs": 30, "norm": "l1", "noise": "antithetic", "objective": "relative",
         "refine_epochs": 30, "refine_from": "pattern", "warm_epochs": 0, "lr_schedule": "constant",
-        "average": "none", "bounds": "none"}
-# "pdfast": chosen on the zoo's dev models (docs/method.md 5.4, research/results/method-study-dev.md): the relative
-# search alone, with the L2 norm, projected onto the image box [-1, 1].
-PRESETS = {"pdfast": {**_V01, "norm": "l2", "refine_epochs": 0, "bounds": "image"},
+        "average": "none", "bounds": "none", "select": "last"}
+# "pdfast": chosen on zoo v2's dev models (docs/method.md 5.6, research/results/defaults-v2-dev.md): the relative
+# search with the L2 norm in the image box [-1, 1] (5.5), then 30 steps of eq. 17 from its pattern, and the stage
+# whose trigger fires more is returned (select="firing").
+PRESETS = {"pdfast": {**_V01, "norm": "l2", "bounds": "image", "select": "firing"},
            "paper": {**_V01, "noise": "fresh", "objective": "absolute", "refine_epochs": 0},
            "v0.1": dict(_V01)}
 # Elijah as published (docs/method.md section 4); only the options a user gives change it.
@@ -139,15 +140,16 @@ class InversionConfig:
         "puredif: PureDiffusion multi-timestep inversion; elijah: the baseline (t = T only, lambda 0.5).",
         choices=METHODS))
     preset: str = field(default="pdfast", metadata=opt(
-        "PureDiffusion settings: pdfast (antithetic noise, relative objective, L2 norm, trigger kept in [-1, 1]; "
-        "chosen on the zoo's dev models), paper (fresh noise, eq. 17 as printed, L1) or v0.1 (pdfast 0.1: L1, "
-        "refinement from the pattern); explicit options override it.", choices=tuple(PRESETS)))
+        "PureDiffusion settings: pdfast (antithetic noise, relative objective, L2 norm, trigger kept in [-1, 1], a "
+        "refinement from its pattern, the stage that fires more kept; chosen on zoo v2's dev models), paper (fresh "
+        "noise, eq. 17 as printed, L1) or v0.1 (pdfast 0.1: L1, refinement from the pattern, unbounded); explicit "
+        "options override it.", choices=tuple(PRESETS)))
     steps: int = field(default=10, metadata=opt("K: denoising steps the trigger is learned over.", short="-K"))
     scales: str = field(default="surrogate", metadata=opt(
         "lambda_t source: surrogate (calibrated on a surrogate-backdoored copy), analytic, or a JSON table file."))
     attack_family: str = field(default="auto", metadata=opt(FAMILY_HELP))
     epochs: int | None = unset("Adam steps (default: 30 puredif, 100 elijah).", kind=int)
-    refine_epochs: int | None = unset("Then Adam steps on eq. 17 from the search result (default: 0; 30 in the v0.1 "
+    refine_epochs: int | None = unset("Then Adam steps on eq. 17 from the search result (default: 30; 0 in the paper "
                                       "preset).", kind=int)
     batch: int | None = unset("Noise batch (default: 40 puredif, 100 elijah).", kind=int)
     lr: float = field(default=0.1, metadata=opt("Adam learning rate on the trigger."))
@@ -170,6 +172,10 @@ class InversionConfig:
                                     "end).", choices=("constant", "cosine"))
     average: str | None = unset("none: a stage returns its last iterate; tail: the mean of the iterates of its "
                                 "second half.", choices=("none", "tail"))
+    select: str | None = unset("Which stage's trigger is returned when there is a refinement: last (the refined one) "
+                               "or firing (the one that fires more: its samples land on one image more often than "
+                               "plain and flat-shifted samples of the same noises do, docs/method.md 5.6).",
+                               choices=("last", "firing"))
     bounds: str | None = unset("image: the trigger is projected onto [-1, 1] (an image) after every step "
                                "(default); none: unconstrained (the paper, v0.1 and Elijah).", choices=("none", "image"))
     loss_steps: str = field(default="sampled", metadata=opt(
@@ -243,7 +249,9 @@ class DetectionConfig:
 
     threshold: float | None = field(default=None, metadata=opt(
         "Pattern-uniformity threshold for the verdict; default: the calibration's.", kind=float))
-    n_eval: int = field(default=16, metadata=opt("Samples drawn from eps + trigger (and its pattern) for the verdict."))
+    n_eval: int = field(default=64, metadata=opt(
+        "Chains drawn for the verdict from each start (eps + trigger, eps, eps + its flat part, eps + its pattern), "
+        "from the same noises."))
     eval_seed: int = field(default=0, metadata=opt("Seed of those samples."))
     eval_steps: int = field(default=100, metadata=opt(
         "Steps of the verdict's ancestral DDPM chain: fewer than the model's T respaces it evenly (the same "
@@ -266,7 +274,7 @@ class DetectionConfig:
                               "the full DDPM chain)")
 
 
-STATISTICS = ("pattern_uniformity", "pattern_uniformity_q25", "pattern_effect", "trigger_effect")
+STATISTICS = ("trigger_miss", "pattern_uniformity", "pattern_uniformity_q25", "pattern_effect", "trigger_effect")
 
 
 @dataclass(frozen=True)
@@ -278,12 +286,13 @@ class CalibrationConfig:
         "A clean model folder to calibrate on; give it once per model (at least one).", multiple=True))
     backdoored: tuple = field(default=(), metadata=opt(
         "A backdoored model folder to calibrate on (once per model): the threshold then sits between the two groups "
-        "(geometric mean of the lowest clean and the highest backdoored value) instead of at half the lowest clean "
-        "one.", multiple=True))
-    statistic: str = field(default="pattern_uniformity", metadata=opt(
-        "The verdict's statistic (low = backdoored): the pattern's uniformity, its lower quartile, or the paired "
-        "effect of the pattern or the trigger (their samples' uniformity over that of plain noise from the same "
-        "noises).",
+        "(geometric mean of the lowest clean value and the highest backdoored one below it) instead of at half the "
+        "lowest clean one.", multiple=True))
+    statistic: str = field(default="trigger_miss", metadata=opt(
+        "The verdict's statistic (low = backdoored): trigger_miss (verdict v2: 1 minus how much more often the "
+        "trigger's samples land on one image than plain and flat-shifted samples of the same noises do), the "
+        "pattern's uniformity, its lower quartile, or the paired effect of the pattern or the trigger (their "
+        "samples' uniformity over that of plain noise from the same noises).",
         choices=STATISTICS))
 
 

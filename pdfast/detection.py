@@ -1,10 +1,12 @@
 """Backdoor detection from an inverted (or given) trigger (docs/method.md section 7): the layer above inversion.
 
-A backdoored model maps eps + tau to (nearly) one image: the uniformity score of 16 samples, the mean pairwise
-MSE in [0, 1], is low. pdfast samples twice: from eps + tau (reported as ``uniformity``) and from eps + p(tau),
-p the trigger's pattern (``metrics.trigger_pattern``: its flat per-channel part removed, its energy set by the
-calibration). A flat shift collapses clean models too (into flat frames), so the verdict compares the PATTERN's
-uniformity with a threshold calibrated on clean models with the same inversion method and settings (the shipped
+A backdoored model sends eps + tau to one image (its target) that the same noises do not reach without the trigger.
+``judge`` samples n_eval chains from the same noises four times: from eps + tau, from eps alone, from eps + the
+trigger's flat part (its per-channel mean; a flat shift collapses clean models too, into flat frames) and from
+eps + its pattern (``metrics.trigger_pattern``, the statistic of verdict v1). Verdict v2's statistic, trigger_miss
+(``metrics.firing``), is 1 minus how much more often the trigger's samples land on their medoid image than the plain
+and the flat starts' samples do: low = backdoored. The verdict compares the calibrated statistic (by image size)
+with a threshold placed on clean and backdoored dev models with the same inversion method and settings (the shipped
 ``pdfast/detection_calibration.json``, or a file written by ``pdfast calibrate`` and named with --calibration).
 TERD's KL statistic of the trigger is reported as a second signal.
 
@@ -36,8 +38,8 @@ CALIBRATION_FILE = Path(__file__).resolve().parent / "detection_calibration.json
 FALLBACK = {"statistic": "pattern_uniformity", "threshold": 0.01, "kl_threshold": None,
             "provenance": "uncalibrated fallback: detection_calibration.json missing"}
 # the verdict statistics judge() computes (low = backdoored): what a calibration may name
-VERDICT_STATISTICS = ("pattern_uniformity", "pattern_uniformity_q25", "pattern_uniformity_trimmed", "uniformity",
-                      "uniformity_trimmed")
+VERDICT_STATISTICS = ("trigger_miss", "pattern_uniformity", "pattern_uniformity_q25", "pattern_uniformity_trimmed",
+                      "uniformity", "uniformity_trimmed", "pattern_effect", "trigger_effect")
 
 
 def calibration(path: Path | None = None, sample_size: int | None = None) -> dict:
@@ -128,11 +130,12 @@ class Verdict:
 
 def judge(trigger: torch.Tensor, model: DiffusionModel, cfg: InversionConfig = InversionConfig(),
           det: DetectionConfig = DetectionConfig(), *, given_trigger: bool = False, progress: bool = False) -> Verdict:
-    """Sample det.n_eval images from eps + trigger, as many from eps + its pattern and from eps alone (the same noise,
-    the chain of the model's attack family (cfg.attack_family) with ``cfg``'s clip_sample, on an engine made from
-    ``cfg.engine``), compute the metrics (the plain samples give the no-trigger baseline and the paired ratios) and
-    the verdict: the calibrated statistic below the threshold means backdoored. ``cfg``: the settings the trigger
-    was inverted with (only its engine and clip_sample options with ``given_trigger``)."""
+    """Sample det.n_eval images from eps + trigger, and as many from eps + its pattern, eps + its flat part and eps
+    alone (the same noises, the chain of the model's attack family (cfg.attack_family) with ``cfg``'s clip_sample, on
+    an engine made from ``cfg.engine``), compute the metrics (plain and flat samples give the no-trigger baselines,
+    the paired ratios and the firing of verdict v2) and the verdict: the calibrated statistic below the threshold
+    means backdoored. ``cfg``: the settings the trigger was inverted with (only its engine and clip_sample options
+    with ``given_trigger``)."""
     from .engine import make_engine
     from .families import family_of
     from .loading import load_ground_truth
@@ -144,13 +147,15 @@ def judge(trigger: torch.Tensor, model: DiffusionModel, cfg: InversionConfig = I
                                                           respace=det.eval_steps)
     t0 = time.perf_counter()
     pattern, rms = verdict_pattern(trigger, model.sample_size, det.pattern_rms, cal)
-    imgs, pattern_imgs, plain_imgs = engine.sample_together(
-        det.n_eval, [trigger.to(model.device), pattern.to(model.device), None], seed=det.eval_seed, progress=progress,
-        sampler=sampler)
+    starts = [trigger, pattern, None, metrics.flat_part(trigger)]
+    imgs, pattern_imgs, plain_imgs, flat_imgs = engine.sample_together(
+        det.n_eval, [None if s is None else s.to(model.device) for s in starts], seed=det.eval_seed,
+        progress=progress, sampler=sampler)
     m: dict = {"n_samples": det.n_eval, "sample_seed": det.eval_seed,
                "sampling_seconds": round(time.perf_counter() - t0, 3)}
     m.update(_sample_metrics(trigger, imgs, pattern, pattern_imgs, rms, gt_trigger, gt_target))
     m.update(paired_metrics(m, plain_imgs))
+    m.update(metrics.firing(imgs, plain_imgs, flat_imgs))
     m["detection"] = verdict(m, det.threshold, run_settings(cfg, det, model, given_trigger), cal, cal_file)
     return Verdict(m, imgs, pattern_imgs, gt_trigger, engine.describe())
 

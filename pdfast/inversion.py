@@ -48,6 +48,7 @@ class Inversion:
     model_source: str
     engine: dict
     interrupted: bool = False
+    selection: dict | None = None  # select="firing": the candidates' scores and the one returned
 
 
 Callback = Callable[[int, float, torch.Tensor], None]
@@ -89,15 +90,18 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
     else:
         delta = torch.zeros(shape)
     loop = _Descent(model, cfg, engine, gen, device, [float(v) for v in table.values], callback, progress)
-    interrupted = False
+    interrupted, selection = False, None
     t0 = time.perf_counter()
     try:
         if cfg.warm_epochs:
             delta = loop.run(delta, cfg.objective == "relative", cfg.warm_epochs, "warm", first_step_only=True)
         delta = loop.run(delta, cfg.objective == "relative", cfg.epochs, "search")
         if cfg.refine_epochs:
+            searched = delta
             start2 = trigger_pattern(delta).reshape(shape) if cfg.refine_from == "pattern" else delta
             delta = loop.run(start2, False, cfg.refine_epochs, "refine")
+            if cfg.select == "firing":
+                delta, selection = select_firing(model, cfg, engine, {"search": searched, "refine": delta})
     except KeyboardInterrupt:
         interrupted = True
         delta = loop.delta if loop.delta is not None else delta
@@ -106,7 +110,30 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
     return Inversion(trigger=delta.detach().cpu().reshape(model.shape), config=cfg, scales=table,
                      losses=loop.losses, drawn_steps=loop.drawn, timings=loop.timings(secs),
                      model_hash=model.content_hash(), model_source=str(model.source), engine=engine.describe(),
-                     interrupted=interrupted)
+                     interrupted=interrupted, selection=selection)
+
+
+SELECT_N, SELECT_STEPS = 16, 100
+
+
+def select_firing(model: DiffusionModel, cfg: InversionConfig, engine, candidates: dict) -> tuple[torch.Tensor, dict]:
+    """The candidate trigger that fires most (docs/method.md 5.6): SELECT_N chains of the model family's sampler,
+    respaced to SELECT_STEPS, from the same noises (seed cfg.seed + 1) for every candidate, for no shift and for each
+    candidate's flat part; score metrics.firing's trigger_fires; a tie keeps the first candidate. Returns (trigger,
+    {"chosen": name, "fires": {name: score}})."""
+    from .families import family_of
+    from .metrics import firing, flat_part
+
+    sampler = family_of(model, cfg.attack_family).sampler(model.schedule, cfg.clip_for(model.schedule.clip_sample),
+                                                          respace=SELECT_STEPS)
+    names = list(candidates)
+    trig = [candidates[k].reshape(model.shape).to(model.device) for k in names]
+    imgs = engine.sample_together(SELECT_N, [*trig, None, *[flat_part(t) for t in trig]], seed=cfg.seed + 1,
+                                  sampler=sampler)
+    n = len(names)
+    fires = {k: firing(imgs[i], imgs[n], imgs[n + 1 + i])["trigger_fires"] for i, k in enumerate(names)}
+    chosen = max(names, key=lambda k: (fires[k], -names.index(k)))
+    return candidates[chosen], {"chosen": chosen, "fires": fires, "n": SELECT_N, "eval_steps": SELECT_STEPS}
 
 
 class _Descent:

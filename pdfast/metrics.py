@@ -1,5 +1,6 @@
 """Metrics of docs/method.md section 7: trigger L2, attack success rate, uniformity (plain and Elijah's trimmed),
-and TERD's per-pixel KL statistic of a trigger (section 6)."""
+the trigger's firing against the same noises without it (verdict v2), and TERD's per-pixel KL statistic of a trigger
+(section 6)."""
 from __future__ import annotations
 
 import torch
@@ -109,6 +110,29 @@ def fidelity(trigger: torch.Tensor, truth: torch.Tensor) -> dict[str, float | in
             "footprint_l2": float(d.norm()), "footprint_elements": int(fp.sum()),
             "footprint_rmse": float(d.pow(2).mean().sqrt()) if d.numel() else None,
             "pattern_cos": pattern_cosine(t, g)}
+
+
+def medoid(images: torch.Tensor) -> torch.Tensor:
+    """The image of least summed [0, 1] MSE to the others: where a batch of chains lands most often."""
+    return images[int(pairwise_mse(images).sum(1).argmin())]
+
+
+def flat_part(trigger: torch.Tensor) -> torch.Tensor:
+    """The trigger's per-channel mean over the frame, as a frame: the flat shift that trigger_pattern removes."""
+    t = trigger.detach().float()
+    return t.mean(dim=(-2, -1), keepdim=True).expand_as(t).contiguous()
+
+
+def firing(images: torch.Tensor, plain: torch.Tensor, flat: torch.Tensor, threshold: float = 0.02) -> dict:
+    """Does a trigger fire (docs/method.md 7)? m = medoid(images), samples from eps + trigger; hits(S) = share of S
+    within MSE ``threshold`` of m (an ASR whose target is m); plain and flat: the same noises with no shift and with
+    the trigger's flat part. trigger_fires = hits(images) - max(hits(plain), hits(flat)) and trigger_miss =
+    1 - trigger_fires (low = backdoored: the trigger alone sends the chain to one image)."""
+    m = medoid(images)
+    h = {k: asr(v, m, threshold) for k, v in (("trigger", images), ("plain", plain), ("flat", flat))}
+    fires = h["trigger"] - max(h["plain"], h["flat"])
+    return {"medoid_hits": h, "medoid_contrast": image_contrast(m[None]), "trigger_fires": fires,
+            "trigger_miss": 1.0 - fires}
 
 
 def image_contrast(images: torch.Tensor) -> float:

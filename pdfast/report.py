@@ -33,6 +33,7 @@ def inversion_report(res) -> dict:
         "loss": {"first": res.losses[0] if res.losses else None, "last": res.losses[-1] if res.losses else None,
                  "history": [round(v, 6) for v in res.losses], "drawn_steps": res.drawn_steps},
         "timings": res.timings,
+        "selection": None if res.inversion is None else res.inversion.selection,
         "environment": environment(),
     }
 

@@ -19,7 +19,7 @@ Test models are refused. The demo is run beside dev as the check that issue 22 n
 Runs are cached in research/results/defaults-v2/ (a stopped run resumes); the table goes to
 research/results/defaults-v2-dev.md and .json.
 
-    python research/defaults_v2.py --variants pdfast,v0.1,pdfast+refine --seeds 0
+    python research/defaults_v2.py --variants pdfast,search-only,refine-only,v0.1,elijah --seeds 0,1
     python research/defaults_v2.py --report-only
 """
 from __future__ import annotations
@@ -43,11 +43,14 @@ OUT = HERE / "results" / "defaults-v2"
 REPORT = HERE / "results" / "defaults-v2-dev.md"
 N, EVAL_STEPS, EXACT = 64, 100, 0.02
 PDFAST = {"preset": "pdfast"}
+# names -> pdfast.invert options. "pdfast" is the default the study chose (docs/method.md 5.6: the search, a
+# refinement from its pattern, and the stage whose trigger fires more); the others are its parts and the presets.
 VARIANTS = {
     "pdfast": PDFAST,
+    "search-only": {**PDFAST, "refine_epochs": 0},  # pdfast 0.2's default (method.md 5.5)
+    "refine-only": {**PDFAST, "refine_epochs": 30, "select": "last"},
+    "pdfast+refine-trigger": {**PDFAST, "refine_epochs": 30, "refine_from": "trigger", "select": "last"},
     "v0.1": {"preset": "v0.1"},
-    "pdfast+refine": {**PDFAST, "refine_epochs": 30},
-    "pdfast+refine-trigger": {**PDFAST, "refine_epochs": 30, "refine_from": "trigger"},
     "v0.1+bounds": {"preset": "v0.1", "bounds": "image"},
     "elijah": {"method": "elijah"},
 }
@@ -56,9 +59,11 @@ REF_STARTS = ("truth", "plain", "g_flat", "frame_-0.5")
 
 
 def dev_models() -> dict[str, Path]:
-    """Built dev models of zoo v2 (name -> folder), and the demo (None: pdfast's embedded model)."""
+    """Built dev models of zoo v2 (name -> folder; the family models of issue 20 carry train.txt instead of
+    zoo.json), and the demo (None: pdfast's embedded model)."""
     split = splits()
-    out = {p.name: p for p in sorted(ZOO2.iterdir()) if (p / "zoo.json").is_file() and split.get(p.name) == "dev"}
+    out = {p.name: p for p in sorted(ZOO2.iterdir())
+           if ((p / "zoo.json").is_file() or (p / "train.txt").is_file()) and split.get(p.name) == "dev"}
     return {"demo": None, **out}
 
 
@@ -169,7 +174,8 @@ def cell(s: dict, key: str) -> str:
 def tables(runs: list[dict], refs: dict) -> str:
     """Per-run rows, then per variant the defaults' criteria and per candidate statistic dev AUC."""
     head = ["model", "label", "variant", "seed", "ASR exact", "ASR 0.1", "cos", "L2", "truth ASR", "plain ASR",
-            "g-flat ASR", "-0.5 ASR", "collapse trig/plain/flat", "medoid hits trig/plain/flat", "u16 trig/plain/pattern", "inv s"]
+            "g-flat ASR", "-0.5 ASR", "collapse trig/plain/flat", "medoid hits trig/plain/flat",
+            "u16 trig/plain/pattern", "inv s"]
     rows = []
     for r in runs:
         t, ref, fid = r["trigger"], refs.get(r["model"], {}), r["fidelity"] or {}
@@ -195,7 +201,7 @@ def tables(runs: list[dict], refs: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default="pdfast,v0.1,pdfast+refine")
+    ap.add_argument("--variants", default="pdfast,search-only,refine-only,v0.1,elijah")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--models", nargs="*", help="dev model names (default: every built dev model and the demo)")

@@ -22,6 +22,8 @@ def test_detect_api_inverts_or_judges_a_given_trigger(tiny_model):
     lo = pdfast.detect(tiny_model, trigger=g, threshold=0.0, n_eval=4)
     assert hi.backdoored and not lo.backdoored and hi.inversion.given_trigger and hi.inversion.losses == []
     assert hi.inversion.metrics["detection"]["value"] == lo.inversion.metrics["detection"]["value"]
+    # a zero trigger is its own flat part and plain noise: it cannot fire (verdict v2's statistic is exactly 0)
+    assert hi.inversion.metrics["trigger_fires"] == 0.0 and hi.inversion.metrics["trigger_miss"] == 1.0
     with pytest.raises(PdfastError, match="'epochs' has no effect when a trigger is given"):
         pdfast.detect(tiny_model, trigger=g, epochs=5)
     with pytest.raises(PdfastError, match="the model needs"):
@@ -147,9 +149,11 @@ def test_paper_preset_and_explicit_options_over_it():
     paper = InversionConfig.from_options(preset="paper").resolved()
     assert of(paper) == ("fresh", "absolute", "l1", 0, "none", 30, 40)
     mine = InversionConfig().resolved()
-    assert of(mine) == ("antithetic", "relative", "l2", 0, "image", 30, 40)
-    assert mine.clip_sample == "off"
+    assert of(mine) == ("antithetic", "relative", "l2", 30, "image", 30, 40)
+    assert mine.clip_sample == "off" and mine.select == "firing" and mine.refine_from == "pattern"
+    assert paper.select == "last"
     v01 = InversionConfig.from_options(preset="v0.1").resolved()
+    assert v01.select == "last"
     assert of(v01) == ("antithetic", "relative", "l1", 30, "none", 30, 40) and v01.refine_from == "pattern"
     eli = InversionConfig.from_options(method="elijah").resolved()
     assert of(eli) == ("fixed", "absolute", "l1", 0, "none", 100, 100) and eli.steps == 1

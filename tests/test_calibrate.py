@@ -31,15 +31,15 @@ def models(tmp_path_factory):
 
 
 def test_calibrate_then_detect_reads_the_file(models, tmp_path):
-    """The threshold is placed between the models' statistics (geometric mean when separated, else half the lowest
-    clean one) and written per image size; detect --calibration FILE judges with that threshold, and its value for
+    """The threshold is placed between the models' statistics (geometric mean of the lowest clean value and the
+    backdoored one when it is below, else half the lowest clean one) and written per image size; detect --calibration FILE judges with that threshold, and its value for
     the backdoored model is the one measured while calibrating (same settings, same numbers)."""
     cal = tmp_path / "cal" / "my-calibration.json"
     r = ok(["calibrate", "--clean", models["clean"], "--backdoored", models["bad"], *RUN, "--out", cal, "--json",
             *QUIET])
     entry = json.loads(r.stdout)
     stat = entry["statistic"]
-    assert stat == "pattern_uniformity"
+    assert stat == "trigger_miss"  # verdict v2's statistic, the default
     rows = {row["label"]: row for row in entry["models"]}
     lo, hi = rows["clean"][stat], rows["backdoored"][stat]
     want = math.sqrt(lo * hi) if hi < lo else lo / 2
@@ -141,3 +141,15 @@ def test_one_image_size_per_calibration(tiny_unet):
                       norm_num_groups=4)
     with pytest.raises(PdfastError, match="image sizes 8, 16"):
         pdfast.calibrate([DiffusionModel(tiny_unet, sched, 8), DiffusionModel(big, sched, 16)])
+
+
+def test_place_threshold_keeps_every_clean_model_clean_and_catches_what_it_can():
+    from pdfast.calibration import place_threshold
+
+    assert place_threshold([1.0, 0.9], [0.1, 0.4]) == (pytest.approx(math.sqrt(0.9 * 0.4)), True)
+    # a backdoored model above every clean one (its trigger never fired) cannot be caught without a false positive:
+    # the threshold still separates the rest
+    assert place_threshold([1.0, 0.9], [0.4, 1.2]) == (pytest.approx(math.sqrt(0.9 * 0.4)), False)
+    assert place_threshold([1.0, 0.9], [1.1, 1.2]) == (pytest.approx(0.45), False)
+    assert place_threshold([1.0, 0.9], []) == (pytest.approx(0.45), None)
+    assert place_threshold([1.0], [0.0]) == (pytest.approx(0.5), True)

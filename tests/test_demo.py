@@ -61,6 +61,8 @@ def test_demo_fires_through_the_verdicts_short_chain(demo):
     assert int((per_image_mse(imgs, y) < 0.02).sum()) >= 26 and int((per_image_mse(plain, y) < 0.02).sum()) == 0
     v = judge(g, demo, det=DetectionConfig(n_eval=8, eval_steps=100), given_trigger=True)
     assert v.detection["verdict"] == "backdoored" and v.metrics["asr"] >= 0.75, v.metrics
+    # verdict v2's statistic: the truth lands on one image that neither plain noise nor g's flat part reaches
+    assert v.metrics["trigger_fires"] >= 0.75 and v.metrics["medoid_hits"]["flat"] == 0.0, v.metrics
     same = chain.sample(eps_fn, sampler, demo.shape, 8, trigger=g)  # the same chain and noises: the same images
     torch.testing.assert_close(v.samples, same)
 
@@ -153,8 +155,8 @@ def test_puredif_is_closer_to_the_truth_than_elijah_on_the_demo(tmp_path, monkey
     tests/golden/record.py RUNS) both runs equal, to 1e-6, what the same commands gave before the one-chain
     restructuring (fp32 on CPU, the fused ops on their torch references), where torch runs the CPU kernels of the
     recording (elsewhere: assert_golden); that preset also fires the backdoor (ASR >= 0.8). The current defaults
-    (chosen on the zoo's dev models, not on the demo) must be nearer the truth than Elijah and be judged backdoored (the verdict samples the pattern at the
-    calibrated energy, rms 0.15, where it fires on part of the samples only)."""
+    (chosen on zoo v2's dev models, not on the demo) must be nearer the truth's shape than Elijah, fire, and be
+    judged backdoored."""
     from click.testing import CliRunner
 
     from pdfast.cli import main
@@ -184,5 +186,39 @@ def test_puredif_is_closer_to_the_truth_than_elijah_on_the_demo(tmp_path, monkey
         # its uniformity (0.134) is above that preset's threshold (0.091): tests/golden/record.py
         assert out["puredif"]["pattern_asr"] >= 0.8, out["puredif"]
         assert out["puredif"]["detection"]["verdict"] == "backdoored", out["puredif"]
-    assert out["default"]["l2"] < out["elijah"]["l2"], out
+    # the defaults (chosen on zoo v2's dev models, docs/method.md 5.6): nearer the truth's shape than Elijah (pattern
+    # cosine; the refinement from the pattern gives up the flat background, so not by L2), the trigger fires (exact
+    # ASR over 64 samples: research/results/defaults-v2-dev.md) and the verdict is backdoored
+    from safetensors.torch import load_file
+
+    from pdfast.demo import demo_path
+    from pdfast.loading import load_ground_truth, load_model
+    from pdfast.metrics import pattern_cosine
+
+    g, _ = load_ground_truth(load_model(demo_path()))
+    cos = {k: pattern_cosine(load_file(str(tmp_path / k / "trigger.safetensors"))["trigger"], g)
+           for k in ("default", "elijah")}
+    assert cos["default"] > cos["elijah"] + 0.2, cos
+    assert out["default"]["trigger_fires"] >= 0.5 and out["default"]["asr"] >= 0.5, out["default"]
     assert out["default"]["detection"]["verdict"] == "backdoored", out["default"]
+
+
+def test_select_firing_keeps_the_candidate_that_fires(demo):
+    """select="firing" (docs/method.md 5.6) returns the candidate whose samples land on one image that plain and
+    flat-shifted samples of the same noises do not reach: the true trigger against a zero one; a tie keeps the first."""
+    import torch
+
+    from pdfast.config import InversionConfig
+    from pdfast.engine import make_engine
+    from pdfast.inversion import select_firing
+    from pdfast.loading import load_ground_truth
+
+    g, _ = load_ground_truth(demo)
+    cfg = InversionConfig().resolved()
+    engine = make_engine("fast", demo)
+    zero = torch.zeros_like(g)
+    trig, sel = select_firing(demo, cfg, engine, {"search": zero, "refine": g})
+    assert sel["chosen"] == "refine" and torch.equal(trig, g), sel
+    assert sel["fires"]["refine"] >= 0.75 and sel["fires"]["search"] == 0.0, sel
+    _, tie = select_firing(demo, cfg, engine, {"a": zero, "b": zero.clone()})
+    assert tie["chosen"] == "a" and tie["fires"] == {"a": 0.0, "b": 0.0}, tie

@@ -282,3 +282,31 @@ def test_fidelity_measures_by_hand():
     t[:, 0, 0] = 1.0                            # wrong only OFF the footprint: footprint L2 0, L2 sqrt(3 * 2^2)
     s = metrics.fidelity(t, g)
     assert s["footprint_l2"] == 0.0 and s["l2"] == pytest.approx(12 ** 0.5)
+
+
+def test_firing_counts_hits_on_the_triggers_medoid_against_plain_and_flat_starts():
+    """Verdict v2's statistic by hand: 12 of 16 trigger samples are the target A, the rest random; the plain start
+    never reaches A and the flat start reaches it 4 times, so fires = 12/16 - 4/16 and miss = 1 - fires."""
+    from pdfast import metrics
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 8, 8, generator=g) * 2 - 1
+    rand = lambda n: torch.rand(n, 3, 8, 8, generator=g) * 2 - 1  # noqa: E731
+    trig = torch.cat([a.expand(12, 3, 8, 8), rand(4)])
+    flat = torch.cat([a.expand(4, 3, 8, 8), rand(12)])
+    r = metrics.firing(trig, rand(16), flat)
+    assert torch.equal(metrics.medoid(trig), a)
+    assert r["medoid_hits"] == {"trigger": 0.75, "plain": 0.0, "flat": 0.25}
+    assert r["trigger_fires"] == pytest.approx(0.5) and r["trigger_miss"] == pytest.approx(0.5)
+    # a trigger that only collapses what its flat part collapses too (a clean model's flat frame) earns nothing
+    same = metrics.firing(trig, rand(16), trig.clone())
+    assert same["trigger_fires"] == 0.0 and same["trigger_miss"] == 1.0
+
+
+def test_flat_part_is_the_per_channel_mean_frame():
+    from pdfast import metrics
+
+    t = torch.randn(3, 5, 5)
+    f = metrics.flat_part(t)
+    assert f.shape == t.shape and torch.allclose(f[:, 2, 3], t.mean(dim=(1, 2)))
+    assert float((t - f).mean(dim=(1, 2)).abs().max()) < 1e-6  # what is left is the zero-mean pattern

@@ -22,8 +22,9 @@ from pathlib import Path
 GOLDEN = Path(__file__).resolve().parent
 # pdfast 0.1's surrogate and verdict chain, which the recordings were made with (the defaults since moved: issue 23)
 V01_JOB = ["--surrogate-steps", "300", "--surrogate-n-images", "256", "--surrogate-pool-steps", "50",
-           "--eval-steps", "1000"]
-RUNS = {"puredif": ["--preset", "v0.1", *V01_JOB], "elijah": ["--method", "elijah", "--eval-steps", "1000"]}
+           "--eval-steps", "1000", "--n-eval", "16"]
+RUNS = {"puredif": ["--preset", "v0.1", *V01_JOB],
+        "elijah": ["--method", "elijah", "--eval-steps", "1000", "--n-eval", "16"]}
 
 
 def cpu_id() -> str:
