@@ -32,10 +32,10 @@ log = logging.getLogger(__name__)
 CALIBRATION_FILE = Path(__file__).resolve().parent / "detection_calibration.json"
 
 
-# Without the shipped calibration file the verdict still uses the statistic it was calibrated for, with a threshold
-# far below every clean model measured (pattern uniformity 0.34-0.43, research/results/detection-calibration.md):
-# conservative (it calls a model backdoored only when its pattern's samples are nearly identical) and said so.
-FALLBACK = {"statistic": "pattern_uniformity", "threshold": 0.01, "kl_threshold": None,
+# Without the shipped calibration file the verdict still uses verdict v2's statistic, with a conservative threshold:
+# backdoored only when the trigger lands more than half of the samples on one image that plain and flat-shifted
+# samples do not reach (clean calibration models: at most 0.08, docs/method.md 7), and said so.
+FALLBACK = {"statistic": "trigger_miss", "threshold": 0.5, "kl_threshold": None,
             "provenance": "uncalibrated fallback: detection_calibration.json missing"}
 # the verdict statistics judge() computes (low = backdoored): what a calibration may name
 VERDICT_STATISTICS = ("trigger_miss", "pattern_uniformity", "pattern_uniformity_q25", "pattern_uniformity_trimmed",

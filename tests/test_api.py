@@ -74,11 +74,11 @@ def test_missing_calibration_falls_back_to_the_same_statistic(tmp_path, tiny_mod
 
     shipped = detection.calibration()
     fallback = detection.calibration(tmp_path / "missing.json")
-    assert fallback["statistic"] == shipped["statistic"] == "pattern_uniformity"
+    assert fallback["statistic"] == shipped["statistic"] == "trigger_miss"
     assert "uncalibrated" in fallback["provenance"]
     monkeypatch.setattr(detection, "CALIBRATION_FILE", tmp_path / "missing.json")
     det = pdfast.detect(tiny_model, trigger=torch.zeros(tiny_model.shape), n_eval=4).inversion.metrics["detection"]
-    assert det["statistic"] == "pattern_uniformity" and det["threshold"] == fallback["threshold"]
+    assert det["statistic"] == "trigger_miss" and det["threshold"] == fallback["threshold"]
     assert det["threshold_source"].startswith("uncalibrated")
 
 

@@ -209,7 +209,8 @@ def test_cli_invert_and_detect_end_to_end(tmp_path, monkeypatch):
     assert rep["scales"]["source"] == "surrogate" and len(rep["scales"]["analytic"]) == 3
     for k in ("uniformity", "kl_mean", "asr", "l2", "detection", "pattern_uniformity", "pattern_asr", "pattern_l2"):
         assert k in rep["metrics"], k
-    assert rep["metrics"]["detection"]["statistic"] == "pattern_uniformity"
+    assert rep["metrics"]["detection"]["statistic"] == "trigger_miss"  # verdict v2, the shipped 16x16 statistic
+    assert {"trigger_fires", "medoid_hits"} <= set(rep["metrics"]) and rep["selection"]["chosen"] in ("search", "refine")
     assert sorted(p.name for p in out.iterdir()) == ["pattern_samples.png", "report.json", "samples.png",
                                                      "trigger.png", "trigger.safetensors"]
     from safetensors import safe_open
