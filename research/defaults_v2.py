@@ -67,25 +67,12 @@ def dev_models() -> dict[str, Path]:
     return {"demo": None, **out}
 
 
-def medoid(imgs):
-    """The image of least summed MSE (in [0, 1]) to the others: where the chain lands most often."""
-    from pdfast import metrics
-
-    return imgs[int(metrics.pairwise_mse(imgs).sum(1).argmin())]
-
-
-def hits(imgs, image) -> float:
-    """Share of ``imgs`` within MSE EXACT of ``image`` (in [0, 1]): an ASR whose target is ``image``."""
-    from pdfast import metrics
-
-    return metrics.asr(imgs, image, EXACT)
-
-
 def image_stats(imgs, target) -> dict:
     """Uniformity (16 and all), collapse (share within EXACT of the set's own medoid), exact and 0.1 ASR."""
     from pdfast import metrics
 
-    out = {"u16": metrics.uniformity(imgs[:16]), "u64": metrics.uniformity(imgs), "collapse": hits(imgs, medoid(imgs))}
+    out = {"u16": metrics.uniformity(imgs[:16]), "u64": metrics.uniformity(imgs),
+           "collapse": metrics.asr(imgs, metrics.medoid(imgs), EXACT)}
     if target is not None:
         out.update(asr=metrics.asr(imgs, target, EXACT), asr01=metrics.asr(imgs, target, 0.1))
     return out
@@ -116,12 +103,13 @@ def cached(stem: str, make) -> dict:
 def model_ref(name: str, model) -> dict:
     """The true trigger's exact ASR and the trivial starts' (plain, flat frame at g's channel means, -0.5 frame)."""
     import torch
+    from pdfast import metrics
     from pdfast.loading import load_ground_truth
 
     g, y = load_ground_truth(model)
 
     def make():
-        starts = [g, None, g.mean(dim=(-2, -1), keepdim=True).expand_as(g), torch.full_like(g, -0.5)]
+        starts = [g, None, metrics.flat_part(g), torch.full_like(g, -0.5)]
         return dict(zip(REF_STARTS, draw(model, starts)), target=y)
 
     t = cached(f"{name}--reference", make)
@@ -144,23 +132,20 @@ def run_one(name: str, model, variant: str, seed: int, k: int) -> dict:
         tau = pdfast.invert(model, steps=k, seed=seed, evaluate=False, **VARIANTS[variant]).trigger
         tau = tau.float().cpu().reshape(model.shape)
         clock["inversion_s"] = time.perf_counter() - t0
-        flat = tau.mean(dim=(-2, -1), keepdim=True).expand_as(tau)
-        imgs = draw(model, [tau, None, flat, verdict_pattern(tau, model.sample_size)[0]])
+        imgs = draw(model, [tau, None, metrics.flat_part(tau), verdict_pattern(tau, model.sample_size)[0]])
         return dict(zip(STARTS, imgs), tau=tau, inversion_s=torch.tensor(clock["inversion_s"]))
 
     t = cached(stem, make)
     g, y = load_ground_truth(model)
-    m = medoid(t["trigger"])
     return {"model": name, "variant": variant, "options": VARIANTS[variant], "seed": seed, "k": k,
             "label": "backdoored" if g is not None else "clean", "inversion_s": round(float(t["inversion_s"]), 1),
             "fidelity": metrics.fidelity(t["tau"], g) if g is not None else None,
-            "medoid_hits": {s: hits(t[s], m) for s in STARTS}, **{s: image_stats(t[s], y) for s in STARTS}}
+            **metrics.firing(t["trigger"], t["plain"], t["flat"], EXACT), **{s: image_stats(t[s], y) for s in STARTS}}
 
 
 def candidates(r: dict) -> dict:
     """Candidate verdict statistics of one run (high = backdoored), and the shipped and no-trigger ones."""
-    h = r["medoid_hits"]
-    return {"fires": h["trigger"] - max(h["plain"], h["flat"]),
+    return {"fires": r["trigger_fires"],
             "collapse_gain": r["trigger"]["collapse"] - max(r["plain"]["collapse"], r["flat"]["collapse"]),
             "trigger_effect": 1 - r["trigger"]["u16"] / max(r["plain"]["u16"], 1e-12),
             "pattern_uniformity (shipped, low=bd)": -r["pattern"]["u16"],
