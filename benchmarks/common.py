@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -156,6 +157,14 @@ def write(name: str, obj: dict, table: str) -> tuple[Path, Path]:
                  f"diffusers {env.get('diffusers')}; pdfast {env.get('pdfast')}\n\n"
                  f"Command: `{obj.get('command', '')}`\n\n{table}\n")
     return j, m
+
+
+def publish(script: str, stem: str, argv: list[str] | None, table: str, **data) -> None:
+    """Write benchmarks/results/<stem>-<device>.json/.md (``write``) with the command that made them (``script``
+    and its arguments, ``argv`` or the process's) and ``data``, then print the table."""
+    cmd = f"python benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
+    write(f"{stem}-{device_slug('cpu')}", {**header(), "command": cmd, **data}, table)
+    print(table)
 
 
 def md_table(rows: list[dict], cols: list[str]) -> str:

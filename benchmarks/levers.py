@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import common
-from common import header, md_table, write
+from common import md_table
 from readme_job import PHASES, ROOT, run_job
 
 FULL_CHAIN = ["--eval-steps", "1000"]
@@ -69,11 +69,9 @@ def main(argv=None) -> int:
                      "verdicts": " ".join(sorted({x["verdict"] for x in runs[name]})),
                      "options": " ".join(vs[name]["extra"]) + (" (OMP_NUM_THREADS=1)" if vs[name]["threads"] else "")})
     cols = ["variant", *(p.removesuffix("_s") for p in PHASES), "wall / pdfast 0.1", "verdicts", "options"]
-    cmd = "python benchmarks/levers.py " + " ".join(sys.argv[1:] if argv is None else argv)
     table = (md_table(rows, cols) + f"\n\nSeconds, medians of {a.rounds} interleaved rounds; each run a fresh process "
              "with a cold scale cache, the kernels on their torch references (as `pip install .` gives them).")
-    write(f"levers-{common.device_slug('cpu')}", {**header(), "command": cmd, "rows": rows}, table)
-    print(table)
+    common.publish("levers.py", "levers", argv, table, rows=rows)
     return 0
 
 

@@ -20,7 +20,7 @@ import time
 import torch
 
 import common
-from common import header, md_table, write
+from common import md_table
 
 import pdfast
 
@@ -78,13 +78,11 @@ def main(argv=None) -> int:
     model = pdfast.load_model(pdfast.demo_path())
     net = model.net.eval().requires_grad_(False)
     rows = [channels_last_row(net, model.shape, a.rounds), *compile_rows(net, model.shape)]
-    cmd = "python benchmarks/micro_levers.py " + " ".join(sys.argv[1:] if argv is None else argv)
     table = (md_table(rows, ["lever", "cost", "ms before", "ms after", "ratio"])
              + f"\n\nThe demo UNet (637k parameters, 16x16), fp32, torch's own thread count; medians of {a.rounds} "
              "interleaved rounds for channels-last, 10 calls after one warm call for compile, whose cost is a cold "
              "compile (an empty inductor cache).")
-    write(f"micro-levers-{common.device_slug('cpu')}", {**header(), "command": cmd, "rows": rows}, table)
-    print(table)
+    common.publish("micro_levers.py", "micro-levers", argv, table, rows=rows)
     return 0
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import common
-from common import header, md_table, write
+from common import md_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("startup_s", "calibration_s", "inversion_s", "sampling_s", "wall_s")
@@ -85,13 +85,10 @@ def main(argv=None) -> int:
                      "after / before": f"{n / b:.2f}"})
     same = max(float((x["trigger"] - y["trigger"]).abs().max()) for x in runs["before"] for y in runs["after"])
     verdicts = sorted({x["verdict"] for k in runs for x in runs[k]})
-    cmd = "python benchmarks/readme_job.py " + " ".join(sys.argv[1:] if argv is None else argv)
     note = (f"\n\nMax |trigger after - trigger before| over all run pairs: {same:.3g}; verdicts: {', '.join(verdicts)}."
             f" {a.rounds} rounds per side, alternating (ABBA); medians; threads per job: {a.threads or 'torch default'}.")
     table = md_table(rows, ["phase", "before s", "after s", "after / before"]) + note
-    write(f"readme-job-{common.device_slug('cpu')}", {**header(), "command": cmd, "rows": rows,
-                                                      "max_trigger_diff": same, "verdicts": verdicts}, table)
-    print(table)
+    common.publish("readme_job.py", "readme-job", argv, table, rows=rows, max_trigger_diff=same, verdicts=verdicts)
     return 0
 
 
