@@ -132,7 +132,7 @@ def select_firing(model: DiffusionModel, cfg: InversionConfig, engine, candidate
                                   sampler=sampler)
     n = len(names)
     fires = {k: firing(imgs[i], imgs[n], imgs[n + 1 + i])["trigger_fires"] for i, k in enumerate(names)}
-    chosen = max(names, key=lambda k: (fires[k], -names.index(k)))
+    chosen = max(names, key=fires.__getitem__)  # max keeps the first of equals: a tie keeps the first candidate
     return candidates[chosen], {"chosen": chosen, "fires": fires, "n": SELECT_N, "eval_steps": SELECT_STEPS}
 
 
