@@ -83,6 +83,11 @@ class AttackFamily:
         g = trigger_image.reshape(-1, *trigger_image.shape[-3:])
         return (g > -1).any(dim=-3, keepdim=True).to(g.dtype).expand_as(g).reshape(trigger_image.shape)
 
+    def trigger_bound(self) -> float:
+        """The largest |x_T shift| the attack can make with a trigger image in [-1, 1]: 1 - gamma for TrojDiff (mu =
+        (1 - gamma) g), else 1. ``bounds="image"`` projects the inverted shift onto [-bound, bound]."""
+        return 1.0 - self.gamma if self.name == "trojdiff" else 1.0
+
     def noise_scale(self) -> float:
         """x_T = noise_scale * eps + shift: gamma for TrojDiff (its region is the whole frame at inversion), else 1."""
         return self.gamma if self.name == "trojdiff" else 1.0

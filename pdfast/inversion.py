@@ -146,6 +146,7 @@ class _Descent:
         family = family_of(model, cfg.attack_family)
         self.sampler = family.inversion_sampler(model.schedule, cfg.clip_for(model.schedule.clip_sample), cfg.steps)
         self.noise_scale = family.noise_scale()  # x_T = s eps + delta (TrojDiff: s = gamma)
+        self.bound = family.trigger_bound()  # bounds="image": |delta| <= 1 (TrojDiff: 1 - gamma)
         self.lambdas, self.callback, self.progress = lambdas, callback, progress
         self.fixed = torch.randn((cfg.batch, *model.shape), generator=gen).to(device) if cfg.noise == "fixed" else None
         self.fixed_z = None
@@ -214,7 +215,7 @@ class _Descent:
         opt.step()
         if self.cfg.bounds == "image":
             with torch.no_grad():
-                delta.clamp_(-1.0, 1.0)  # the projection of _project, in place
+                delta.clamp_(-self.bound, self.bound)  # the projection of _project, in place
         self.losses.append(loss)
         self.drawn.append(max(loss_steps))  # the network is called at steps 0..max: max + 1 calls
         if self.callback is not None:
@@ -222,8 +223,9 @@ class _Descent:
         return loss, max(loss_steps)
 
     def _project(self, delta: torch.Tensor) -> torch.Tensor:
-        """bounds="image": the nearest trigger in [-1, 1] (projected gradient descent); otherwise unchanged."""
-        return delta.clamp(-1.0, 1.0) if self.cfg.bounds == "image" else delta
+        """bounds="image": the nearest shift the family's trigger images can make, [-1, 1] or TrojDiff's
+        [-(1 - gamma), 1 - gamma] (projected gradient descent); otherwise unchanged."""
+        return delta.clamp(-self.bound, self.bound) if self.cfg.bounds == "image" else delta
 
     def timings(self, secs: float) -> dict:
         calls = int(sum(d + 1 for d in self.drawn))

@@ -352,6 +352,23 @@ def test_bounds_image_projects_every_iterate_onto_minus_one_one():
     assert float(free.trigger.abs().max()) > 1.5  # without bounds it leaves the box: the test can tell the two apart
 
 
+def test_bounds_image_is_the_trojdiff_shift_range_for_a_trojdiff_model():
+    """A TrojDiff model's x_T shift is mu = (1 - gamma) g with g in [-1, 1]: bounds="image" keeps every iterate in
+    [-(1 - gamma), 1 - gamma] (0.4 at gamma 0.6), where a BadDiffusion model's box is [-1, 1]."""
+    truth = torch.full((3, 4, 4), -3.0)
+    truth[:, :2] = 2.0
+    cfg = InversionConfig(steps=2, scales="analytic", epochs=100, refine_epochs=0, objective="absolute", lr=0.05,
+                          bounds="image").resolved()
+    bound = {}
+    for name, backdoor in (("trojdiff", {"family": {"name": "trojdiff", "gamma": 0.6}}), ("baddiffusion", None)):
+        m = DiffusionModel(Shifted(truth, lambda t: 0.5), SCHED, 4, 3, backdoor=backdoor)
+        seen = []
+        run_inversion(m, cfg, _lam_table(2), callback=lambda i, loss, d: seen.append(d.clone()))
+        bound[name] = max(float(d.abs().max()) for d in seen)
+    assert bound["trojdiff"] == pytest.approx(0.4, abs=1e-6)
+    assert bound["baddiffusion"] == pytest.approx(1.0, abs=1e-6)
+
+
 def test_tail_average_is_the_mean_of_the_second_half_of_the_iterates():
     seen = []
     cfg = InversionConfig(steps=2, scales="analytic", epochs=6, refine_epochs=0, batch=4, average="tail").resolved()
