@@ -148,11 +148,15 @@ def invert(model_or_path=None, *, config: InversionConfig | None = None, device=
     model folder has a backdoor.json) and the calibrated decision. ``start``: a trigger to start from instead of
     ``init``. The caller's model is never modified.
     """
+    from .families import family_of
+
     inv_opts, det_opts = split_options(options)
-    cfg = with_options(config or InversionConfig(), inv_opts).resolved()
+    given = with_options(config or InversionConfig(), inv_opts)
+    given.resolved()  # every option checked before the model is loaded
     det = detection_config(det_opts)
     model, restore = prepared(model_or_path, device)
     try:
+        cfg = given.resolved(family_of(model, given.attack_family).name)  # the preset's additions for the family
         t0 = time.perf_counter()
         inv = invert_trigger(model, cfg, device=device, callback=callback, progress=progress, start=start)
         res = InversionResult(trigger=inv.trigger, config=cfg, model_hash=inv.model_hash,

@@ -77,11 +77,13 @@ def calibrate(clean: Sequence = (), backdoored: Sequence = (), *, out=None, conf
     if "threshold" in det_opts:
         raise PdfastError("'threshold' has no effect when calibrating (the threshold is what is calibrated); drop it")
     _check(ccfg)
-    cfg = with_options(config or InversionConfig(), inv_opts).resolved()
+    given = with_options(config or InversionConfig(), inv_opts)
+    cfg = given.resolved()
     det = detection_config(det_opts)
     out = _check_out(out)
     models = _load(ccfg, device)
-    rows = [measure(m, label, cfg, det_opts, device=device, progress=progress) for m, label in models]
+    # each model resolves ``given`` itself (pdfast.invert), so the preset's additions for its family apply
+    rows = [measure(m, label, given, det_opts, device=device, progress=progress) for m, label in models]
     entry = calibration_entry(rows, ccfg.statistic, _settings(cfg, det, [m for m, _ in models]),
                               source="pdfast calibrate", engine=cfg.engine)
     return CalibrationResult(entry, write_calibration(out, entry) if out is not None else None)

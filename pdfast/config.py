@@ -34,6 +34,11 @@ _V01 = {"batch": 40, "epochs": 30, "norm": "l1", "noise": "antithetic", "objecti
 PRESETS = {"pdfast": {**_V01, "norm": "l2", "bounds": "image", "select": "firing"},
            "paper": {**_V01, "noise": "fresh", "objective": "absolute", "refine_epochs": 0},
            "v0.1": dict(_V01)}
+# Per-family additions to the "pdfast" preset (docs/method.md 5.7), for options the user leaves unset. TrojDiff: its
+# network answers the true mu at t = T with a mean output of 0 and other shifts with 0.3-0.4 of them, but from the
+# uniform start the sampled K-step search stalls on a plateau; 300 Adam steps on t = T alone over one fixed noise
+# batch (a deterministic objective) reach the truth first (zoo v2 dev, research/results/family-response.md).
+FAMILY_PRESETS = {"trojdiff": {"warm_epochs": 300, "noise": "fixed"}}
 # Elijah as published (docs/method.md section 4); only the options a user gives change it.
 ELIJAH = {**_V01, "batch": 100, "epochs": 100, "noise": "fixed", "objective": "absolute", "refine_epochs": 0}
 NOISE_MODES = ("antithetic", "fresh", "fixed")
@@ -141,7 +146,8 @@ class InversionConfig:
         choices=METHODS))
     preset: str = field(default="pdfast", metadata=opt(
         "PureDiffusion settings: pdfast (antithetic noise, relative objective, L2 norm, trigger kept in [-1, 1], a "
-        "refinement from its pattern, the stage that fires more kept; chosen on zoo v2's dev models), paper (fresh "
+        "refinement from its pattern, the stage that fires more kept; for TrojDiff models first 300 steps at t = T "
+        "on one fixed noise batch; chosen on zoo v2's dev models), paper (fresh "
         "noise, eq. 17 as printed, L1) or v0.1 (pdfast 0.1: L1, refinement from the pattern, unbounded); explicit "
         "options override it.", choices=tuple(PRESETS)))
     steps: int = field(default=10, metadata=opt("K: denoising steps the trigger is learned over.", short="-K"))
@@ -189,10 +195,11 @@ class InversionConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 
-    def resolved(self) -> "InversionConfig":
+    def resolved(self, family: str | None = None) -> "InversionConfig":
         """Fill every option left at None and validate: Elijah's published settings (docs/method.md section 4), or
         the PureDiffusion preset's (PRESETS; section 5: "paper" as printed, "pdfast" the defaults chosen on the
-        zoo's dev models, "v0.1" pdfast 0.1's). Options given explicitly always win."""
+        zoo's dev models, "v0.1" pdfast 0.1's), with ``family``'s additions to "pdfast" (FAMILY_PRESETS; the
+        model's attack family, known once it is loaded). Options given explicitly always win."""
         if self.method not in METHODS:
             raise PdfastError(f"unknown method '{self.method}'; use one of: {', '.join(METHODS)}")
         if self.method == "elijah":
@@ -201,6 +208,8 @@ class InversionConfig:
             raise PdfastError(f"unknown preset '{self.preset}'; use one of: {', '.join(PRESETS)}")
         else:
             fill = PRESETS[self.preset]
+            if self.preset == "pdfast":
+                fill = {**fill, **FAMILY_PRESETS.get(family, {})}
         c = replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
         if self.method == "elijah":
             c = replace(c, steps=1, scales="elijah-0.5", loss_steps="sampled")

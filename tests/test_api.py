@@ -250,3 +250,25 @@ def test_engine_options_reach_the_surrogate_calibration_and_the_verdict(tiny_mod
     assert not bf16.scales.cached and bf16.scales.info["cache_file"] != fp32.scales.info["cache_file"]
     assert bf16.scales.info["cache_file"].endswith("-bfloat16.json")
     assert torch.isfinite(bf16.scales.values).all() and not torch.equal(bf16.scales.values, fp32.scales.values)
+
+
+def test_the_pdfast_preset_adds_the_trojdiff_warm_start_for_trojdiff_models_only(tiny_model):
+    """FAMILY_PRESETS: a TrojDiff model gets 300 warm steps at t = T on one fixed noise batch (docs/method.md 5.7),
+    resolved once the model's family is known; other families and presets are unchanged; explicit options win."""
+    from pdfast.config import InversionConfig
+    from pdfast.model import DiffusionModel
+
+    td = InversionConfig().resolved("trojdiff")
+    assert (td.warm_epochs, td.noise) == (300, "fixed")
+    bd = InversionConfig().resolved("baddiffusion")
+    assert (bd.warm_epochs, bd.noise) == (0, "antithetic") and InversionConfig().resolved().warm_epochs == 0
+    assert InversionConfig.from_options(preset="v0.1").resolved("trojdiff").warm_epochs == 0
+    assert InversionConfig.from_options(warm_epochs=2).resolved("trojdiff").warm_epochs == 2
+    m = tiny_model
+    trojan = DiffusionModel(m.net, m.schedule, m.sample_size, m.channels, m.source,
+                            {"family": {"name": "trojdiff", "gamma": 0.6}}, dict(m.extra))
+    opts = dict(steps=1, epochs=1, refine_epochs=0, batch=4, scales="analytic", evaluate=False)
+    res = pdfast.invert(trojan, **opts)
+    assert (res.config.warm_epochs, res.config.noise) == (300, "fixed")
+    assert res.inversion.timings["stages"] == {"warm": 300, "search": 1}
+    assert pdfast.invert(m, **opts).inversion.timings["stages"] == {"search": 1}
