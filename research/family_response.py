@@ -1,0 +1,145 @@
+"""Why PureDiffusion's shift objective does not recover zoo v2's VillanDiffusion-ODE and TrojDiff backdoors (issue 20):
+the measured shift response per chain step, the truth beside other patterns and beside the clean base.
+
+PureDiffusion's objective (docs/method.md section 5) asks for a trigger delta whose shift of the network's mean output
+along the family's inversion chain is lambda_i delta, lambda_i the surrogate backdoor's scale. It can only single
+out the true trigger where the suspect network answers the true trigger with lambda_i and other shifts with
+something else. This study measures that answer directly: pdfast.scales.estimate_scales (eq. 15, the least-squares
+scale lambda_i = <mean_b eps_theta(x_i), delta> / <delta, delta> at each step i of the family's inversion chain from
+x_T = s eps + delta) for
+
+  truth          the model's own trigger shift (TrojDiff: mu = (1 - gamma) g)
+  BOX_14, HEART, GLASSES, STOP_SIGN_14   other trigger images, as the family's shift
+  flat           a flat frame at the truth's per-channel mean (the trigger's flat part)
+
+on each backdoored dev family model and on the clean base v2-c16-s0 it was fine-tuned from, with the same noises.
+Where the truth's row equals the other patterns' rows the objective has no minimum at the truth, whatever the
+optimiser; where it differs but the inversion still misses, the failure is the optimiser's. It also records, on one
+fixed noise batch, the relative objective (pdfast's default form) at the truth, at the other patterns and at the
+default inversion's own result when defaults_v2.py has cached one.
+
+    python research/family_response.py [--k 50]
+
+Outputs research/results/family-response.md and .json (dev models only; about 2 min on one core).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from quality.base import git_info, log, write_json  # noqa: E402
+from quality.tables import md_table  # noqa: E402
+
+ZOO2 = HERE / "zoo" / "v2" / "models"
+OUT = HERE / "results" / "family-response"
+MODELS = ("v2-fam-bd16-stop18-cat", "v2-fam-vd16-ode-stop18-cat", "v2-fam-td16-blend-stop18-hat")
+CLEAN = "v2-c16-s0"
+OTHERS = ("BOX_14", "HEART", "GLASSES", "STOP_SIGN_14")
+
+
+def shifts(model, family) -> dict:
+    """name -> x_T shift: the truth, other trigger images as the family's shift, the truth's flat part."""
+    from pdfast import metrics
+    from pdfast.loading import load_ground_truth
+    from pdfast.patterns import load_pattern
+
+    g, _ = load_ground_truth(model)
+    out = {"truth": g}
+    out.update({n: family.shift(load_pattern(n, model.sample_size, model.channels, kind="trigger")) for n in OTHERS})
+    out["flat"] = metrics.flat_part(g)
+    return out
+
+
+def responses(model, family, named: dict, k: int) -> dict:
+    """name -> lambda_i per step of the family's inversion chain (estimate_scales, seed 0, batch 64)."""
+    from pdfast.scales import estimate_scales
+
+    return {n: [round(float(v), 4) for v in estimate_scales(model, d, k, family=family)] for n, d in named.items()}
+
+
+def objective_values(model, family, named: dict, k: int) -> dict:
+    """name -> the relative L2 objective over all k steps with the model's surrogate lambdas, on one fixed antithetic
+    noise batch of 32 (seed 0): lower is what the inversion prefers."""
+    import torch
+    from pdfast.config import InversionConfig
+    from pdfast.engine import make_engine
+    from pdfast.inversion import scale_table
+    from pdfast.objectives import ShiftObjective
+
+    cfg = InversionConfig(steps=k)
+    lam = [float(v) for v in scale_table(model, cfg, "cpu", False).values]
+    sampler = family.inversion_sampler(model.schedule, cfg.clip_for(model.schedule.clip_sample), k)
+    gen = torch.Generator().manual_seed(0)
+    half = torch.randn((16, *model.shape), generator=gen)
+    noise = torch.cat([half, -half]) * family.noise_scale()
+    zs = [torch.randn((32, *model.shape), generator=gen) if sampler.needs_noise(i) else None for i in range(k)]
+    engine, obj = make_engine("reference", model), ShiftObjective(lam, "l2", True)
+    out = {}
+    for n, d in named.items():
+        loss, _ = engine.loss_and_grad(d.reshape(1, *model.shape), noise, zs, sampler, obj, list(range(k)))
+        out[n] = round(loss, 5)
+    return {"lambdas": [round(v, 4) for v in lam], "values": out}
+
+
+def cached_inversions(name: str) -> dict:
+    """The default inversion's trigger per seed from defaults_v2.py's cache (K = 10), when present."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted((HERE / "results" / "defaults-v2").glob(f"{name}--pdfast--s*--k10.safetensors")):
+        out["pdfast " + f.stem.split("--")[2]] = load_file(f)["tau"]
+    return out
+
+
+def report(rows: dict, k: int, argv: list[str]) -> str:
+    """The markdown: per model, lambda_i at every tenth step for each shift, then the objective values."""
+    picks = sorted({0, *range(k // 10 or 1, k, k // 10 or 1), k - 1})
+    parts = [f"# Shift response of the family models (issue 20)\n\nWritten by `python research/family_response.py "
+             f"{' '.join(argv)}`. lambda_i = <mean_b eps_theta(x_i), delta>/<delta, delta> along each family's "
+             f"inversion chain (K = {k}; VillanDiffusion-ODE: the 50-step DDIM chain; TrojDiff: the DDPM chain from "
+             f"gamma eps + delta), seed 0, 64 noises, steps {picks}.\n"]
+    for name, r in rows.items():
+        head = ["shift", *[f"i={i}" for i in picks]]
+        body = [[n, *[f"{v[i]:.2f}" for i in picks]] for n, v in r["response"].items()]
+        body += [[f"{n} (clean base)", *[f"{v[i]:.2f}" for i in picks]] for n, v in r["clean_response"].items()]
+        parts.append(f"## {name} ({r['family']})\n\n" + md_table(body, head))
+        o = r["objective_k10"]
+        parts.append(f"Relative L2 objective at K = 10 (surrogate lambdas {o['lambdas']}), one fixed batch of 32; "
+                     "lower is preferred:\n\n" + md_table([[n, v] for n, v in o["values"].items()], ["shift", "loss"]))
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--k", type=int, default=50, help="chain steps of the response table (default 50)")
+    args = ap.parse_args(argv)
+    import torch
+    from pdfast.families import family_of
+    from pdfast.loading import load_model
+
+    torch.set_num_threads(1)
+    clean = load_model(ZOO2 / CLEAN)
+    rows = {}
+    for name in MODELS:
+        model = load_model(ZOO2 / name)
+        family = family_of(model)
+        named = shifts(model, family)
+        log(f"{name}: responses")
+        rows[name] = {"family": family.describe(), "response": responses(model, family, named, args.k),
+                      "clean_response": {k: v for k, v in responses(clean, family, {"truth": named["truth"],
+                                                                                 "HEART": named["HEART"]},
+                                                                         args.k).items()},
+                      "objective_k10": objective_values(model, family, {**named, **cached_inversions(name)}, 10)}
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    write_json(OUT.with_suffix(".json"), {"git": git_info(), "k": args.k, "models": rows})
+    OUT.with_suffix(".md").write_text(report(rows, args.k, argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
