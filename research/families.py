@@ -157,7 +157,8 @@ def report(recs: list[dict]) -> str:
     for r in recs:
         a = r.get("asr", {})
         pd, el = r["puredif"], r["elijah"]
-        row = [r["name"], pd["verdict"], f"{pd['value']:.4f} / {pd['threshold']:.4f}", f"{pd['plain_uniformity']:.4f}",
+        row = [r["name"], pd["verdict"], f"{pd['statistic']} {pd['value']:.4f} / {pd['threshold']:.4f}",
+               f"{pd['plain_uniformity']:.4f}",
                f"{pd['trigger_effect']:.3f} / {pd['pattern_effect']:.3f}",
                f"{el['trigger_effect']:.3f} / {el['pattern_effect']:.3f}", el["verdict"]]
         if a:
@@ -173,7 +174,7 @@ def report(recs: list[dict]) -> str:
             + md_table(fire, ["model", "family", "truth exact", "truth 0.1", "plain noise", "g's flat part",
                               "-0.5 frame"])
             + "\n\n### `pdfast detect` with defaults (PureDiffusion) and Elijah\n\n"
-            + md_table(det, ["model", "verdict (shipped statistic)", "pattern uniformity / threshold",
+            + md_table(det, ["model", "verdict (shipped statistic)", "statistic / threshold",
                              "no trigger: plain uniformity", "PD trigger / pattern effect",
                              "Elijah trigger / pattern effect", "Elijah verdict", "truth ASR", "PureDiffusion ASR",
                              "Elijah ASR", "pattern cosine PD / Elijah", "L2 PD / Elijah"]))
