@@ -35,7 +35,7 @@ PRESETS = {"pdfast": {**_V01, "norm": "l2", "bounds": "image", "select": "firing
            "paper": {**_V01, "noise": "fresh", "objective": "absolute", "refine_epochs": 0},
            "v0.1": dict(_V01)}
 # Per-family additions to the "pdfast" preset (docs/method.md 5.7), for options the user leaves unset. TrojDiff: its
-# network answers the true mu at t = T with a mean output of 0 and other shifts with 0.3-0.4 of them, but from the
+# network answers the true mu at t = T with a mean output of 0 and other shifts with 0.3-0.5 of them, but from the
 # uniform start the sampled K-step search stalls on a plateau; 300 Adam steps on t = T alone over one fixed noise
 # batch (a deterministic objective) reach the truth first (zoo v2 dev, research/results/family-response.md).
 FAMILY_PRESETS = {"trojdiff": {"warm_epochs": 300, "noise": "fixed"}}

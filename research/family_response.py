@@ -131,9 +131,7 @@ def main(argv=None) -> int:
         named = shifts(model, family)
         log(f"{name}: responses")
         rows[name] = {"family": family.describe(), "response": responses(model, family, named, args.k),
-                      "clean_response": {k: v for k, v in responses(clean, family, {"truth": named["truth"],
-                                                                                 "HEART": named["HEART"]},
-                                                                         args.k).items()},
+                      "clean_response": responses(clean, family, {k: named[k] for k in ("truth", "HEART")}, args.k),
                       "objective_k10": objective_values(model, family, {**named, **cached_inversions(name)}, 10)}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     write_json(OUT.with_suffix(".json"), {"git": git_info(), "k": args.k, "models": rows})
