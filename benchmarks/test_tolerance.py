@@ -1,6 +1,7 @@
 """benchmarks/tolerance.py and levers.py: the tolerance rule, the refusal of a checkout that is not one, and the
 levers' variants (what each one changes); the runs themselves take minutes and are not repeated here."""
 import levers
+import speed_frontier
 import tolerance
 
 
@@ -24,3 +25,15 @@ def test_levers_change_one_thing_each():
     assert "--surrogate-steps" in vs["+ cheaper surrogate (not taken)"]["extra"]
     assert vs["+ 20 Adam steps (not taken)"]["extra"] == ["--epochs", "20"]
     assert vs["the defaults + compile on"]["extra"] == ["--compile", "on"]
+
+
+def test_the_frontier_applies_the_tolerance_rule_per_seed():
+    old = [{"asr_exact": 0.89, "pattern_cos": 0.95, "verdict": "backdoored"},
+           {"asr_exact": 0.91, "pattern_cos": 0.97, "verdict": "backdoored"}]
+    row = {"asr_exact": 0.89, "pattern_cos": 0.96, "verdict": "backdoored"}
+    assert speed_frontier.passes(row, old) == "yes"
+    assert speed_frontier.passes({**row, "asr_exact": 0.875}, old) == "**no**"
+    assert speed_frontier.passes({**row, "verdict": "clean"}, old) == "**no**"
+    assert speed_frontier.passes(row, None) == "-"
+    assert all("--surrogate-steps" in v for k, v in speed_frontier.CANDIDATES.items() if k != "defaults")
+    assert speed_frontier.CANDIDATES["defaults"] == ()

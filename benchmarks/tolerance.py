@@ -32,14 +32,14 @@ DEFAULT_MODELS = ("demo", "research/zoo/v2/models/v2-bd16-stop18-cat",
                   "research/zoo/v2/models/v2-fam-bd16-stop18-cat")
 
 
-def invert(tree: Path, model: str, seed: int, steps: int, out: Path, cache: Path) -> dict:
-    """One `pdfast invert` from ``tree`` (reused when its report exists); its report.json."""
+def invert(tree: Path, model: str, seed: int, steps: int, out: Path, cache: Path, extra: tuple = ()) -> dict:
+    """One `pdfast invert` from ``tree`` (reused when its report exists), ``extra``: more options; its report.json."""
     rep = out / "report.json"
     if not rep.is_file():
         cache.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONPATH=str(tree), PDFAST_CACHE_DIR=str(cache), PDFAST_KERNELS="torch")
         cmd = [sys.executable, "-c", "from pdfast.cli import main; main()", "invert", "--steps", str(steps),
-               "--seed", str(seed), "--out", str(out), "--json", "--no-progress", "--device", "cpu"]
+               "--seed", str(seed), "--out", str(out), "--json", "--no-progress", "--device", "cpu", *extra]
         if model != "demo":
             cmd += ["--model", str((ROOT / model).resolve())]
         # cwd outside every tree: `python -c` puts the working directory ahead of PYTHONPATH on sys.path

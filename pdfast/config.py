@@ -155,6 +155,9 @@ class InversionConfig:
         "lambda_t source: surrogate (calibrated on a surrogate-backdoored copy), analytic, or a JSON table file."))
     attack_family: str = field(default="auto", metadata=opt(FAMILY_HELP))
     epochs: int | None = unset("Adam steps (default: 30 puredif, 100 elijah).", kind=int)
+    coarse_epochs: int = field(default=0, metadata=opt(
+        "Adam steps of the search on the first min(K, 10) chain steps alone before its --epochs over all K (coarse "
+        "to fine, pdfast's; 0: none)."))
     refine_epochs: int | None = unset("Then Adam steps on eq. 17 from the search result (default: 30; 0 in the paper "
                                       "preset).", kind=int)
     batch: int | None = unset("Noise batch (default: 40 puredif, 100 elijah).", kind=int)
@@ -225,6 +228,8 @@ class InversionConfig:
             raise PdfastError(f"--noise antithetic needs an even --batch (got {self.batch})")
         if self.batch < 1 or self.epochs < 1:
             raise PdfastError("--batch and --epochs must be positive")
+        if self.coarse_epochs < 0:
+            raise PdfastError(f"--coarse-epochs {self.coarse_epochs} must be 0 (no coarse stage) or more")
         if self.warm_epochs < 0:
             raise PdfastError(f"--warm-epochs {self.warm_epochs} must be 0 (no warm start) or more")
         if self.refine_epochs < 0:

@@ -10,8 +10,9 @@ with x_{t_k} the chain state reached from x_T = eps + delta after k ancestral st
   or the mean over all K steps in one pass ("all"); gradients through every network call from T to t_k. pdfast's
   defaults (section 5.5, chosen on the zoo's dev models): antithetic noise pairs, the relative objective, the L2
   norm, the trigger projected onto [-1, 1] after every step, no refinement. Options for the study of 5.5: a warm
-  start on t = T alone, a cosine learning rate, tail averaging, a refinement on eq. 17 from the result or its
-  pattern (pdfast 0.1's second stage, preset v0.1).
+  start on t = T alone, a coarse stage whose loss steps come from the first 10 chain steps alone (5.8), a cosine
+  learning rate, tail averaging, a refinement on eq. 17 from the result or its pattern (pdfast 0.1's second stage,
+  preset v0.1).
 This module only inverts; judging the trigger is pdfast.detection, one layer up (pdfast.api joins them).
 """
 from __future__ import annotations
@@ -73,7 +74,8 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
                   callback: Callback | None = None, progress: bool = False,
                   start: torch.Tensor | None = None) -> Inversion:
     """The optimisation (model already frozen and on ``device``) on an engine made from ``cfg.engine``, from
-    ``start`` when given (a warm start) instead of ``cfg.init``: ``cfg.epochs`` Adam steps on ``cfg.objective``,
+    ``start`` when given (a warm start) instead of ``cfg.init``: ``cfg.coarse_epochs`` Adam steps on
+    ``cfg.objective`` over the first min(K, COARSE_STEPS) chain steps, ``cfg.epochs`` over all K,
     then, with ``cfg.refine_epochs``, a second run of Adam on the absolute objective (eq. 17) started from the
     pattern of the first result (``metrics.trigger_pattern``). Ctrl-C stops it and keeps the trigger so far."""
     from .engine import make_engine
@@ -95,6 +97,9 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
     try:
         if cfg.warm_epochs:
             delta = loop.run(delta, cfg.objective == "relative", cfg.warm_epochs, "warm", first_step_only=True)
+        if cfg.coarse_epochs:
+            delta = loop.run(delta, cfg.objective == "relative", cfg.coarse_epochs, "coarse",
+                             steps=min(cfg.steps, COARSE_STEPS))
         delta = loop.run(delta, cfg.objective == "relative", cfg.epochs, "search")
         if cfg.refine_epochs:
             searched = delta
@@ -114,6 +119,7 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
 
 
 SELECT_N, SELECT_STEPS = 16, 100
+COARSE_STEPS = 10  # the coarse stage's chain: the K = 10 the defaults were chosen at
 
 
 def select_firing(model: DiffusionModel, cfg: InversionConfig, engine, candidates: dict) -> tuple[torch.Tensor, dict]:
@@ -171,14 +177,15 @@ class _Descent:
         return noise, [z if self.sampler.needs_noise(i) else None for i, z in enumerate(zs)]
 
     def run(self, delta0: torch.Tensor, relative: bool, epochs: int, stage: str,
-            first_step_only: bool = False) -> torch.Tensor:
-        """One stage of ``epochs`` Adam steps from ``delta0``; returns its last iterate, or with ``average="tail"``
-        the mean of the iterates of its second half (Polyak tail averaging)."""
+            first_step_only: bool = False, steps: int | None = None) -> torch.Tensor:
+        """One stage of ``epochs`` Adam steps from ``delta0``, its loss steps drawn from the first ``steps`` chain
+        steps (default K); returns its last iterate, or with ``average="tail"`` the mean of the iterates of its
+        second half (Polyak tail averaging)."""
         from tqdm.auto import tqdm
 
         from .objectives import ShiftObjective
 
-        cfg, K = self.cfg, self.cfg.steps
+        cfg, K = self.cfg, steps or self.cfg.steps
         objective = ShiftObjective(self.lambdas, cfg.norm, relative)
         delta = self._project(delta0.detach().to(self.device, torch.float32).clone()).requires_grad_(True)
         self.delta = delta

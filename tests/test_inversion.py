@@ -410,3 +410,15 @@ def test_refinement_can_start_from_the_trigger_itself():
     res = run_inversion(linear_model(), cfg, _lam_table(1), callback=lambda i, loss, d: seen.append(d.clone()))
     d0 = -torch.rand((1, 3, 4, 4), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(res.trigger, d0[0], atol=1e-6, rtol=0)
+
+
+def test_coarse_epochs_draw_their_loss_step_from_the_first_ten_chain_steps_then_the_search_from_all_k():
+    cfg = InversionConfig(steps=40, scales="analytic", epochs=6, refine_epochs=0, batch=4, coarse_epochs=12).resolved()
+    res = run_inversion(linear_model(), cfg, _lam_table(40))
+    assert res.timings["stages"] == {"coarse": 12, "search": 6} and len(res.losses) == 18
+    assert max(res.drawn_steps[:12]) < 10  # 12 draws from 0..9
+    plain = run_inversion(linear_model(), replace(cfg, coarse_epochs=0), _lam_table(40))
+    assert plain.timings["stages"] == {"search": 6}
+    assert max(plain.drawn_steps + res.drawn_steps[12:]) >= 10  # 12 draws from 0..39: some reach past step 9
+    with pytest.raises(PdfastError, match="coarse-epochs"):
+        InversionConfig(coarse_epochs=-1).resolved()
