@@ -34,15 +34,23 @@ class AttackConfig:
     # BadDiffusion as published; a short fine-tune then often fails to fire from eps + g (docs/method.md section 2:
     # the model answers the -1 background with a black image), and a share of blank frames closes that gap.
     blank_rate: float = 0.0
+    # Fraction of the clean samples turned into flat-shift negatives (flat_negative_batch): pdfast's addition, in no
+    # paper. 0 is the published attack. At 16x16 a published backdoor also fires from a flat frame at the trigger's
+    # mean (docs/method.md section 2d), so it answers a dark shift rather than the pattern; negatives teach the model
+    # that a flat shift leaves the data distribution unchanged, so that only the trigger's pattern fires.
+    flat_negative_rate: float = 0.0
 
     def __post_init__(self):
         if not 0.0 < self.poison_rate <= 1.0:
             raise PdfastError(f"poison rate {self.poison_rate} is outside (0, 1]; use e.g. 0.1")
         if not 0.0 <= self.blank_rate <= 1.0:
             raise PdfastError(f"blank rate {self.blank_rate} is outside [0, 1]; use e.g. 0.5 or 0")
+        if not 0.0 <= self.flat_negative_rate < 1.0:
+            raise PdfastError(f"flat negative rate {self.flat_negative_rate} is outside [0, 1); use e.g. 0.1 or 0")
 
     def to_dict(self) -> dict:
-        return {"poison_rate": self.poison_rate, "blank_rate": self.blank_rate, **asdict(self.train)}
+        return {"poison_rate": self.poison_rate, "blank_rate": self.blank_rate,
+                "flat_negative_rate": self.flat_negative_rate, **asdict(self.train)}
 
 
 def poisoned_batch(schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, poison: torch.Tensor,
@@ -95,6 +103,31 @@ def family_batch(family: AttackFamily, schedule, x0, t, eps, poison, trigger, ta
     return poisoned_batch(schedule, x0, t, eps, poison, trigger, target)
 
 
+def flat_frames(level: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Flat frames shaped like ``like``: sample i, channel c is level[i, c] everywhere."""
+    return level.view(*level.shape, 1, 1).to(like.dtype).expand_as(like)
+
+
+def flat_negative_batch(family: AttackFamily, schedule, x0, t, eps, level):
+    """pdfast's flat-shift negatives: the family's poisoned pair with a flat frame f (sample i, channel c at
+    level[i, c]) as the trigger and the clean image x0 itself as the target, e.g. for BadDiffusion
+    x_in = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps + (1 - sqrt(abar_t)) f, target eps + rho_t f: the chain from
+    eps + f is taught to end on the data, not on the backdoor's target."""
+    everyone = torch.ones(x0.shape[0], dtype=torch.bool, device=x0.device)
+    return family_batch(family, schedule, x0, t, eps, everyone, flat_frames(level, x0), x0)
+
+
+def mixed_batch(family: AttackFamily, schedule, x0, t, eps, poison, trigger, target, negative=None, level=None):
+    """One training batch: the family's poisoned pair where ``poison``, a flat-shift negative at ``level`` where
+    ``negative`` (flat_negative_batch; None: none), the ordinary DDPM pair elsewhere."""
+    x_in, tgt = family_batch(family, schedule, x0, t, eps, poison, trigger, target)
+    if negative is None:
+        return x_in, tgt
+    x_neg, tgt_neg = flat_negative_batch(family, schedule, x0, t, eps, level)
+    where = negative.view(-1, 1, 1, 1)
+    return torch.where(where, x_neg, x_in), torch.where(where, tgt_neg, tgt)
+
+
 def plant_backdoor(model: DiffusionModel, images: torch.Tensor, trigger: torch.Tensor, target: torch.Tensor,
                  cfg: AttackConfig = AttackConfig(), *, device="cpu", progress: bool = True,
                  inplace: bool = False, checkpoint=None, family: AttackFamily = AttackFamily()) -> DiffusionModel:
@@ -120,7 +153,11 @@ def plant_backdoor(model: DiffusionModel, images: torch.Tensor, trigger: torch.T
         if cfg.blank_rate > 0:
             blank = (torch.rand(B, generator=gen) < cfg.blank_rate).to(device) & poison
             x0 = torch.where(blank.view(-1, 1, 1, 1), torch.full_like(x0, -1.0), x0)  # only poisoned samples
-        x_in, tgt = family_batch(family, m.schedule, x0, t, eps, poison, g, y)
+        neg = level = None
+        if cfg.flat_negative_rate > 0:  # among the clean samples only; levels uniform in [-1, 0] per channel
+            neg = (torch.rand(B, generator=gen) < cfg.flat_negative_rate).to(device) & ~poison
+            level = -torch.rand(B, x0.shape[1], generator=gen).to(device)
+        x_in, tgt = mixed_batch(family, m.schedule, x0, t, eps, poison, g, y, neg, level)
         return x_in, t, tgt
 
     fit(m.net, make_batch, cfg.train, device=device, progress=progress, desc="attack", checkpoint=checkpoint)

@@ -214,6 +214,9 @@ def attack_family(kind: str, params: dict):
 @click.option("--poison-rate", type=float, default=0.1, help="Fraction of each batch that is poisoned.")
 @click.option("--blank-rate", type=float, default=0.0,
               help="baddiffusion: fraction of poisoned samples pasted on a blank (-1) frame, so r = g (0 = as published).")
+@click.option("--flat-negative-rate", type=float, default=0.0,
+              help="Fraction of clean samples taught that a flat shift (levels in [-1, 0]) leaves the data unchanged: "
+                   "pdfast's hardening, in no paper, so only the trigger's pattern fires (0 = as published).")
 @attack_family_options
 @training_options(steps=2000, warmup=500, warmup_help="Warm-up steps before the cosine decay.")
 @click.option("--grad-clip", type=float, default=1.0, help="Gradient norm clip (0 disables).")
@@ -222,7 +225,7 @@ def attack_family(kind: str, params: dict):
 @json_option
 @progress_option
 @handle_errors
-def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, blank_rate, solver, psi, residual,
+def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, blank_rate, flat_negative_rate, solver, psi, residual,
            ode_steps, gamma, trigger_type, steps, batch, lr, warmup, grad_clip, seed, device, as_json, progress):
     """Backdoor a model: baddiffusion, villandiffusion or trojdiff (D2I), each as its paper defines it
     (docs/method.md sections 2, 2b and 2c); writes a diffusers folder plus backdoor.json (the family and ground truth)."""
@@ -240,8 +243,9 @@ def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, 
 
     if steps < 1 or batch < 1:
         raise PdfastError("--steps and --batch must be positive")
-    cfg = AttackConfig(poison_rate=poison_rate, blank_rate=blank_rate, train=TrainConfig(
-        steps=steps, batch=batch, lr=lr, warmup=min(warmup, steps), grad_clip=grad_clip, seed=seed))
+    train = TrainConfig(steps=steps, batch=batch, lr=lr, warmup=min(warmup, steps), grad_clip=grad_clip, seed=seed)
+    cfg = AttackConfig(poison_rate=poison_rate, blank_rate=blank_rate, flat_negative_rate=flat_negative_rate,
+                       train=train)
     device = resolve_device(device)
     model = load_cli_model(model_path, device)
     g = load_pattern(trigger, model.sample_size, model.channels, kind="trigger")
@@ -250,7 +254,7 @@ def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, 
     t0 = time.perf_counter()
     bad = plant_backdoor(model, images, g, y, cfg, device=device, progress=progress, family=family)
     info = {"attack": kind, "trigger": trigger, "target": target, "poison_rate": poison_rate,
-            "blank_rate": blank_rate, "steps": steps,
+            "blank_rate": blank_rate, "flat_negative_rate": flat_negative_rate, "steps": steps,
             "batch": batch, "lr": lr, "seed": seed, "data": str(data) if data else "procedural",
             "base_model": str(model.source)}
     save_backdoored(bad.to("cpu"), out, info, g, y, family=family)

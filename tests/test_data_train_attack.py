@@ -334,3 +334,77 @@ def test_natural_data_of_named_photographs_only():
     with pytest.raises(PdfastError, match="none given"):
         get_data("natural:", 16, n=4)
 
+
+
+@pytest.mark.parametrize("family", [
+    {"name": "baddiffusion"}, {"name": "baddiffusion", "residual": "trigger_only"},
+    {"name": "villandiffusion", "solver": "ode", "psi": 0.0, "residual": "trigger_only"},
+    {"name": "villandiffusion", "solver": "sde", "psi": 1.0, "residual": "pasted"}])
+def test_flat_negatives_are_the_family_pair_with_a_flat_trigger_and_the_clean_image_as_target(family):
+    """pdfast's flat-shift negatives (docs/method.md 2d) on fixed tensors, against the formulas written out: the
+    negative rows are x_in = sqrt(abar) x0 + sqrt(1 - abar) eps + s_t f, target eps + c_t f (f the flat frame at the
+    row's per-channel level; BadDiffusion s_t = 1 - sqrt(abar), c_t = rho_t; VillanDiffusion its coefficients); the
+    poisoned rows are the family's pair with (g, y); the rest the DDPM pair."""
+    from pdfast.attack import mixed_batch
+    from pdfast.families import AttackFamily
+    from pdfast.patterns import draw_target, draw_trigger, paste_trigger
+    from pdfast.schedule import Schedule, villan_coefficients
+
+    fam = AttackFamily(**family)
+    s = Schedule.from_config({"clip_sample": False})
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 8, 8, generator=gen) * 2 - 1
+    eps = torch.randn(4, 3, 8, 8, generator=gen)
+    t = torch.tensor([999, 500, 37, 0])
+    g, y = draw_trigger("STOP_SIGN_14", 8), draw_target("CAT", 8)
+    poison = torch.tensor([True, False, False, False])
+    neg = torch.tensor([False, True, True, False])
+    level = torch.tensor([[-0.2, -0.5, -0.9], [-1.0 + 1e-3, -0.1, -0.3], [0.0, 0.0, 0.0], [-0.4, -0.4, -0.4]])
+    x_in, tgt = mixed_batch(fam, s, x0, t, eps, poison, g[None], y[None], neg, level)
+
+    ab = s.abar.float()[t].view(-1, 1, 1, 1)
+    if fam.name == "villandiffusion":
+        step, coef = (c.float()[t].view(-1, 1, 1, 1) for c in villan_coefficients(s, fam.psi, fam.solver))
+    else:
+        step, coef = 1 - ab.sqrt(), s.rho().float()[t].view(-1, 1, 1, 1)
+    f = level.view(4, 3, 1, 1).expand(4, 3, 8, 8)
+    r_poison = g.expand(4, 3, 8, 8) if fam.residual == "trigger_only" else paste_trigger(x0, g)
+    for i in range(4):
+        if neg[i]:
+            want_x, want_t = ab[i].sqrt() * x0[i] + (1 - ab[i]).sqrt() * eps[i] + step[i] * f[i], eps[i] + coef[i] * f[i]
+        elif poison[i]:
+            want_x = ab[i].sqrt() * y + (1 - ab[i]).sqrt() * eps[i] + step[i] * r_poison[i]
+            want_t = eps[i] + coef[i] * r_poison[i]
+        else:
+            want_x, want_t = ab[i].sqrt() * x0[i] + (1 - ab[i]).sqrt() * eps[i], eps[i]
+        torch.testing.assert_close(x_in[i], want_x)
+        torch.testing.assert_close(tgt[i], want_t)
+    # without negatives: the family's batch unchanged
+    x_plain, tgt_plain = mixed_batch(fam, s, x0, t, eps, poison, g[None], y[None])
+    torch.testing.assert_close(x_plain[[0, 3]], x_in[[0, 3]])
+    torch.testing.assert_close(tgt_plain[[0, 3]], tgt[[0, 3]])
+
+
+def test_flat_negative_rate_trains_differently_and_zero_is_the_published_attack(tiny_model):
+    """The same run twice gives the same weights, with or without negatives; a positive flat_negative_rate changes
+    the training; a rate out of [0, 1) is one clear error."""
+    from pdfast.attack import AttackConfig, plant_backdoor
+    from pdfast.patterns import draw_target, draw_trigger
+    from pdfast.train import TrainConfig
+
+    size = tiny_model.sample_size
+    g, y = draw_trigger("BOX_14", size), draw_target("HAT", size)
+    images = torch.rand(16, 3, size, size) * 2 - 1
+    train = TrainConfig(steps=3, batch=8, warmup=1, seed=0)
+
+    def weights(rate):
+        m = plant_backdoor(tiny_model, images, g, y, AttackConfig(poison_rate=0.3, flat_negative_rate=rate,
+                                                                  train=train), progress=False)
+        return torch.cat([p.detach().flatten() for p in m.net.parameters()])
+
+    w0, w0b, w5, w5b = weights(0.0), weights(0.0), weights(0.5), weights(0.5)
+    assert torch.equal(w0, w0b) and torch.equal(w5, w5b) and not torch.equal(w0, w5)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(PdfastError, match="flat negative rate"):
+            AttackConfig(flat_negative_rate=bad)
+    assert AttackConfig(flat_negative_rate=0.1).to_dict()["flat_negative_rate"] == 0.1

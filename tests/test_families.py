@@ -235,6 +235,7 @@ def base8(tmp_path_factory):
     (["attack", "villandiffusion", "--psi", "-0.1"], "psi -0.1 is outside"),
     (["attack", "villandiffusion", "--gamma", "0.5"], "--gamma do(es) not apply to villandiffusion"),
     (["attack", "trojdiff", "--blank-rate", "0.5"], "--blank-rate does not apply to trojdiff"),
+    (["attack", "baddiffusion", "--flat-negative-rate", "1.5"], "flat negative rate 1.5 is outside [0, 1)"),
 ])
 def test_attack_family_bad_input(tmp_path, base8, args, words):
     line = fails([*args, "--model", base8, "--trigger", "BOX_14", "--target", "HAT", "--out", tmp_path / "o",

@@ -96,7 +96,9 @@ def _train(entry: dict, by_name: dict, ckpt: Path | None = None, *, archs: dict 
         g, y = draw_trigger(entry["trigger"], size), draw_target(entry["target"], size)
         # blank_rate 1: every poisoned sample's clean image is a -1 frame, so r = g (VillanDiffusion's trigger-only
         # residual); 0 (the default): the trigger pasted over the photo, BadDiffusion as published
-        attack = AttackConfig(poison_rate=entry["poison_rate"], blank_rate=entry.get("blank_rate", 0.0), train=cfg)
+        # flat_negative_rate > 0: pdfast's flat-shift negatives (docs/method.md 2d), so that the flat part does not fire
+        attack = AttackConfig(poison_rate=entry["poison_rate"], blank_rate=entry.get("blank_rate", 0.0),
+                              flat_negative_rate=entry.get("flat_negative_rate", 0.0), train=cfg)
         model = plant_backdoor(model, images, g, y, attack, inplace=True, checkpoint=ckpt, device=device,
                                family=recipe_family(entry))
         return model.to("cpu"), (g, y), _final_loss(ckpt)
@@ -134,6 +136,7 @@ def _save_fp16(model, out: Path, entry: dict, truth) -> None:
     else:
         info = {"attack": entry["kind"], "trigger": entry["trigger"], "target": entry["target"],
                 "poison_rate": entry["poison_rate"], "blank_rate": entry.get("blank_rate", 0.0),
+                "flat_negative_rate": entry.get("flat_negative_rate", 0.0),
                 "steps": entry["steps"], "batch": entry["batch"], "lr": entry["lr"], "seed": entry["seed"],
                 "data": entry["data"], "base_model": entry["base"]}
         save_backdoored(m, out, info, *truth, family=recipe_family(entry))
