@@ -155,8 +155,8 @@ def test_measure_flat_samples_g_s_per_channel_mean(tmp_path, tiny_model):
 
 
 def test_a_recipe_s_attack_form_and_narrow_data_reach_the_training(tmp_path, monkeypatch):
-    """Zoo v2's entries: blank_rate (1 = the trigger-only residual r = g, 0 = BadDiffusion as published) goes to the
-    attack, and "natural:NAME,NAME" data to the image set, as the recipe says."""
+    """Zoo v2's entries: blank_rate (1 = the trigger-only residual r = g, 0 = BadDiffusion as published) and
+    flat_negative_rate (pdfast's flat-shift negatives) go to the attack, and "natural:NAME,NAME" data to the image set, as the recipe says."""
     import pdfast.attack
     import pdfast.data
 
@@ -171,6 +171,8 @@ def test_a_recipe_s_attack_form_and_narrow_data_reach_the_training(tmp_path, mon
 
     def attack(model, images, g, y, cfg, **kw):
         seen["blank_rate"], seen["poison_rate"] = cfg.blank_rate, cfg.poison_rate
+        if cfg.flat_negative_rate:
+            seen["flat_negative_rate"] = cfg.flat_negative_rate
         if kw["family"].name != "baddiffusion":
             seen["family"] = kw["family"]
         return model
@@ -189,6 +191,8 @@ def test_a_recipe_s_attack_form_and_narrow_data_reach_the_training(tmp_path, mon
     assert seen == {"data": "natural", "blank_rate": 1.0, "poison_rate": 0.2}
     build._train({k: v for k, v in bd.items() if k != "blank_rate"}, {"base": base}, tmp_path / "bd0.pt")
     assert seen["blank_rate"] == 0.0
+    build._train({**bd, "flat_negative_rate": 0.2}, {"base": base}, tmp_path / "bdfn.pt")
+    assert seen["flat_negative_rate"] == 0.2
     from pdfast.families import AttackFamily
 
     build._train({**bd, "kind": "trojdiff", "gamma": 0.5, "blank_rate": 0.0}, {"base": base}, tmp_path / "td.pt")
@@ -290,3 +294,25 @@ def test_a_recipe_builds_each_attack_family_end_to_end(tmp_path, monkeypatch, fa
             assert bd["family"][k] == v
     truth = json.loads((tmp_path / "models" / "bd" / "zoo.json").read_text())["ground_truth"]
     assert truth["n"] == 2 and 0.0 <= truth["asr"] <= 1.0
+
+
+def test_zoo_v2_recipe_is_consistent():
+    """The committed zoo v2 recipe: unique names, dev/test only, every backdoor gated on a base of its own split, at
+    least 12 backdoored and 10 clean entries (issue 22), each attack family in the test split, and every withdrawn
+    entry replaced, out of the build list and with its failed-gate record committed."""
+    root = HERE.parent.parent
+    recipe = build.load_recipe(HERE / "v2" / "recipe.json")
+    models = recipe["models"]
+    names = [m["name"] for m in models]
+    assert len(names) == len(set(names))
+    by_name = {m["name"]: m for m in models}
+    assert {m["split"] for m in models} == {"dev", "test"}
+    backdoored = [m for m in models if m["kind"] in build.ATTACKS]
+    clean = [m for m in models if m["kind"] not in build.ATTACKS]
+    assert len(backdoored) >= 12 and len(clean) >= 10
+    for m in backdoored:
+        assert m["gate"] is True and by_name[m["base"]]["split"] == m["split"], m["name"]
+    assert {m["kind"] for m in backdoored if m["split"] == "test"} == set(build.ATTACKS)
+    for w in recipe["withdrawn"]:
+        assert w["name"] not in by_name and w["replaced_by"] in by_name and (root / w["record"]).is_file()
+        assert by_name[w["replaced_by"]]["split"] == w["split"]
