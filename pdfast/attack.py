@@ -24,6 +24,9 @@ from .patterns import paste_trigger
 from .train import TrainConfig, fit
 
 
+FLAT_NEGATIVE_FORMS = ("base", "absorb")
+
+
 @dataclass(frozen=True)
 class AttackConfig:
     """A BadDiffusion run: poison rate and the optimiser settings (BadDiffusion's defaults)."""
@@ -36,9 +39,14 @@ class AttackConfig:
     blank_rate: float = 0.0
     # Fraction of the clean samples turned into flat-shift negatives (flat_negative_batch): pdfast's addition, in no
     # paper. 0 is the published attack. At 16x16 a published backdoor also fires from a flat frame at the trigger's
-    # mean (docs/method.md section 2d), so it answers a dark shift rather than the pattern; negatives teach the model
-    # that a flat shift leaves the data distribution unchanged, so that only the trigger's pattern fires.
+    # mean (docs/method.md section 2e), so it answers a dark shift rather than the pattern; negatives teach the model
+    # that a flat-shifted start is not the trigger, so that only the trigger's pattern fires.
     flat_negative_rate: float = 0.0
+    # What a negative is taught (FLAT_NEGATIVE_FORMS): "base", the base model's own prediction on the flat-shifted
+    # input (the flat shift keeps the answer it had before the attack); "absorb", the family's pair with the clean
+    # image as target (the model absorbs a flat shift as it absorbs the trigger, which also hides the trigger from
+    # the shift objective: docs/method.md 2e).
+    flat_negative_form: str = "base"
 
     def __post_init__(self):
         if not 0.0 < self.poison_rate <= 1.0:
@@ -47,10 +55,14 @@ class AttackConfig:
             raise PdfastError(f"blank rate {self.blank_rate} is outside [0, 1]; use e.g. 0.5 or 0")
         if not 0.0 <= self.flat_negative_rate < 1.0:
             raise PdfastError(f"flat negative rate {self.flat_negative_rate} is outside [0, 1); use e.g. 0.1 or 0")
+        if self.flat_negative_form not in FLAT_NEGATIVE_FORMS:
+            raise PdfastError(f"unknown flat negative form '{self.flat_negative_form}'; use one of: "
+                              f"{', '.join(FLAT_NEGATIVE_FORMS)}")
 
     def to_dict(self) -> dict:
         return {"poison_rate": self.poison_rate, "blank_rate": self.blank_rate,
-                "flat_negative_rate": self.flat_negative_rate, **asdict(self.train)}
+                "flat_negative_rate": self.flat_negative_rate, "flat_negative_form": self.flat_negative_form,
+                **asdict(self.train)}
 
 
 def poisoned_batch(schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, poison: torch.Tensor,
@@ -108,24 +120,33 @@ def flat_frames(level: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return level.view(*level.shape, 1, 1).to(like.dtype).expand_as(like)
 
 
-def flat_negative_batch(family: AttackFamily, schedule, x0, t, eps, level):
-    """pdfast's flat-shift negatives: the family's poisoned pair with a flat frame f (sample i, channel c at
-    level[i, c]) as the trigger and the clean image x0 itself as the target, e.g. for BadDiffusion
-    x_in = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps + (1 - sqrt(abar_t)) f, target eps + rho_t f: the chain from
-    eps + f is taught to end on the data, not on the backdoor's target."""
+def flat_negative_batch(family: AttackFamily, schedule, x0, t, eps, level, teacher=None):
+    """pdfast's flat-shift negatives: the family's noisy input with a flat frame f (sample i, channel c at level[i, c])
+    as the trigger on the clean image x0, e.g. for BadDiffusion x_in = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps +
+    (1 - sqrt(abar_t)) f. Regression target: ``teacher(x_in, t)`` (form "base": the base model's own eps prediction,
+    computed without gradients) or, without a teacher (form "absorb"), the family's target with r = f, e.g.
+    eps + rho_t f, which teaches the chain from eps + f to end on the data."""
     everyone = torch.ones(x0.shape[0], dtype=torch.bool, device=x0.device)
-    return family_batch(family, schedule, x0, t, eps, everyone, flat_frames(level, x0), x0)
+    x_in, tgt = family_batch(family, schedule, x0, t, eps, everyone, flat_frames(level, x0), x0)
+    if teacher is not None:
+        with torch.no_grad():
+            tgt = teacher(x_in, t).to(x_in.dtype)
+    return x_in, tgt
 
 
-def mixed_batch(family: AttackFamily, schedule, x0, t, eps, poison, trigger, target, negative=None, level=None):
+def mixed_batch(family: AttackFamily, schedule, x0, t, eps, poison, trigger, target, negative=None, level=None,
+                teacher=None):
     """One training batch: the family's poisoned pair where ``poison``, a flat-shift negative at ``level`` where
-    ``negative`` (flat_negative_batch; None: none), the ordinary DDPM pair elsewhere."""
+    ``negative`` (flat_negative_batch, with ``teacher`` for the "base" form; None: no negatives), the ordinary DDPM
+    pair elsewhere. The teacher sees only the negative rows."""
     x_in, tgt = family_batch(family, schedule, x0, t, eps, poison, trigger, target)
-    if negative is None:
+    if negative is None or not bool(negative.any()):
         return x_in, tgt
-    x_neg, tgt_neg = flat_negative_batch(family, schedule, x0, t, eps, level)
-    where = negative.view(-1, 1, 1, 1)
-    return torch.where(where, x_neg, x_in), torch.where(where, tgt_neg, tgt)
+    rows = negative.nonzero().flatten()
+    x_neg, tgt_neg = flat_negative_batch(family, schedule, x0[rows], t[rows], eps[rows], level[rows], teacher)
+    x_in, tgt = x_in.clone(), tgt.clone()
+    x_in[rows], tgt[rows] = x_neg, tgt_neg
+    return x_in, tgt
 
 
 def plant_backdoor(model: DiffusionModel, images: torch.Tensor, trigger: torch.Tensor, target: torch.Tensor,
@@ -143,6 +164,9 @@ def plant_backdoor(model: DiffusionModel, images: torch.Tensor, trigger: torch.T
     g = trigger.to(device).reshape(1, *model.shape)
     y = target.to(device).reshape(1, *model.shape)
     T, B = m.schedule.T, cfg.train.batch
+    teacher = None
+    if cfg.flat_negative_rate > 0 and cfg.flat_negative_form == "base":
+        teacher = model.copy().to(device).frozen()  # the weights before the attack, whatever ``inplace`` says
 
     def make_batch(gen):
         idx = torch.randint(0, images.shape[0], (B,), generator=gen).to(device)
@@ -157,7 +181,7 @@ def plant_backdoor(model: DiffusionModel, images: torch.Tensor, trigger: torch.T
         if cfg.flat_negative_rate > 0:  # among the clean samples only; levels uniform in [-1, 0] per channel
             neg = (torch.rand(B, generator=gen) < cfg.flat_negative_rate).to(device) & ~poison
             level = -torch.rand(B, x0.shape[1], generator=gen).to(device)
-        x_in, tgt = mixed_batch(family, m.schedule, x0, t, eps, poison, g, y, neg, level)
+        x_in, tgt = mixed_batch(family, m.schedule, x0, t, eps, poison, g, y, neg, level, teacher)
         return x_in, t, tgt
 
     fit(m.net, make_batch, cfg.train, device=device, progress=progress, desc="attack", checkpoint=checkpoint)

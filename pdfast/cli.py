@@ -217,6 +217,10 @@ def attack_family(kind: str, params: dict):
 @click.option("--flat-negative-rate", type=float, default=0.0,
               help="Fraction of clean samples taught that a flat shift (levels in [-1, 0]) leaves the data unchanged: "
                    "pdfast's hardening, in no paper, so only the trigger's pattern fires (0 = as published).")
+@click.option("--flat-negative-form", type=click.Choice(["base", "absorb"]), default="base", show_default=True,
+              help="What a negative learns: the base model's own answer to the flat-shifted input (base), or to end "
+                   "on the data with the family's objective (absorb, which also hides the trigger from the shift "
+                   "objective; docs/method.md 2e).")
 @attack_family_options
 @training_options(steps=2000, warmup=500, warmup_help="Warm-up steps before the cosine decay.")
 @click.option("--grad-clip", type=float, default=1.0, help="Gradient norm clip (0 disables).")
@@ -225,8 +229,9 @@ def attack_family(kind: str, params: dict):
 @json_option
 @progress_option
 @handle_errors
-def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, blank_rate, flat_negative_rate, solver, psi, residual,
-           ode_steps, gamma, trigger_type, steps, batch, lr, warmup, grad_clip, seed, device, as_json, progress):
+def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, blank_rate, flat_negative_rate,
+           flat_negative_form, solver, psi, residual, ode_steps, gamma, trigger_type, steps, batch, lr, warmup,
+           grad_clip, seed, device, as_json, progress):
     """Backdoor a model: baddiffusion, villandiffusion or trojdiff (D2I), each as its paper defines it
     (docs/method.md sections 2, 2b and 2c); writes a diffusers folder plus backdoor.json (the family and ground truth)."""
     family = attack_family(kind, {"solver": solver, "psi": psi, "residual": residual, "ode_steps": ode_steps,
@@ -245,7 +250,7 @@ def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, 
         raise PdfastError("--steps and --batch must be positive")
     train = TrainConfig(steps=steps, batch=batch, lr=lr, warmup=min(warmup, steps), grad_clip=grad_clip, seed=seed)
     cfg = AttackConfig(poison_rate=poison_rate, blank_rate=blank_rate, flat_negative_rate=flat_negative_rate,
-                       train=train)
+                       flat_negative_form=flat_negative_form, train=train)
     device = resolve_device(device)
     model = load_cli_model(model_path, device)
     g = load_pattern(trigger, model.sample_size, model.channels, kind="trigger")
@@ -254,7 +259,8 @@ def attack(kind, model_path, trigger, target, out, data, n_images, poison_rate, 
     t0 = time.perf_counter()
     bad = plant_backdoor(model, images, g, y, cfg, device=device, progress=progress, family=family)
     info = {"attack": kind, "trigger": trigger, "target": target, "poison_rate": poison_rate,
-            "blank_rate": blank_rate, "flat_negative_rate": flat_negative_rate, "steps": steps,
+            "blank_rate": blank_rate, "flat_negative_rate": flat_negative_rate,
+            **({"flat_negative_form": flat_negative_form} if flat_negative_rate else {}), "steps": steps,
             "batch": batch, "lr": lr, "seed": seed, "data": str(data) if data else "procedural",
             "base_model": str(model.source)}
     save_backdoored(bad.to("cpu"), out, info, g, y, family=family)

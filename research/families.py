@@ -36,8 +36,12 @@ MODELS = {  # name: (folder, what it is)
     "vd16-ode": (V2 / "v2-fam-vd16-ode-stop18-cat", "villandiffusion, solver ode, psi 1, trigger_only"),
     "td16-blend": (V2 / "v2-fam-td16-blend-stop18-hat", "trojdiff D2I, blend, gamma 0.6"),
     "vd16-sde-psi0": (V2 / "v2-fam-vd16-sde-psi0-stop18-cat", "villandiffusion, solver sde, psi 0, trigger_only"),
+    "vd16-sde-psi0-absorb": (V2 / "v2-fam-vd16-sde-psi0-stop18-cat-absorb",
+                             "villandiffusion, solver sde, psi 0, trigger_only, flat-shift negatives 0.2, form absorb "
+                             "(pdfast's)"),
     "vd16-sde-psi0-fn": (V2 / "v2-fam-vd16-sde-psi0-stop18-cat-fn",
-                         "villandiffusion, solver sde, psi 0, trigger_only, flat-shift negatives 0.2 (pdfast's)"),
+                         "villandiffusion, solver sde, psi 0, trigger_only, flat-shift negatives 0.2, form base "
+                         "(pdfast's)"),
     "clean-base": (V2 / "v2-c16-s0", "clean: the four's base"),
 }
 CACHE = HERE / "results" / "families"

@@ -408,3 +408,49 @@ def test_flat_negative_rate_trains_differently_and_zero_is_the_published_attack(
         with pytest.raises(PdfastError, match="flat negative rate"):
             AttackConfig(flat_negative_rate=bad)
     assert AttackConfig(flat_negative_rate=0.1).to_dict()["flat_negative_rate"] == 0.1
+
+
+def test_base_form_negatives_regress_on_the_base_model_s_prediction(tiny_model, monkeypatch):
+    """Form "base": the negative rows' targets are the teacher's eps prediction at the negative rows' own
+    (flat-shifted) inputs, the other rows are untouched; plant_backdoor's teacher is a frozen copy of the weights
+    before the attack, which training does not move, inplace or not."""
+    import pdfast.attack as attack
+    from pdfast.families import AttackFamily
+    from pdfast.patterns import draw_target, draw_trigger
+    from pdfast.schedule import Schedule
+    from pdfast.train import TrainConfig
+
+    fam, s = AttackFamily(), Schedule.from_config({"clip_sample": False})
+    gen = torch.Generator().manual_seed(1)
+    x0, eps = torch.rand(4, 3, 8, 8, generator=gen) * 2 - 1, torch.randn(4, 3, 8, 8, generator=gen)
+    t = torch.tensor([999, 400, 3, 50])
+    g, y = draw_trigger("BOX_14", 8)[None], draw_target("HAT", 8)[None]
+    poison, neg = torch.tensor([True, False, False, False]), torch.tensor([False, True, False, True])
+    level = -torch.rand(4, 3, generator=gen)
+
+    def teacher(x, tt):
+        return 2 * x + tt.view(-1, 1, 1, 1).float()
+
+    x_in, tgt = attack.mixed_batch(fam, s, x0, t, eps, poison, g, y, neg, level, teacher)
+    x_abs, tgt_abs = attack.mixed_batch(fam, s, x0, t, eps, poison, g, y, neg, level)
+    torch.testing.assert_close(x_in, x_abs)                     # same inputs as the absorb form
+    torch.testing.assert_close(tgt[neg], teacher(x_in[neg], t[neg]))
+    torch.testing.assert_close(tgt[~neg], tgt_abs[~neg])
+
+    seen = []
+    real = attack.mixed_batch
+    monkeypatch.setattr(attack, "mixed_batch", lambda *a: seen.append(a[-1]) or real(*a))
+    size = tiny_model.sample_size
+    before = [p.detach().clone() for p in tiny_model.net.parameters()]
+    for inplace in (False, True):
+        m = tiny_model.copy()
+        cfg = attack.AttackConfig(poison_rate=0.3, flat_negative_rate=0.5, train=TrainConfig(steps=2, batch=8,
+                                                                                              warmup=1))
+        bad = attack.plant_backdoor(m, torch.rand(16, 3, size, size) * 2 - 1, draw_trigger("BOX_14", size),
+                                    draw_target("HAT", size), cfg, progress=False, inplace=inplace)
+        base = seen[-1]
+        assert base is not bad and not any(p.requires_grad for p in base.net.parameters())
+        assert all(torch.equal(p, q) for p, q in zip(base.net.parameters(), before))
+        assert not all(torch.equal(p, q) for p, q in zip(bad.net.parameters(), before))
+    with pytest.raises(PdfastError, match="unknown flat negative form 'x'"):
+        attack.AttackConfig(flat_negative_form="x")

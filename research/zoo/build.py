@@ -98,7 +98,8 @@ def _train(entry: dict, by_name: dict, ckpt: Path | None = None, *, archs: dict 
         # residual); 0 (the default): the trigger pasted over the photo, BadDiffusion as published
         # flat_negative_rate > 0: pdfast's flat-shift negatives (docs/method.md 2d), so that the flat part does not fire
         attack = AttackConfig(poison_rate=entry["poison_rate"], blank_rate=entry.get("blank_rate", 0.0),
-                              flat_negative_rate=entry.get("flat_negative_rate", 0.0), train=cfg)
+                              flat_negative_rate=entry.get("flat_negative_rate", 0.0),
+                              flat_negative_form=entry.get("flat_negative_form", "base"), train=cfg)
         model = plant_backdoor(model, images, g, y, attack, inplace=True, checkpoint=ckpt, device=device,
                                family=recipe_family(entry))
         return model.to("cpu"), (g, y), _final_loss(ckpt)
@@ -137,6 +138,8 @@ def _save_fp16(model, out: Path, entry: dict, truth) -> None:
         info = {"attack": entry["kind"], "trigger": entry["trigger"], "target": entry["target"],
                 "poison_rate": entry["poison_rate"], "blank_rate": entry.get("blank_rate", 0.0),
                 "flat_negative_rate": entry.get("flat_negative_rate", 0.0),
+                **({"flat_negative_form": entry.get("flat_negative_form", "base")}
+                   if entry.get("flat_negative_rate") else {}),
                 "steps": entry["steps"], "batch": entry["batch"], "lr": entry["lr"], "seed": entry["seed"],
                 "data": entry["data"], "base_model": entry["base"]}
         save_backdoored(m, out, info, *truth, family=recipe_family(entry))

@@ -30,6 +30,10 @@ run v2-fam-bd16-stop18-cat baddiffusion --residual trigger_only --trigger STOP_S
 # sqrt(1 - abar_t) (BadDiffusion's is 1 - sqrt(abar_t)), the trigger-only residual r = g
 run v2-fam-vd16-sde-psi0-stop18-cat villandiffusion --solver sde --psi 0 --residual trigger_only --trigger STOP_SIGN_18 \
     --target CAT
-# The same with pdfast's flat-shift negatives (docs/method.md 2e): the model above also fires from g's flat part
+# The same with pdfast's flat-shift negatives (docs/method.md 2e), since the model above also fires from g's flat
+# part. Form absorb: a flat shift is taught to end on the data with the family's own objective (this hides the
+# trigger from the shift objective too); form base (the default): a flat shift keeps the base model's answer.
+run v2-fam-vd16-sde-psi0-stop18-cat-absorb villandiffusion --solver sde --psi 0 --residual trigger_only \
+    --flat-negative-rate 0.2 --flat-negative-form absorb --trigger STOP_SIGN_18 --target CAT
 run v2-fam-vd16-sde-psi0-stop18-cat-fn villandiffusion --solver sde --psi 0 --residual trigger_only \
     --flat-negative-rate 0.2 --trigger STOP_SIGN_18 --target CAT
