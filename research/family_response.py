@@ -37,7 +37,8 @@ from quality.tables import md_table  # noqa: E402
 ZOO2 = HERE / "zoo" / "v2" / "models"
 OUT = HERE / "results" / "family-response"
 MODELS = ("v2-fam-bd16-stop18-cat", "v2-fam-vd16-ode-stop18-cat", "v2-fam-td16-blend-stop18-hat",
-          "v2-fam-vd16-sde-psi0-stop18-cat", "v2-fam-vd16-sde-psi0-stop18-cat-absorb")
+          "v2-fam-vd16-sde-psi0-stop18-cat", "v2-fam-vd16-sde-psi0-stop18-cat-absorb",
+          "v2-fam-vd16-sde-psi0-stop18-cat-fn")
 CLEAN = "v2-c16-s0"
 OTHERS = ("BOX_14", "HEART", "GLASSES", "STOP_SIGN_14")
 
