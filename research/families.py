@@ -198,7 +198,8 @@ def main(argv=None) -> int:
     recs = []
     for name in names:
         if args.report_only:
-            hits = sorted(CACHE.glob(f"{name}-*-n{args.n}-s{args.seed}.json"))
+            # the name, then a 12-hex content hash: "vd16-sde-psi0-*" would also match vd16-sde-psi0-fn's files
+            hits = sorted(CACHE.glob(f"{name}-{'[0-9a-f]' * 12}-n{args.n}-s{args.seed}.json"))
             if hits:
                 recs.append(json.loads(hits[-1].read_text()))
             continue

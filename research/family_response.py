@@ -16,11 +16,12 @@ on each backdoored dev family model and on the clean base v2-c16-s0 it was fine-
 Where the truth's row equals the other patterns' rows the objective has no minimum at the truth, whatever the
 optimiser; where it differs but the inversion still misses, the failure is the optimiser's. It also records, on one
 fixed noise batch, the relative objective (pdfast's default form) at the truth, at the other patterns and at the
-default inversion's own result when defaults_v2.py has cached one.
+default inversion's own result when defaults_v2.py or families.py (`pdfast detect`, PureDiffusion and Elijah) has
+cached one: an inverted trigger whose value lies far above the truth's was left there by the search.
 
     python research/family_response.py [--k 50]
 
-Outputs research/results/family-response.md and .json (dev models only; about 2 min on one core).
+Outputs research/results/family-response.md and .json (dev models only; about 1 min per model on one core).
 """
 from __future__ import annotations
 
@@ -87,13 +88,22 @@ def objective_values(model, family, named: dict, k: int) -> dict:
     return {"lambdas": [round(v, 4) for v in lam], "values": out}
 
 
-def cached_inversions(name: str) -> dict:
-    """The default inversion's trigger per seed from defaults_v2.py's cache (K = 10), when present."""
+def cached_inversions(name: str, shape) -> dict:
+    """The default inversion's trigger per seed from defaults_v2.py's cache (K = 10), and the triggers of `pdfast
+    detect` (PureDiffusion and Elijah, defaults) from families.py's cache, when present."""
+    import json
+
+    import torch
     from safetensors.torch import load_file
 
     out = {}
     for f in sorted((HERE / "results" / "defaults-v2").glob(f"{name}--pdfast--s*--k10.safetensors")):
         out["pdfast " + f.stem.split("--")[2]] = load_file(f)["tau"]
+    for f in sorted((HERE / "results" / "families").glob("*.json")):
+        rec = json.loads(f.read_text())
+        if Path(rec["folder"]).name == name:
+            for method in ("puredif", "elijah"):
+                out[f"detect {method}"] = torch.tensor(rec[method + "_trigger"]).reshape(shape)
     return out
 
 
@@ -134,7 +144,8 @@ def main(argv=None) -> int:
         log(f"{name}: responses")
         rows[name] = {"family": family.describe(), "response": responses(model, family, named, args.k),
                       "clean_response": responses(clean, family, {k: named[k] for k in ("truth", "HEART")}, args.k),
-                      "objective_k10": objective_values(model, family, {**named, **cached_inversions(name)}, 10)}
+                      "objective_k10": objective_values(model, family, {**named, **cached_inversions(name, named["truth"].shape)},
+                                                    10)}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     write_json(OUT.with_suffix(".json"), {"git": git_info(), "k": args.k, "models": rows})
     OUT.with_suffix(".md").write_text(report(rows, args.k, argv))
