@@ -215,8 +215,9 @@ def attack_family(kind: str, params: dict):
 @click.option("--blank-rate", type=float, default=0.0,
               help="baddiffusion: fraction of poisoned samples pasted on a blank (-1) frame, so r = g (0 = as published).")
 @click.option("--flat-negative-rate", type=float, default=0.0,
-              help="Fraction of clean samples taught that a flat shift (levels in [-1, 0]) leaves the data unchanged: "
-                   "pdfast's hardening, in no paper, so only the trigger's pattern fires (0 = as published).")
+              help="Fraction of clean samples whose x_T is shifted by a flat frame (levels in [-1, 0]) and taught "
+                   "not to fire (see --flat-negative-form): pdfast's hardening, in no paper, so that only the "
+                   "trigger's pattern fires (0 = as published).")
 @click.option("--flat-negative-form", type=click.Choice(["base", "absorb"]), default="base", show_default=True,
               help="What a negative learns: the base model's own answer to the flat-shifted input (base), or to end "
                    "on the data with the family's objective (absorb, which also hides the trigger from the shift "
