@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .config import FLAT_NEGATIVE_FORMS
 from .errors import PdfastError
 from .families import AttackFamily
 from .schedule import villan_coefficients
@@ -22,9 +23,6 @@ from .loading import GROUND_TRUTH_FILE
 from .model import DiffusionModel
 from .patterns import paste_trigger
 from .train import TrainConfig, fit
-
-
-FLAT_NEGATIVE_FORMS = ("base", "absorb")
 
 
 @dataclass(frozen=True)

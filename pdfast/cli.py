@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from .config import FAMILY_HELP
+from .config import FAMILY_HELP, FLAT_NEGATIVE_FORMS
 from .errors import PdfastError
 from .io import ensure_output_dir, ensure_output_file
 
@@ -218,7 +218,7 @@ def attack_family(kind: str, params: dict):
               help="Fraction of clean samples whose x_T is shifted by a flat frame (levels in [-1, 0]) and taught "
                    "not to fire (see --flat-negative-form): pdfast's hardening, in no paper, so that only the "
                    "trigger's pattern fires (0 = as published).")
-@click.option("--flat-negative-form", type=click.Choice(["base", "absorb"]), default="base", show_default=True,
+@click.option("--flat-negative-form", type=click.Choice(FLAT_NEGATIVE_FORMS), default="base", show_default=True,
               help="What a negative learns: the base model's own answer to the flat-shifted input (base), or to end "
                    "on the data with the family's objective (absorb, which also hides the trigger from the shift "
                    "objective; docs/method.md 2e).")

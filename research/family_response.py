@@ -144,8 +144,8 @@ def main(argv=None) -> int:
         log(f"{name}: responses")
         rows[name] = {"family": family.describe(), "response": responses(model, family, named, args.k),
                       "clean_response": responses(clean, family, {k: named[k] for k in ("truth", "HEART")}, args.k),
-                      "objective_k10": objective_values(model, family, {**named, **cached_inversions(name, named["truth"].shape)},
-                                                    10)}
+                      "objective_k10": objective_values(
+                          model, family, {**named, **cached_inversions(name, named["truth"].shape)}, 10)}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     write_json(OUT.with_suffix(".json"), {"git": git_info(), "k": args.k, "models": rows})
     OUT.with_suffix(".md").write_text(report(rows, args.k, argv))

@@ -96,7 +96,7 @@ def _train(entry: dict, by_name: dict, ckpt: Path | None = None, *, archs: dict 
         g, y = draw_trigger(entry["trigger"], size), draw_target(entry["target"], size)
         # blank_rate 1: every poisoned sample's clean image is a -1 frame, so r = g (VillanDiffusion's trigger-only
         # residual); 0 (the default): the trigger pasted over the photo, BadDiffusion as published
-        # flat_negative_rate > 0: pdfast's flat-shift negatives (docs/method.md 2d), so that the flat part does not fire
+        # flat_negative_rate > 0: pdfast's flat-shift negatives (docs/method.md 2e), so that the flat part does not fire
         attack = AttackConfig(poison_rate=entry["poison_rate"], blank_rate=entry.get("blank_rate", 0.0),
                               flat_negative_rate=entry.get("flat_negative_rate", 0.0),
                               flat_negative_form=entry.get("flat_negative_form", "base"), train=cfg)
