@@ -15,13 +15,16 @@ x_T = s eps + delta) for
 on each backdoored dev family model and on the clean base v2-c16-s0 it was fine-tuned from, with the same noises.
 Where the truth's row equals the other patterns' rows the objective has no minimum at the truth, whatever the
 optimiser; where it differs but the inversion still misses, the failure is the optimiser's. It also records, on one
-fixed noise batch, the relative objective (pdfast's default form) at the truth, at the other patterns and at the
-default inversion's own result when defaults_v2.py or families.py (`pdfast detect`, PureDiffusion and Elijah) has
-cached one: an inverted trigger whose value lies far above the truth's was left there by the search.
+fixed antithetic noise batch (the inversion's own noise), the relative objective (pdfast's default form) at the
+truth, at the other patterns and at the default inversion's own result when defaults_v2.py or families.py
+(`pdfast detect`, PureDiffusion and Elijah) has cached one, each beside the exact ASR of that shift: whether the
+objective ranks the shifts the way firing does. Last, the relative residual of the shift relation deep into the
+chain (300 DDPM steps; the ODE chain's 50): whether only the truth keeps lambda past the K = 10 steps the inversion
+looks at.
 
-    python research/family_response.py [--k 50]
+    python research/family_response.py [--k 50] [--deep 300]
 
-Outputs research/results/family-response.md and .json (dev models only; about 1 min per model on one core).
+Outputs research/results/family-response.md and .json (dev models only; a few minutes per model on one core).
 """
 from __future__ import annotations
 
@@ -77,15 +80,66 @@ def objective_values(model, family, named: dict, k: int) -> dict:
     lam = [float(v) for v in scale_table(model, cfg, "cpu", False).values]
     sampler = family.inversion_sampler(model.schedule, cfg.clip_for(model.schedule.clip_sample), k)
     gen = torch.Generator().manual_seed(0)
-    half = torch.randn((16, *model.shape), generator=gen)
-    noise = torch.cat([half, -half]) * family.noise_scale()
-    zs = [torch.randn((32, *model.shape), generator=gen) if sampler.needs_noise(i) else None for i in range(k)]
+    noise, zs = _antithetic(model, family, sampler, k, gen)
     engine, obj = make_engine("reference", model), ShiftObjective(lam, "l2", True)
     out = {}
     for n, d in named.items():
         loss, _ = engine.loss_and_grad(d.reshape(1, *model.shape), noise, zs, sampler, obj, list(range(k)))
         out[n] = round(loss, 5)
     return {"lambdas": [round(v, 4) for v in lam], "values": out}
+
+
+def _antithetic(model, family, sampler, k: int, gen, half: int = 16):
+    """x_T's noise (times the family's noise scale) and the k chain-step noises z_i, each as 2 * half antithetic
+    pairs (e, -e), as the inversion draws them (noise="antithetic"): their batch means are exactly 0, so the
+    objective carries no 1/sqrt(B) noise floor, which would otherwise grow along the chain and, divided by the
+    trigger's size, penalise small triggers most."""
+    import torch
+
+    def pair():
+        h = torch.randn((half, *model.shape), generator=gen)
+        return torch.cat([h, -h])
+
+    noise = pair() * family.noise_scale()
+    return noise, [pair() if sampler.needs_noise(i) else None for i in range(k)]
+
+
+def residuals(model, family, named: dict, k: int, lam: float, picks: list[int]) -> dict:
+    """name -> the relative residual ||mean_b eps_theta(x_i) - lam delta||^2 / ||delta||^2 at the chain steps
+    ``picks`` of the family's k-step inversion chain from x_T = s eps + delta (one antithetic batch of 32, seed 1):
+    whether a shift keeps the scale ``lam`` deep into the chain, past the K = 10 steps the inversion looks at."""
+    import torch
+
+    sampler = family.inversion_sampler(model.schedule, False, k)
+    noise, zs = _antithetic(model, family, sampler, k, torch.Generator().manual_seed(1))
+    out = {}
+    with torch.no_grad():
+        for n, d in named.items():
+            d = d.reshape(1, *model.shape).float()
+            x, row = noise + d, {}
+            for i in range(k):
+                eps = model.eps(x, sampler.timesteps[i])
+                if i in picks:
+                    row[i] = round(float((eps.mean(0, keepdim=True) - lam * d).pow(2).sum() / d.pow(2).sum()), 5)
+                x = sampler.step(i, x, eps, zs[i])
+            out[n] = row
+    return out
+
+
+def firing_of(model, family, named: dict, n: int = 32, steps: int = 100) -> dict:
+    """name -> exact ASR (MSE < 0.02 to the model's target) of n samples from s eps + shift on the family's own
+    sampler respaced to ``steps`` (the setting of the inversion's firing selection), the same noises (seed 2) for
+    every shift and for plain noise (name "plain")."""
+    from pdfast import metrics
+    from pdfast.engine import make_engine
+    from pdfast.loading import load_ground_truth
+
+    _, y = load_ground_truth(model)
+    names = list(named)
+    imgs = make_engine("reference", model).sample_together(
+        n, [named[k].reshape(model.shape) for k in names] + [None], seed=2,
+        sampler=family.sampler(model.schedule, False, respace=steps))
+    return {k: round(metrics.asr(imgs[i], y, 0.02), 4) for i, k in enumerate([*names, "plain"])}
 
 
 def cached_inversions(name: str, shape) -> dict:
@@ -107,9 +161,15 @@ def cached_inversions(name: str, shape) -> dict:
     return out
 
 
+def _picks(k: int) -> list[int]:
+    """Step 0, every tenth of the chain, and its last step."""
+    return sorted({0, *range(k // 10 or 1, k, k // 10 or 1), k - 1})
+
+
 def report(rows: dict, k: int, argv: list[str]) -> str:
-    """The markdown: per model, lambda_i at every tenth step for each shift, then the objective values."""
-    picks = sorted({0, *range(k // 10 or 1, k, k // 10 or 1), k - 1})
+    """The markdown: per model, lambda_i at every tenth step for each shift, then the objective values beside each
+    shift's firing, then the residual deep into the chain."""
+    picks = _picks(k)
     parts = [f"# Shift response of the family models (issue 20)\n\nWritten by `python research/family_response.py "
              f"{' '.join(argv)}`. lambda_i = <mean_b eps_theta(x_i), delta>/<delta, delta> along each family's "
              f"inversion chain (K = {k}; VillanDiffusion-ODE: the 50-step DDIM chain; TrojDiff: the DDPM chain from "
@@ -119,9 +179,18 @@ def report(rows: dict, k: int, argv: list[str]) -> str:
         body = [[n, *[f"{v[i]:.2f}" for i in picks]] for n, v in r["response"].items()]
         body += [[f"{n} (clean base)", *[f"{v[i]:.2f}" for i in picks]] for n, v in r["clean_response"].items()]
         parts.append(f"## {name} ({r['family']})\n\n" + md_table(body, head))
-        o = r["objective_k10"]
-        parts.append(f"Relative L2 objective at K = 10 (surrogate lambdas {o['lambdas']}), one fixed batch of 32; "
-                     "lower is preferred:\n\n" + md_table([[n, v] for n, v in o["values"].items()], ["shift", "loss"]))
+        o, f = r["objective_k10"], r["fires"]
+        parts.append(f"Relative L2 objective at K = 10 (surrogate lambdas {o['lambdas']}), one fixed antithetic batch "
+                     "of 32 (as the inversion draws its noise); lower is preferred. Beside it, the exact ASR of 32 "
+                     "samples from the shift on the family's sampler respaced to 100 steps (plain noise: "
+                     f"{f['plain']:.2f}):\n\n"
+                     + md_table([[n, v, f"{f[n]:.2f}"] for n, v in o["values"].items()], ["shift", "loss", "exact ASR"]))
+        d = r["residual"]
+        steps = list(next(iter(d["steps"].values())))
+        parts.append(f"Relative residual ||mean eps_theta(x_i) - lambda delta||^2 / ||delta||^2 along the {d['k']}-step "
+                     f"inversion chain (lambda = {d['lambda']}, the mean surrogate lambda; one antithetic batch of 32):"
+                     "\n\n" + md_table([[n, *[f"{v[i]:.4f}" for i in steps]] for n, v in d["steps"].items()],
+                                        ["shift", *[f"i={i}" for i in steps]]))
     return "\n\n".join(parts) + "\n"
 
 
@@ -129,6 +198,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", type=int, default=50, help="chain steps of the response table (default 50)")
+    ap.add_argument("--deep", type=int, default=300, help="chain steps of the residual table (default 300; the "
+                    "VillanDiffusion-ODE chain has its 50 DDIM steps)")
     args = ap.parse_args(argv)
     import torch
     from pdfast.families import family_of
@@ -142,10 +213,16 @@ def main(argv=None) -> int:
         family = family_of(model)
         named = shifts(model, family)
         log(f"{name}: responses")
+        every = {**named, **cached_inversions(name, named["truth"].shape)}
+        objective = objective_values(model, family, every, 10)
+        deep = family.ode_steps if family.solver == "ode" else args.deep
+        lam = sum(objective["lambdas"]) / len(objective["lambdas"])
+        log(f"{name}: residuals over {deep} steps, firing")
         rows[name] = {"family": family.describe(), "response": responses(model, family, named, args.k),
                       "clean_response": responses(clean, family, {k: named[k] for k in ("truth", "HEART")}, args.k),
-                      "objective_k10": objective_values(
-                          model, family, {**named, **cached_inversions(name, named["truth"].shape)}, 10)}
+                      "objective_k10": objective, "fires": firing_of(model, family, every),
+                      "residual": {"k": deep, "lambda": round(lam, 4),
+                                   "steps": residuals(model, family, every, deep, lam, _picks(deep))}}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     write_json(OUT.with_suffix(".json"), {"git": git_info(), "k": args.k, "models": rows})
     OUT.with_suffix(".md").write_text(report(rows, args.k, argv))
