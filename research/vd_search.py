@@ -117,18 +117,22 @@ def main(argv=None) -> int:
             log(f"{name} seed {seed}: {run}")
             rows.append([name, seed, epochs, f"{run['objective']:.5f}", f"{truth_value:.5f}", f"{run['cosine']:.2f}",
                          f"{run['rms']:.2f}", f"{run['exact_asr']:.2f}", f"{fires:.2f}"])
+    write(record, rows, float(g.pow(2).mean().sqrt()))
+    return 0
+
+
+def write(record: dict, rows: list, truth_rms: float) -> None:
+    """research/results/vd-search.json (every run) and .md (the table)."""
     OUT.parent.mkdir(parents=True, exist_ok=True)
     write_json(OUT.with_suffix(".json"), record)
     OUT.with_suffix(".md").write_text(
         "# The trigger search on the VillanDiffusion-SDE model with flat-shift negatives (issue 20)\n\n"
-        f"Written by `python research/vd_search.py` on {MODEL.name} (truth: pattern cosine 1, RMS "
-        f"{float(g.pow(2).mean().sqrt()):.2f}; exact ASR of 16 samples on the family's sampler respaced to 100 "
-        "steps; trigger_fires: firing against plain noise and the trigger's flat part, 1 = every sample on one image "
-        "that neither reaches). Objective: relative L2 over the variant's K = 10 chain steps, one fixed antithetic "
-        "batch of 32.\n\n"
+        f"Written by `python research/vd_search.py` on {MODEL.name} (truth: pattern cosine 1, RMS {truth_rms:.2f}; "
+        "exact ASR of 16 samples on the family's sampler respaced to 100 steps; trigger_fires: firing against plain "
+        "noise and the trigger's flat part, 1 = every sample on one image that neither reaches). Objective: relative "
+        "L2 over the variant's K = 10 chain steps, one fixed antithetic batch of 32.\n\n"
         + md_table(rows, ["variant", "seed", "Adam steps", "objective", "truth's objective", "cosine", "RMS",
                           "exact ASR", "fires"]) + "\n")
-    return 0
 
 
 def _truth_scales(model, g, sampler):
