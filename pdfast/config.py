@@ -38,14 +38,14 @@ PRESETS = {"pdfast": {**_V01, "norm": "l2", "bounds": "image", "select": "firing
 # network answers the true mu at t = T with a mean output of 0 and other shifts with 0.3-0.5 of them, but from the
 # uniform start the sampled K-step search stalls on a plateau; 300 Adam steps on t = T alone over one fixed noise
 # batch (a deterministic objective) reach the truth first (zoo v2 dev, research/results/family-response.md).
-# What a flat-shift negative of `pdfast attack` is taught (pdfast.attack.AttackConfig, docs/method.md 2e); kept here,
-# beside the other option choices, so the CLI can list them without importing torch
-FLAT_NEGATIVE_FORMS = ("base", "absorb")
 FAMILY_PRESETS = {"trojdiff": {"warm_epochs": 300, "noise": "fixed"}}
 # Elijah as published (docs/method.md section 4); only the options a user gives change it.
 ELIJAH = {**_V01, "batch": 100, "epochs": 100, "noise": "fixed", "objective": "absolute", "refine_epochs": 0}
 NOISE_MODES = ("antithetic", "fresh", "fixed")
 OBJECTIVES = ("relative", "absolute")
+# What a flat-shift negative of `pdfast attack` is taught (pdfast.attack.AttackConfig, docs/method.md 2e); kept here,
+# beside the other option choices, so the CLI can list them without importing torch
+FLAT_NEGATIVE_FORMS = ("base", "absorb")
 
 
 def opt(help: str, *, choices: tuple | None = None, cli: str | None = None, short: str | None = None,
