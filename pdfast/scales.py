@@ -67,10 +67,11 @@ def cache_dir() -> Path:
 @torch.no_grad()
 def estimate_scales(model: DiffusionModel, delta: torch.Tensor, k: int, *, batch: int = 64, seed: int = 0,
                     device=None, engine: EngineConfig = EngineConfig(), clip_sample: bool | None = None,
-                    family: AttackFamily = AttackFamily()) -> torch.Tensor:
+                    family: AttackFamily = AttackFamily(), sampler=None) -> torch.Tensor:
     """Least-squares shift scale per step along the family's inversion chain from x_T = s eps + delta (eq. 15; s = 1,
     TrojDiff's gamma), the network called through an engine made from ``engine`` (clip_sample None: the scheduler
-    config's): lambda_i = <mean_b eps_theta(x_i, t_i), delta> / <delta, delta>."""
+    config's): lambda_i = <mean_b eps_theta(x_i, t_i), delta> / <delta, delta>. ``sampler``: walk the first k steps
+    of that chain instead (e.g. a respaced DDPM chain; ``clip_sample`` is then the sampler's own)."""
     from . import chain
     from .engine import make_engine
     from .kernels import lstsq_scale
@@ -82,8 +83,13 @@ def estimate_scales(model: DiffusionModel, delta: torch.Tensor, k: int, *, batch
     x = noise.initial((batch, *model.shape))
     x = (x if family.noise_scale() == 1.0 else family.noise_scale() * x) + d.reshape(1, *model.shape)
     out: list[float] = []
-    clip = model.schedule.clip_sample if clip_sample is None else clip_sample
-    chain.run(eps_fn, x, family.inversion_sampler(model.schedule, clip, k), noise, update_last=False,
+    if sampler is None:
+        clip = model.schedule.clip_sample if clip_sample is None else clip_sample
+        sampler = family.inversion_sampler(model.schedule, clip, k)
+    elif k > len(sampler.timesteps):
+        raise PdfastError(f"k = {k} exceeds the given sampler's {len(sampler.timesteps)} steps; use k <= "
+                          f"{len(sampler.timesteps)}")
+    chain.run(eps_fn, x, sampler, noise, n=k, update_last=False,
               callback=lambda i, x, eps: out.append(float(lstsq_scale(eps.float(), d))))
     return torch.tensor(out, dtype=torch.float32)
 

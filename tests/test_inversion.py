@@ -104,6 +104,22 @@ def test_scale_estimator_recovers_known_lambda():
     torch.testing.assert_close(est, want, rtol=1e-5, atol=1e-6)
 
 
+
+def test_scale_estimator_walks_a_given_sampler():
+    """With ``sampler`` the estimate follows that chain's timesteps (here the DDPM chain respaced to 20 steps)."""
+    from pdfast.errors import PdfastError
+
+    delta = torch.linspace(-1, 1, 3 * 4 * 4).reshape(3, 4, 4)
+    lam = lambda t: 0.2 + 0.006 * t  # noqa: E731
+    m = DiffusionModel(Shifted(delta, lam), SCHED, 4, 3)
+    respaced = DDPMSampler(SCHED, clip_sample=False, respace=20)
+    est = estimate_scales(m, delta, 5, batch=8, sampler=respaced)
+    want = torch.tensor([lam(t) for t in respaced.timesteps[:5]])
+    torch.testing.assert_close(est, want, rtol=1e-5, atol=1e-6)
+    assert respaced.timesteps[:5] != SCHED.timesteps(5)  # a different chain from the default one
+    with pytest.raises(PdfastError, match="exceeds the given sampler's 20 steps"):
+        estimate_scales(m, delta, 21, batch=8, sampler=respaced)
+
 def test_inversion_recovers_trigger_of_shifted_model():
     """On the synthetic model the loss is minimised by delta = truth when lambda matches: PureDiffusion finds it."""
     truth = -torch.ones(3, 4, 4)
