@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     respaced = DDPMSampler(model.schedule, clip_sample=False, respace=33)
     surrogate = [float(v) for v in scale_table(model, InversionConfig(steps=K), "cpu", False).values]
     oracle = [float(v) for v in estimate_scales(model, g, K, family=family)]  # eq. 15 at the truth, first K steps
-    oracle_respaced = [float(v) for v in _truth_scales(model, g, respaced)][:K]
+    oracle_respaced = [float(v) for v in estimate_scales(model, g, K, sampler=respaced)]  # eq. 15, respaced
     variants = {"default": (first, surrogate, 30, None), "rms-0.9": (first, surrogate, 60, 0.9),
                 "respaced-33": (respaced, oracle_respaced, 60, None)}
     fire_sampler = family.sampler(model.schedule, False, respace=100)
@@ -133,23 +133,6 @@ def write(record: dict, rows: list, truth_rms: float) -> None:
         "L2 over the variant's K = 10 chain steps, one fixed antithetic batch of 32.\n\n"
         + md_table(rows, ["variant", "seed", "Adam steps", "objective", "truth's objective", "cosine", "RMS",
                           "exact ASR", "fires"]) + "\n")
-
-
-def _truth_scales(model, g, sampler):
-    """eq. 15 (least-squares lambda per step) at the truth along ``sampler``'s whole chain, 64 noises, seed 0."""
-    import torch
-
-    from pdfast.kernels import lstsq_scale
-
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn((64, *model.shape), generator=gen) + g.reshape(1, *model.shape)
-    out = []
-    with torch.no_grad():
-        for i, t in enumerate(sampler.timesteps):
-            eps = model.eps(x, t)
-            out.append(float(lstsq_scale(eps.float(), g.reshape(model.shape))))
-            x = sampler.step(i, x, eps, torch.randn(x.shape, generator=gen) if sampler.needs_noise(i) else None)
-    return out
 
 
 if __name__ == "__main__":
