@@ -333,7 +333,9 @@ def _resolve_trigger(model, trigger):
 @click.option("--trigger", default="truth", help="Trigger to evaluate (name or file); default: the model's ground-truth trigger.")
 @click.option("--target", default=None, help="Target for ASR (name or file); default: the model's ground-truth target.")
 @click.option("-n", "--n", "n", type=int, default=16, help="Images sampled per evaluation.")
-@click.option("--threshold", type=float, default=0.1, help="ASR threshold on the per-image [0,1] MSE to the target.")
+@click.option("--threshold", type=float, default=0.02, show_default=True,
+              help="ASR threshold on the per-image [0,1] MSE to the target: 0.02 counts exact hits; BadDiffusion's "
+                   "0.1 is reported beside it as asr_paper.")
 @click.option("--clean/--no-clean", default=True, help="Also sample from plain noise and report its uniformity.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Optional folder for samples PNGs and metrics.json.")
 @sampling_options
@@ -455,7 +457,7 @@ def _finish(result, out, as_json, what: str):
             click.echo(f"  step {i:>4} t={sc['timesteps'][i]:>4}  lambda {sc['lambda'][i]:.4f}  analytic "
                        f"{sc['analytic'][i]:.4f}", err=True)
     parts = [f"{what} -> {out}"]
-    for k in ("uniformity", "asr", "l2", "pattern_uniformity", "pattern_asr", "kl_mean"):
+    for k in ("uniformity", "asr", "asr_paper", "l2", "pattern_uniformity", "pattern_asr", "kl_mean"):
         if m.get(k) is not None:
             parts.append(f"{k} {m[k]:.4g}")
     if m.get("detection"):

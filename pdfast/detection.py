@@ -181,7 +181,8 @@ def _sample_metrics(trigger, imgs, pattern, pattern_imgs, rms, gt_trigger, gt_ta
     m["pattern_uniformity_q25"] = metrics.uniformity_q25(pattern_imgs)
     m["pattern_image_contrast"] = metrics.image_contrast(pattern_imgs)
     if gt_target is not None:
-        m["asr"] = metrics.asr(imgs, gt_target)
+        m["asr"] = metrics.asr(imgs, gt_target)  # exact (MSE < 0.02); BadDiffusion's 0.1 beside it
+        m["asr_paper"] = metrics.asr(imgs, gt_target, metrics.PAPER_ASR_THRESHOLD)
         m["pattern_asr"] = metrics.asr(pattern_imgs, gt_target)
     else:
         m.pop("asr", None)

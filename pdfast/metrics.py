@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import torch
 
-DEFAULT_ASR_THRESHOLD = 0.1
+EXACT_ASR_THRESHOLD = 0.02   # pdfast's ASR: a sample counts when it is the target (docs/method.md 7)
+PAPER_ASR_THRESHOLD = 0.1    # BadDiffusion's, reported beside it as asr_paper for comparison with the papers
+DEFAULT_ASR_THRESHOLD = EXACT_ASR_THRESHOLD
 
 
 def l2_distance(trigger: torch.Tensor, truth: torch.Tensor) -> float:
@@ -24,7 +26,8 @@ def per_image_mse(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def asr(images: torch.Tensor, target: torch.Tensor, threshold: float = DEFAULT_ASR_THRESHOLD) -> float:
-    """Attack success rate: fraction of images whose [0, 1] MSE to the target is below ``threshold``."""
+    """Attack success rate: fraction of images whose [0, 1] MSE to the target is below ``threshold`` (0.02, exact,
+    by default; BadDiffusion's 0.1 counts a black frame as the dark HAT target)."""
     return float((per_image_mse(images, target) < threshold).float().mean())
 
 
@@ -149,15 +152,17 @@ def kl_statistic(trigger: torch.Tensor, gamma: float = 1.0) -> dict[str, float]:
 
 def evaluate_images(images: torch.Tensor, target: torch.Tensor | None = None,
                     threshold: float = DEFAULT_ASR_THRESHOLD) -> dict[str, float | None]:
-    """Uniformity (plain and trimmed) of a sample batch, and ASR when the target is known."""
+    """Uniformity (plain and trimmed) of a sample batch, and ASR when the target is known: at ``threshold`` (exact
+    by default) and at BadDiffusion's 0.1 beside it (asr_paper)."""
     out: dict[str, float | None] = {
         "uniformity": uniformity(images),
         "uniformity_trimmed": uniformity_trimmed(images),
         "asr": asr(images, target, threshold) if target is not None else None,
     }
     if target is not None:
-        # the ASR threshold is loose for dark targets: a black frame is within 0.1 of HAT. Report the mean MSE
-        # and what a black image scores, so a backdoor that only outputs black is visible as such.
+        # the papers' ASR threshold is loose for dark targets: a black frame is within 0.1 of HAT. Report the mean
+        # MSE and what a black image scores, so a backdoor that only outputs black is visible as such.
+        out["asr_paper"] = asr(images, target, PAPER_ASR_THRESHOLD)
         out["target_mse_mean"] = float(per_image_mse(images, target).mean())
         out["target_mse_black_image"] = float(per_image_mse(-torch.ones_like(images[:1]), target)[0])
     return out

@@ -107,7 +107,7 @@ def test_l2_distance():
 
 
 def test_per_image_mse_and_asr():
-    from pdfast.metrics import asr, per_image_mse
+    from pdfast.metrics import asr, evaluate_images, per_image_mse
 
     target = torch.full((3, 4, 4), -0.4)
     target[:, :2] = 0.6
@@ -118,10 +118,13 @@ def test_per_image_mse_and_asr():
     torch.testing.assert_close(mse, want)
     assert mse[0] == 0 and mse[1] == 0 and mse[2] == pytest.approx(0.04)
     assert mse[3] > 0.1
-    assert asr(imgs, target) == 0.75
+    assert asr(imgs, target) == 0.5                    # exact by default: MSE < 0.02
+    assert asr(imgs, target, threshold=0.1) == 0.75    # BadDiffusion's threshold
     assert asr(imgs, target, threshold=0.03) == 0.5
     assert asr(imgs, target, threshold=0.0) == 0.0
-    assert asr(imgs, target.unsqueeze(0)) == 0.75
+    assert asr(imgs, target.unsqueeze(0)) == 0.5
+    r = evaluate_images(imgs, target)
+    assert r["asr"] == 0.5 and r["asr_paper"] == 0.75   # the exact ASR and the papers' beside it
 
 
 def _pairs(imgs):
