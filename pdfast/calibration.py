@@ -27,8 +27,8 @@ from .errors import PdfastError
 from .model import DiffusionModel
 
 ROW_METRICS = ("trigger_miss", "trigger_fires", "pattern_uniformity", "pattern_uniformity_q25", "uniformity",
-               "uniformity_trimmed", "kl_mean", "asr", "asr_paper", "pattern_asr", "l2", "pattern_l2", "plain_uniformity",
-               "pattern_effect", "trigger_effect")
+               "uniformity_trimmed", "kl_mean", "asr", "asr_paper", "pattern_asr", "l2", "pattern_l2",
+               "plain_uniformity", "pattern_effect", "trigger_effect")
 
 
 @dataclass
