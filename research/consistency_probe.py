@@ -44,14 +44,15 @@ R_SEARCH, BATCH, ITERS, LR, FLOOR = 50, 16, 60, 0.05, 0.01
 
 
 def run_chain(model, sampler, noise, zs, delta):
-    """x0 of the respaced ancestral chain from x_T = noise + delta, differentiable in delta: the DDPM step
-    x' = c1 (x - c2 eps) + sigma z in plain torch, the last sample clamped to [-1, 1]."""
+    """x0 of the respaced ancestral chain from x_T = noise + delta, differentiable in delta: the DDPM step through
+    the torch reference ``ddpm_update_ref`` (plain torch, so autograd runs through it), the last sample clamped to
+    [-1, 1]."""
+    from pdfast.kernels import ddpm_update_ref
+
     x = noise + delta
     for i, t in enumerate(sampler.timesteps):
-        c = sampler.rows(i + 1)[i].tolist()
-        x = c[0] * (x - c[1] * model.eps(x, t))
-        if sampler.needs_noise(i):
-            x = x + c[2] * zs[i]
+        c1, c2, sigma = sampler.rows(i + 1)[i, :3].tolist()
+        x = ddpm_update_ref(x, model.eps(x, t), c1, c2, sigma, noise=zs[i] if sampler.needs_noise(i) else None)
     return x.clamp(-1, 1)
 
 
