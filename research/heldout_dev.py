@@ -111,6 +111,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     out = Path(args.out)
+    missing = [m for m in args.models if not (Path(m) / "zoo.json").exists()]
+    if missing:
+        ap.error(f"no zoo.json in {', '.join(missing)}: give models built by research/zoo/build.py")
     rows = []
     for model in map(Path, args.models):
         zoo = json.loads((model / "zoo.json").read_text())

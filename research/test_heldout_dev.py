@@ -3,6 +3,8 @@ a clean one (tiny settings through --methods elijah only, the cheaper method), t
 second run reads the records back instead of re-running."""
 import json
 
+import pytest
+
 import heldout_dev as hd
 
 
@@ -26,3 +28,10 @@ def test_heldout_dev_runs_and_resumes(micro_zoo, tmp_path, monkeypatch):
     assert "| bd8 | backdoored | elijah |" in out.with_suffix(".md").read_text()
     assert hd.main([str(zoo / "bd8"), "--methods", "elijah", "--out", str(out)]) == 0
     assert calls == ["detect", "evaluate", "detect"]          # read back, not re-run
+
+
+def test_a_folder_without_zoo_json_is_refused_before_any_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        hd.main([str(tmp_path), "--out", str(tmp_path / "o")])
+    assert err.value.code == 2 and "no zoo.json" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
