@@ -134,20 +134,30 @@ def measure_model(name: str, n: int, seed: int) -> dict:
     return rec
 
 
-def add_fidelity(rec: dict) -> dict:
-    """L2 and pattern cosine of each inverted trigger to the true x_T shift, beside the chance level of a flat bright
-    square over the trigger image's own pixels (as a shift of the family's kind: TrojDiff's (1 - gamma) scale)."""
+def region_square(model):
+    """The fidelity's chance level: a flat bright square over the trigger image's own pixels (1 where it is drawn, -1
+    elsewhere), as a shift of the model's family (TrojDiff's (1 - gamma) scale)."""
     import torch
 
     from pdfast.families import family_of
-    from pdfast.loading import load_ground_truth, load_model, load_trigger_image
+    from pdfast.loading import load_trigger_image
+
+    image = load_trigger_image(model)
+    return family_of(model).shift(torch.where(image > -1, torch.ones_like(image), torch.full_like(image, -1.0)))
+
+
+def add_fidelity(rec: dict) -> dict:
+    """L2 and pattern cosine of each inverted trigger to the true x_T shift, beside the chance level of a flat bright
+    square over the trigger image's own pixels (region_square)."""
+    import torch
+
+    from pdfast.loading import load_ground_truth, load_model
 
     model = load_model(HERE.parent / rec["folder"])
     g, _ = load_ground_truth(model)
     if g is None:
         return rec
-    image = load_trigger_image(model)
-    square = family_of(model).shift(torch.where(image > -1, torch.ones_like(image), torch.full_like(image, -1.0)))
+    square = region_square(model)
     for method in ("puredif", "elijah"):
         trig = torch.tensor(rec[method + "_trigger"]).reshape(g.shape)
         rec[method]["fidelity"] = fidelity(trig, g, square)
