@@ -87,3 +87,16 @@ def test_bad_arguments_are_refused_before_any_run(tmp_path, capsys, monkeypatch,
         zr.main(argv + ["--out", str(tmp_path / "o")])
     assert err.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_split_models_in_recipe_order_with_adopted_ones_and_without_rejected(tmp_path):
+    zoo = tmp_path / "zoo"
+    (zoo / "models").mkdir(parents=True)
+    (zoo / "recipe.json").write_text(json.dumps({"models": [{"name": "b"}, {"name": "a"}]}))
+    for name, split, rejected in (("a", "dev", None), ("b", "dev", None), ("fam", "dev", None), ("t", "test", None),
+                                  ("r", "dev", "fails the gate")):
+        (zoo / "models" / name).mkdir()
+        info = {"recipe": {"split": split}, **({"rejected": rejected} if rejected else {})}
+        (zoo / "models" / name / "zoo.json").write_text(json.dumps(info))
+    (zoo / "models" / "unbuilt").mkdir()
+    assert [f.name for f in zr.split_models("dev", zoo)] == ["b", "a", "fam"]

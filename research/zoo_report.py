@@ -250,16 +250,16 @@ def tables(rows: list[dict], det: list[dict], pairs: list[dict], checks: list) -
             f"## PureDiffusion against Elijah, model by model (same 64 noises)\n\n{t_pairs}\n")
 
 
-def split_models(split: str) -> list[Path]:
-    """The built models of zoo v2's split, in recipe order (rejected ones left out)."""
-    recipe = json.loads((ZOO / "recipe.json").read_text())
+def split_models(split: str, zoo: Path = ZOO) -> list[Path]:
+    """The built models of zoo v2's split (zoo.json's recipe split; rejected ones left out), in recipe order, then
+    the adopted attack-family models (research/zoo/v2/adopt_families.py) by name."""
+    order = {m["name"]: i for i, m in enumerate(json.loads((zoo / "recipe.json").read_text())["models"])}
     out = []
-    for m in recipe["models"]:
-        folder = ZOO / "models" / m["name"]
-        if m.get("split") == split and (folder / "zoo.json").exists():
-            if not json.loads((folder / "zoo.json").read_text()).get("rejected"):
-                out.append(folder)
-    return out
+    for folder in sorted((zoo / "models").iterdir()):
+        info = json.loads((folder / "zoo.json").read_text()) if (folder / "zoo.json").exists() else {}
+        if info.get("recipe", {}).get("split") == split and not info.get("rejected"):
+            out.append(folder)
+    return sorted(out, key=lambda f: (order.get(f.name, len(order)), f.name))
 
 
 def parse(argv) -> argparse.Namespace:
