@@ -27,11 +27,14 @@ METHODS = ("puredif", "elijah")
 # "v0.1": pdfast 0.1's defaults, chosen on the demo model alone (kept to reproduce its results).
 _V01 = {"batch": 40, "epochs": 30, "norm": "l1", "noise": "antithetic", "objective": "relative",
         "refine_epochs": 30, "refine_from": "pattern", "warm_epochs": 0, "lr_schedule": "constant",
-        "average": "none", "bounds": "none", "select": "last"}
+        "average": "none", "bounds": "none", "select": "last", "patch_starts": "none"}
 # "pdfast": chosen on zoo v2's dev models (docs/method.md 5.6, research/results/defaults-v2-dev.md): the relative
 # search with the L2 norm in the image box [-1, 1] (5.5), then 30 steps of eq. 17 from its pattern, and the stage
 # whose trigger fires more is returned (select="firing").
-PRESETS = {"pdfast": {**_V01, "norm": "l2", "bounds": "image", "select": "firing"},
+# Since pdfast 0.4 it also searches from bright patches on a dark frame at the corners and the centre
+# (patch_starts="grid", docs/method.md 5.9): from the uniform start the search ends on a small flat shift on
+# trigger-only backdoors trained with flat negatives, from a patch over the trigger it finds the trigger.
+PRESETS = {"pdfast": {**_V01, "norm": "l2", "bounds": "image", "select": "firing", "patch_starts": "grid"},
            "paper": {**_V01, "noise": "fresh", "objective": "absolute", "refine_epochs": 0},
            "v0.1": dict(_V01)}
 # Per-family additions to the "pdfast" preset (docs/method.md 5.7), for options the user leaves unset. TrojDiff: its
@@ -188,6 +191,11 @@ class InversionConfig:
                                "or firing (the one that fires more: its samples land on one image more often than "
                                "plain and flat-shifted samples of the same noises do, docs/method.md 5.6).",
                                choices=("last", "firing"))
+    patch_starts: str | None = unset(
+        "grid: the search also runs from a bright square on a -1 frame at each corner and the centre, over the "
+        "first min(K, 10) chain steps, and --select firing chooses among all the stages' triggers (pdfast's global "
+        "search, docs/method.md 5.9; default in the pdfast preset); none: only from --init.",
+        choices=("none", "grid"))
     bounds: str | None = unset("image: the trigger is projected onto [-1, 1] (an image) after every step "
                                "(default); none: unconstrained (the paper, v0.1 and Elijah).", choices=("none", "image"))
     loss_steps: str = field(default="sampled", metadata=opt(
@@ -231,6 +239,9 @@ class InversionConfig:
             raise PdfastError(f"--noise antithetic needs an even --batch (got {self.batch})")
         if self.batch < 1 or self.epochs < 1:
             raise PdfastError("--batch and --epochs must be positive")
+        if self.patch_starts == "grid" and self.select != "firing":
+            raise PdfastError("--patch-starts grid needs --select firing (the patches' triggers are chosen by "
+                              "firing); add --select firing or use --patch-starts none")
         if self.coarse_epochs < 0:
             raise PdfastError(f"--coarse-epochs {self.coarse_epochs} must be 0 (no coarse stage) or more")
         if self.warm_epochs < 0:

@@ -77,7 +77,9 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
     ``start`` when given (a warm start) instead of ``cfg.init``: ``cfg.coarse_epochs`` Adam steps on
     ``cfg.objective`` over the first min(K, COARSE_STEPS) chain steps, ``cfg.epochs`` over all K,
     then, with ``cfg.refine_epochs``, a second run of Adam on the absolute objective (eq. 17) started from the
-    pattern of the first result (``metrics.trigger_pattern``). Ctrl-C stops it and keeps the trigger so far."""
+    pattern of the first result (``metrics.trigger_pattern``), with ``cfg.patch_starts`` the searches from the
+    patch grid (patch_searches), and with ``cfg.select="firing"`` the stage whose trigger fires most. Ctrl-C stops it
+    and keeps the trigger so far."""
     from .engine import make_engine
     from .metrics import trigger_pattern
 
@@ -101,12 +103,14 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
             delta = loop.run(delta, cfg.objective == "relative", cfg.coarse_epochs, "coarse",
                              steps=min(cfg.steps, COARSE_STEPS))
         delta = loop.run(delta, cfg.objective == "relative", cfg.epochs, "search")
+        candidates = {"search": delta}
         if cfg.refine_epochs:
-            searched = delta
             start2 = trigger_pattern(delta).reshape(shape) if cfg.refine_from == "pattern" else delta
-            delta = loop.run(start2, False, cfg.refine_epochs, "refine")
-            if cfg.select == "firing":
-                delta, selection = select_firing(model, cfg, engine, {"search": searched, "refine": delta})
+            delta = candidates["refine"] = loop.run(start2, False, cfg.refine_epochs, "refine")
+        if cfg.patch_starts == "grid":
+            candidates.update(patch_searches(model, cfg, loop))
+        if cfg.select == "firing" and len(candidates) > 1:
+            delta, selection = select_firing(model, cfg, engine, candidates)
     except KeyboardInterrupt:
         interrupted = True
         delta = loop.delta if loop.delta is not None else delta
@@ -116,6 +120,20 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
                      losses=loop.losses, drawn_steps=loop.drawn, timings=loop.timings(secs),
                      model_hash=model.content_hash(), model_source=str(model.source), engine=engine.describe(),
                      interrupted=interrupted, selection=selection)
+
+
+def patch_searches(model: DiffusionModel, cfg: InversionConfig, loop: "_Descent") -> dict[str, torch.Tensor]:
+    """pdfast's global search (docs/method.md 5.9): ``cfg.epochs`` Adam steps of the search from each of
+    patterns.patch_starts (a bright square on a -1 frame, as the family's x_T shift) over the first
+    min(K, COARSE_STEPS) chain steps; name "patch-<position>" -> its trigger."""
+    from .families import family_of
+    from .patterns import patch_starts
+
+    family = family_of(model, cfg.attack_family)
+    c, size = model.shape[0], model.shape[-1]
+    return {f"patch-{name}": loop.run(family.shift(img).reshape(1, *model.shape), cfg.objective == "relative",
+                                      cfg.epochs, f"patch-{name}", steps=min(cfg.steps, COARSE_STEPS))
+            for name, img in patch_starts(c, size).items()}
 
 
 SELECT_N, SELECT_STEPS = 16, 100

@@ -410,3 +410,23 @@ def preview_png(spec, path, scale: int = 8, size: int = 32, channels: int = 3, k
             kind = "target" if isinstance(spec, str) and spec.strip().upper() in TARGETS else "trigger"
         t = load_pattern(spec, size, channels, kind)
     return save_png(path, t, scale=scale)
+
+
+PATCH_POSITIONS = ("tl", "tr", "bl", "br", "c")
+
+
+def patch_starts(channels: int, size: int) -> dict[str, torch.Tensor]:
+    """The global search's starts (docs/method.md 5.9): a -1 frame (a trigger image's background) with a +1 square
+    of side round(3 size / 8) inset size // 16 from each corner, and one at the centre; name -> (channels, size,
+    size)."""
+    side, inset = max(1, round(3 * size / 8)), size // 16
+    far = size - side - inset
+    corner = {"tl": (inset, inset), "tr": (inset, far), "bl": (far, inset), "br": (far, far),
+              "c": ((size - side) // 2, (size - side) // 2)}
+    out = {}
+    for name in PATCH_POSITIONS:
+        i, j = corner[name]
+        x = torch.full((channels, size, size), -1.0)
+        x[:, i:i + side, j:j + side] = 1.0
+        out[name] = x
+    return out

@@ -69,7 +69,15 @@ def test_runs_the_cli_and_resumes(micro_zoo, tmp_path, monkeypatch):
         ("bd8", "puredif-K2-s0", "backdoored"), ("c8", "puredif-K2-s0", "clean"),
         ("bd8", "elijah-s0", "backdoored"), ("c8", "elijah-s0", "clean")]
     bd = report["rows"][0]
-    assert bd["exact_hits"] is not None and -1 <= bd["fidelity"]["pattern_cosine"] <= 1
+    from safetensors.torch import load_file
+
+    from pdfast import metrics
+    from pdfast.loading import load_ground_truth, load_model
+
+    trigger = load_file(str(tmp_path / "zoo-report-t" / "bd8" / "puredif-K2-s0" / "trigger.safetensors"))["trigger"]
+    g = load_ground_truth(load_model(zoo / "bd8"))[0]
+    assert bd["exact_hits"] is not None
+    assert bd["fidelity"]["l2"] == pytest.approx(metrics.l2_distance(trigger.reshape(g.shape), g))
     assert report["rows"][1]["exact_hits"] is None and report["rows"][1]["fidelity"] is None
     assert "| bd8 | backdoored | puredif-K2-s0 |" in (tmp_path / "zoo-report-t.md").read_text()
     assert zr.main(argv) == 0 and len(calls) == 6             # read back, not re-run

@@ -126,7 +126,7 @@ class Truths:
         g = self.g.get(model)
         if g is None:
             return None
-        t = next(iter(load_file(str(trigger_file)).values())).reshape(g.shape)
+        t = load_file(str(trigger_file))["trigger"].reshape(g.shape)      # the file also holds its pattern
         others = [metrics.pattern_cosine(o, g) for n, o in self.g.items() if n != model and o.shape == g.shape]
         return {"pattern_cosine": metrics.pattern_cosine(t, g), "l2": metrics.l2_distance(t, g),
                 "chance_square_cosine": metrics.pattern_cosine(self.square[model], g),

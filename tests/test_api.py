@@ -9,7 +9,7 @@ from click.testing import CliRunner
 import pdfast
 from pdfast.errors import PdfastError
 
-FAST = dict(steps=2, scales="analytic", epochs=2, refine_epochs=1, batch=4, n_eval=4)
+FAST = dict(steps=2, scales="analytic", epochs=2, refine_epochs=1, batch=4, n_eval=4, patch_starts="none")
 
 
 def test_detect_api_inverts_or_judges_a_given_trigger(tiny_model):
@@ -33,7 +33,7 @@ def test_detect_api_inverts_or_judges_a_given_trigger(tiny_model):
 def test_invert_options_apply_over_a_config_and_unknown_ones_are_refused(tiny_model):
     from pdfast.config import InversionConfig
 
-    cfg = InversionConfig(steps=2, scales="analytic", epochs=3, batch=4, refine_epochs=0)
+    cfg = InversionConfig(steps=2, scales="analytic", epochs=3, batch=4, refine_epochs=0, patch_starts="none")
     res = pdfast.invert(tiny_model, config=cfg, epochs=1, evaluate=False)
     assert res.config.epochs == 1 and res.config.steps == 2 and len(res.losses) == 1
     with pytest.raises(PdfastError, match="unknown option 'kernel'"):
@@ -267,7 +267,7 @@ def test_the_pdfast_preset_adds_the_trojdiff_warm_start_for_trojdiff_models_only
     m = tiny_model
     trojan = DiffusionModel(m.net, m.schedule, m.sample_size, m.channels, m.source,
                             {"family": {"name": "trojdiff", "gamma": 0.6}}, dict(m.extra))
-    opts = dict(steps=1, epochs=1, refine_epochs=0, batch=4, scales="analytic", evaluate=False)
+    opts = dict(steps=1, epochs=1, refine_epochs=0, batch=4, scales="analytic", evaluate=False, patch_starts="none")
     res = pdfast.invert(trojan, **opts)
     assert (res.config.warm_epochs, res.config.noise) == (300, "fixed")
     assert res.inversion.timings["stages"] == {"warm": 300, "search": 1}

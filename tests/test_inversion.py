@@ -171,7 +171,7 @@ def test_invert_api_keeps_caller_model_and_reports(tiny_model):
     net.train().requires_grad_(True)
     calls = []
     res = invert(tiny_model, steps=2, scales="analytic", epochs=2, refine_epochs=1, batch=4, evaluate=False,
-                 callback=lambda i, loss, d: calls.append(i))
+                 patch_starts="none", callback=lambda i, loss, d: calls.append(i))
     assert calls == [0, 1, 2]  # the refinement stage continues the iteration count
     assert res.timings["stages"] == {"search": 2, "refine": 1} and res.timings["iterations"] == 3
     assert net.training and all(p.requires_grad for p in net.parameters())
@@ -387,7 +387,8 @@ def test_bounds_image_is_the_trojdiff_shift_range_for_a_trojdiff_model():
 
 def test_tail_average_is_the_mean_of_the_second_half_of_the_iterates():
     seen = []
-    cfg = InversionConfig(steps=2, scales="analytic", epochs=6, refine_epochs=0, batch=4, average="tail").resolved()
+    cfg = InversionConfig(steps=2, scales="analytic", epochs=6, refine_epochs=0, batch=4, average="tail",
+                          patch_starts="none").resolved()
     res = run_inversion(linear_model(), cfg, _lam_table(2), callback=lambda i, loss, d: seen.append(d.clone()))
     torch.testing.assert_close(res.trigger, torch.stack(seen[3:]).mean(0)[0], atol=1e-6, rtol=0)
     last = run_inversion(linear_model(), replace(cfg, average="none"), _lam_table(2))
@@ -411,7 +412,8 @@ def test_cosine_schedule_sets_adams_step_sizes():
 
 
 def test_warm_epochs_run_the_first_chain_step_alone_first():
-    cfg = InversionConfig(steps=5, scales="analytic", epochs=4, refine_epochs=2, batch=4, warm_epochs=3).resolved()
+    cfg = InversionConfig(steps=5, scales="analytic", epochs=4, refine_epochs=2, batch=4, warm_epochs=3,
+                          patch_starts="none").resolved()
     res = run_inversion(linear_model(), cfg, _lam_table(5))
     assert res.drawn_steps[:3] == [0, 0, 0] and len(res.losses) == 9
     assert res.timings["stages"] == {"warm": 3, "search": 4, "refine": 2}
@@ -422,14 +424,15 @@ def test_warm_epochs_run_the_first_chain_step_alone_first():
 def test_refinement_can_start_from_the_trigger_itself():
     seen = []
     cfg = InversionConfig(steps=1, scales="analytic", epochs=2, refine_epochs=1, batch=4, lr=1e-9,
-                          refine_from="trigger").resolved()
+                          refine_from="trigger", patch_starts="none").resolved()
     res = run_inversion(linear_model(), cfg, _lam_table(1), callback=lambda i, loss, d: seen.append(d.clone()))
     d0 = -torch.rand((1, 3, 4, 4), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(res.trigger, d0[0], atol=1e-6, rtol=0)
 
 
 def test_coarse_epochs_draw_their_loss_step_from_the_first_ten_chain_steps_then_the_search_from_all_k():
-    cfg = InversionConfig(steps=40, scales="analytic", epochs=6, refine_epochs=0, batch=4, coarse_epochs=12).resolved()
+    cfg = InversionConfig(steps=40, scales="analytic", epochs=6, refine_epochs=0, batch=4, coarse_epochs=12,
+                          patch_starts="none").resolved()
     res = run_inversion(linear_model(), cfg, _lam_table(40))
     assert res.timings["stages"] == {"coarse": 12, "search": 6} and len(res.losses) == 18
     assert max(res.drawn_steps[:12]) < 10  # 12 draws from 0..9
@@ -438,3 +441,36 @@ def test_coarse_epochs_draw_their_loss_step_from_the_first_ten_chain_steps_then_
     assert max(plain.drawn_steps + res.drawn_steps[12:]) >= 10  # 12 draws from 0..39: some reach past step 9
     with pytest.raises(PdfastError, match="coarse-epochs"):
         InversionConfig(coarse_epochs=-1).resolved()
+
+
+def test_patch_grid_searches_from_each_patch_over_the_first_ten_steps_and_firing_chooses(monkeypatch):
+    """patch_starts="grid" (docs/method.md 5.9): after the search and the refinement, one search from each patch of
+    patterns.patch_starts, its loss steps drawn from the first min(K, 10) chain steps, and the candidate that fires
+    most is returned (select_firing, stubbed here to score the bottom-right patch's trigger highest)."""
+    from pdfast import inversion
+    from pdfast.patterns import patch_starts
+
+    starts, scores = [], {}
+
+    def fake_select(model, cfg, engine, candidates):
+        scores.update({k: (1.0 if k == "patch-br" else 0.0) for k in candidates})
+        return candidates["patch-br"], {"chosen": "patch-br", "fires": scores}
+
+    monkeypatch.setattr(inversion, "select_firing", fake_select)
+    cfg = InversionConfig(steps=40, scales="analytic", epochs=3, refine_epochs=2, batch=4, lr=1e-9).resolved()
+    assert cfg.patch_starts == "grid" and cfg.select == "firing"   # the pdfast preset's default
+    seen = []
+    res = run_inversion(linear_model(size=8), cfg, _lam_table(40), callback=lambda i, loss, d: seen.append(d.clone()))
+    assert res.timings["stages"] == {"search": 3, "refine": 2, "patch-tl": 3, "patch-tr": 3, "patch-bl": 3,
+                                     "patch-br": 3, "patch-c": 3}
+    assert list(scores) == ["search", "refine", "patch-tl", "patch-tr", "patch-bl", "patch-br", "patch-c"]
+    assert max(res.drawn_steps[5:]) < 10                         # the patches walk the first 10 chain steps only
+    grid = patch_starts(3, 8)
+    first_of_br = seen[5 + 3 * 3]                                # lr 1e-9: each stage stays at its start
+    torch.testing.assert_close(first_of_br[0], grid["br"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(res.trigger, grid["br"], atol=1e-6, rtol=0)
+    assert res.selection["chosen"] == "patch-br"
+    with pytest.raises(PdfastError, match="--patch-starts grid needs --select firing"):
+        InversionConfig(select="last").resolved()
+    assert InversionConfig(preset="paper").resolved().patch_starts == "none"
+    assert InversionConfig(method="elijah").resolved().patch_starts == "none"

@@ -176,3 +176,19 @@ def test_load_errors(tmp_path):
     with pytest.raises(PdfastError) as e:
         draw_trigger("BOX_14", 32, channels=2)
     _one_line(e)
+
+
+def test_patch_starts_are_bright_squares_on_a_dark_frame_at_the_corners_and_the_centre():
+    from pdfast.patterns import patch_starts
+
+    grid = patch_starts(3, 16)
+    assert list(grid) == ["tl", "tr", "bl", "br", "c"]
+    where = {}
+    for name, x in grid.items():
+        assert x.shape == (3, 16, 16) and set(x.unique().tolist()) == {-1.0, 1.0}
+        on = (x[0] == 1).nonzero()
+        rows, cols = on[:, 0], on[:, 1]
+        assert len(on) == 36 and (x[:, rows, cols] == 1).all()          # one 6x6 square (3/8 of 16), every channel
+        where[name] = (int(rows.min()), int(cols.min()))
+    assert where == {"tl": (1, 1), "tr": (1, 9), "bl": (9, 1), "br": (9, 9), "c": (5, 5)}
+    assert (patch_starts(1, 32)["br"][0] == 1).nonzero().min(0).values.tolist() == [18, 18]  # side 12, inset 2
