@@ -307,7 +307,10 @@ def main(argv=None) -> int:
     write_json(out.with_suffix(".json"), {"models": [str(m) for m in args.model_paths], "ks": args.k_list,
                                           "seeds": args.seed_list, "rows": rows, "detection": det, "paired": pairs,
                                           "bars": checks})
-    command = "OMP_NUM_THREADS=1 python research/zoo_report.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]
+    command = "OMP_NUM_THREADS=1 python research/zoo_report.py " + " ".join(given)
+    if args.report_only:
+        command += "` and rewritten from its records by `--report-only"
     threshold = f4(rows[0]["threshold"]) if rows else "-"
     out.with_suffix(".md").write_text(
         f"# Zoo v2 report: {args.name}\n\nWritten by `{command}` (research/zoo_report.py; records and triggers in "
