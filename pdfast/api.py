@@ -146,7 +146,7 @@ def invert(model_or_path=None, *, config: InversionConfig | None = None, device=
     dtype="bfloat16", threshold=0.05, calibration="cal.json", ...), applied over ``config``. With ``evaluate`` the
     result carries the verdict: samples from eps + trigger and eps + pattern, their metrics (ASR and L2 when the
     model folder has a backdoor.json) and the calibrated decision. ``start``: a trigger to start from instead of
-    ``init``. The caller's model is never modified.
+    ``init`` (refined as it is: the patch grid of ``patch_starts`` is not run). The caller's model is never modified.
     """
     from .families import family_of
 

@@ -77,8 +77,8 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
     ``start`` when given (a warm start) instead of ``cfg.init``: ``cfg.coarse_epochs`` Adam steps on
     ``cfg.objective`` over the first min(K, COARSE_STEPS) chain steps, ``cfg.epochs`` over all K,
     then, with ``cfg.refine_epochs``, a second run of Adam on the absolute objective (eq. 17) started from the
-    pattern of the first result (``metrics.trigger_pattern``), with ``cfg.patch_starts`` the searches from the
-    patch grid (patch_searches), and with ``cfg.select="firing"`` the stage whose trigger fires most. Ctrl-C stops it
+    pattern of the first result (``metrics.trigger_pattern``), with ``cfg.patch_starts`` (and no ``start``) the
+    searches from the patch grid (patch_searches), and with ``cfg.select="firing"`` the stage whose trigger fires most. Ctrl-C stops it
     and keeps the trigger so far."""
     from .engine import make_engine
     from .metrics import trigger_pattern
@@ -107,7 +107,7 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
         if cfg.refine_epochs:
             start2 = trigger_pattern(delta).reshape(shape) if cfg.refine_from == "pattern" else delta
             delta = candidates["refine"] = loop.run(start2, False, cfg.refine_epochs, "refine")
-        if cfg.patch_starts == "grid":
+        if cfg.patch_starts == "grid" and start is None:  # a caller's warm start is refined, not searched around
             candidates.update(patch_searches(model, cfg, loop))
         if cfg.select == "firing" and len(candidates) > 1:
             delta, selection = select_firing(model, cfg, engine, candidates)

@@ -474,3 +474,9 @@ def test_patch_grid_searches_from_each_patch_over_the_first_ten_steps_and_firing
         InversionConfig(select="last").resolved()
     assert InversionConfig(preset="paper").resolved().patch_starts == "none"
     assert InversionConfig(method="elijah").resolved().patch_starts == "none"
+
+
+def test_a_warm_start_is_refined_without_the_patch_grid():
+    cfg = InversionConfig(steps=2, scales="analytic", epochs=2, refine_epochs=1, batch=4).resolved()
+    res = run_inversion(linear_model(), cfg, _lam_table(2), start=torch.zeros(1, 3, 4, 4))
+    assert res.timings["stages"] == {"search": 2, "refine": 1} and cfg.patch_starts == "grid"
