@@ -44,6 +44,8 @@ def test_plan_order():
     assert runs[:4] == [("a", "puredif", 10, 0), ("b", "puredif", 10, 0), ("a", "elijah", None, 0),
                         ("b", "elijah", None, 0)]
     assert runs[-1] == ("b", "puredif", 1000, 0) and len(runs) == 2 * (2 * 2 + 2) + 1
+    only = zr.plan_runs([a, b], [10], [0], set(), ("puredif",))
+    assert [(m.name, meth) for m, meth, _, _ in only] == [("a", "puredif"), ("b", "puredif")]
 
 
 def test_runs_the_cli_and_resumes(micro_zoo, tmp_path, monkeypatch):
@@ -88,6 +90,7 @@ def test_runs_the_cli_and_resumes(micro_zoo, tmp_path, monkeypatch):
     (["--models", "."], "no zoo.json"),
     ([], "give --split or --models"),
     (["--models", "x", "--split", "dev"], "give --split or --models"),
+    (["--split", "dev", "--methods", "paper"], "--methods paper"),
 ])
 def test_bad_arguments_are_refused_before_any_run(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)

@@ -69,15 +69,16 @@ def run_name(method: str, k: int | None, seed: int) -> str:
     return f"{method}" + (f"-K{k}" if k else "") + f"-s{seed}"
 
 
-def plan_runs(models: list[Path], ks: list[int], seeds: list[int], k1000: set[str]) -> list[tuple]:
+def plan_runs(models: list[Path], ks: list[int], seeds: list[int], k1000: set[str],
+              methods: tuple[str, ...] = ("puredif", "elijah")) -> list[tuple]:
     """(model, method, K, seed) in the order they run: PureDiffusion at the first K on every model first (the
-    verdict's evidence), then Elijah, the other Ks and seeds, K = 1000 last."""
+    verdict's evidence), then Elijah, the other Ks and seeds, K = 1000 last; only the ``methods`` named."""
     first = [(m, "puredif", ks[0], seeds[0]) for m in models]
     rest = [(m, "elijah", None, seeds[0]) for m in models]
     rest += [(m, "puredif", k, s) for s in seeds for k in ks for m in models if (k, s) != (ks[0], seeds[0])]
     rest += [(m, "elijah", None, s) for s in seeds[1:] for m in models]
     rest += [(m, "puredif", 1000, seeds[0]) for m in models if m.name in k1000]
-    return first + rest
+    return [r for r in first + rest if r[1] in methods]
 
 
 def measure(model: Path, method: str, k: int | None, seed: int, out: Path) -> dict:
@@ -269,6 +270,7 @@ def parse(argv) -> argparse.Namespace:
     ap.add_argument("--ks", default="10,50", help="PureDiffusion's K, comma-separated; the first is the bars' K")
     ap.add_argument("--seeds", default="0,1", help="inversion seeds, comma-separated")
     ap.add_argument("--k1000", nargs="*", default=[], help="model names also inverted at K = 1000 (seed: the first)")
+    ap.add_argument("--methods", default="puredif,elijah", help="puredif, elijah or both (comma-separated)")
     ap.add_argument("--name", help="the report's name (default: the split)")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder of the report and its records")
     ap.add_argument("--report-only", action="store_true", help="write the report from the records, run nothing")
@@ -285,6 +287,9 @@ def parse(argv) -> argparse.Namespace:
         args.k_list, args.seed_list = [int(k) for k in args.ks.split(",")], [int(s) for s in args.seeds.split(",")]
     except ValueError:
         ap.error("--ks and --seeds take comma-separated integers, e.g. --ks 10,50 --seeds 0,1")
+    args.method_list = tuple(args.methods.split(","))
+    if not args.method_list or not set(args.method_list) <= {"puredif", "elijah"}:
+        ap.error(f"--methods {args.methods}: give puredif, elijah or puredif,elijah")
     args.name = args.name or args.split
     return args
 
@@ -295,7 +300,8 @@ def main(argv=None) -> int:
     zoo = {m.name: json.loads((m / "zoo.json").read_text()) for m in args.model_paths}
     truths = Truths(args.model_paths)
     rows = []
-    for model, method, k, seed in plan_runs(args.model_paths, args.k_list, args.seed_list, set(args.k1000)):
+    for model, method, k, seed in plan_runs(args.model_paths, args.k_list, args.seed_list, set(args.k1000),
+                                             args.method_list):
         record_file = out / model.name / f"{run_name(method, k, seed)}.json"
         if args.report_only and not record_file.exists():
             continue
