@@ -17,8 +17,10 @@ import sys
 from pathlib import Path
 
 
-def merge(entries: list[dict], source: str) -> dict:
-    """One entry from several of one size and one setting: their rows, the threshold placed over all of them."""
+def merge(entries: list[dict], source: str, later_wins: bool = False) -> dict:
+    """One entry from several of one size and one setting: their rows, the threshold placed over all of them. A
+    model in several inputs is refused, or with ``later_wins`` its row from the last of them is kept (a model
+    re-measured by a later run)."""
     from pdfast.calibration import calibration_entry
     from pdfast.errors import PdfastError
 
@@ -28,6 +30,9 @@ def merge(entries: list[dict], source: str) -> dict:
             raise PdfastError("the calibrations differ in their settings or statistic; merge runs made with the "
                               "same options only")
     rows = [r for e in entries for r in e["models"]]
+    if later_wins:
+        last = {Path(r["model"]).name: i for i, r in enumerate(rows)}
+        rows = [r for i, r in enumerate(rows) if last[Path(r["model"]).name] == i]
     names = [r["model"] for r in rows]
     if len(set(names)) != len(names):
         raise PdfastError(f"a model is in more than one input: {sorted({n for n in names if names.count(n) > 1})}")
@@ -45,10 +50,12 @@ def main(argv=None) -> int:
     ap.add_argument("--size", required=True, help="the image size whose entries are merged, e.g. 16")
     ap.add_argument("--out", required=True, help="calibration file the merged entry is written into")
     ap.add_argument("--source", required=True, help="what made the inputs (their commands), for the provenance")
+    ap.add_argument("--later-wins", action="store_true", help="a model in several inputs: keep its row from the last "
+                                                               "one (a re-measurement) instead of refusing")
     args = ap.parse_args(argv)
     try:
         entries = [json.loads(Path(f).read_text())["by_size"][args.size] for f in args.inputs]
-        path = write_calibration(args.out, merge(entries, args.source))
+        path = write_calibration(args.out, merge(entries, args.source, args.later_wins))
     except (OSError, KeyError, ValueError) as e:
         print(f"error: cannot read a {args.size}x{args.size} calibration from the inputs ({e}); give files written "
               "by pdfast calibrate", file=sys.stderr)

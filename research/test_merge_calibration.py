@@ -40,3 +40,11 @@ def test_refusals(tmp_path, capsys):
     assert mc.main([str(tmp_path / "a.json"), *args[:1], "32", *args[2:]]) == 2
     assert "cannot read a 32x32" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_later_wins_keeps_a_remeasured_models_last_row():
+    a = _entry([("m/c1", "clean", 1.0), ("m/b1", "backdoored", 0.5)])
+    b = _entry([("other/b1", "backdoored", 0.1)])
+    e = mc.merge([a, b], "x", later_wins=True)
+    assert [(r["model"], r["trigger_miss"]) for r in e["models"]] == [("m/c1", 1.0), ("other/b1", 0.1)]
+    assert abs(e["threshold"] - 0.1 ** 0.5) < 1e-12               # sqrt(1.0 * 0.1): the 0.5 row is gone
