@@ -41,7 +41,10 @@ PRESETS = {"pdfast": {**_V01, "norm": "l2", "bounds": "image", "select": "firing
 # network answers the true mu at t = T with a mean output of 0 and other shifts with 0.3-0.5 of them, but from the
 # uniform start the sampled K-step search stalls on a plateau; 300 Adam steps on t = T alone over one fixed noise
 # batch (a deterministic objective) reach the truth first (zoo v2 dev, research/results/family-response.md).
-FAMILY_PRESETS = {"trojdiff": {"warm_epochs": 300, "noise": "fixed"}}
+# The patch grid (5.9) is a prior of BadDiffusion's trigger convention (a pattern on a -1 background); on the TrojDiff
+# dev model one of its triggers collapsed the chains onto a non-target image and won the firing selection over the
+# warm-started truth (docs/results.md), so TrojDiff models keep pdfast 0.3's inversion.
+FAMILY_PRESETS = {"trojdiff": {"warm_epochs": 300, "noise": "fixed", "patch_starts": "none"}}
 # Elijah as published (docs/method.md section 4); only the options a user gives change it.
 ELIJAH = {**_V01, "batch": 100, "epochs": 100, "noise": "fixed", "objective": "absolute", "refine_epochs": 0}
 NOISE_MODES = ("antithetic", "fresh", "fixed")

@@ -259,7 +259,8 @@ def test_the_pdfast_preset_adds_the_trojdiff_warm_start_for_trojdiff_models_only
     from pdfast.model import DiffusionModel
 
     td = InversionConfig().resolved("trojdiff")
-    assert (td.warm_epochs, td.noise) == (300, "fixed")
+    assert (td.warm_epochs, td.noise, td.patch_starts) == (300, "fixed", "none")
+    assert InversionConfig().resolved("baddiffusion").patch_starts == "grid"
     bd = InversionConfig().resolved("baddiffusion")
     assert (bd.warm_epochs, bd.noise) == (0, "antithetic") and InversionConfig().resolved().warm_epochs == 0
     assert InversionConfig.from_options(preset="v0.1").resolved("trojdiff").warm_epochs == 0
@@ -269,6 +270,6 @@ def test_the_pdfast_preset_adds_the_trojdiff_warm_start_for_trojdiff_models_only
                             {"family": {"name": "trojdiff", "gamma": 0.6}}, dict(m.extra))
     opts = dict(steps=1, epochs=1, refine_epochs=0, batch=4, scales="analytic", evaluate=False, patch_starts="none")
     res = pdfast.invert(trojan, **opts)
-    assert (res.config.warm_epochs, res.config.noise) == (300, "fixed")
+    assert (res.config.warm_epochs, res.config.noise, res.config.patch_starts) == (300, "fixed", "none")
     assert res.inversion.timings["stages"] == {"warm": 300, "search": 1}
     assert pdfast.invert(m, **opts).inversion.timings["stages"] == {"search": 1}
