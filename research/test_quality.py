@@ -91,8 +91,11 @@ def test_smoke_run_detection_scores_the_dev_split_only(smoke_run):
     assert s["n_backdoored"] == 1 and s["n_clean"] == 1
     rows = {r["model"]: r["pattern_uniformity (verdict)"] for r in d["models"]}
     assert s["auc"] == stats.auc([-rows["bd8"]], [-rows["c8"]])
-    sh = d["shipped_threshold"]
-    assert sh["tpr"]["n"] == 1 and sh["tnr"]["n"] == 1
+    # the shipped statistic is verdict v2's trigger_miss, which this (zoo v1) scorer does not measure: no rates at
+    # the shipped threshold here (research/zoo_report.py scores verdict v2 through the CLI)
+    from pdfast.detection import calibration
+
+    assert calibration(sample_size=8)["statistic"] == "trigger_miss" and d["shipped_threshold"] is None
     assert rep["detection"]["test"] == {}
 
 
@@ -134,7 +137,10 @@ def test_failed_inversion_is_recorded_and_a_held_unit_skipped(micro_zoo, capsys,
     monkeypatch.setattr(pdfast, "invert", diverged)
     # another live process (this one) holds bd8's unit: it is skipped, c8's fails and is recorded
     cache_dir = root / "out-fail" / "quality"
-    settings = planner.Settings(n=4, verdict_n=16, verdict_seed=0, asr_threshold=0.1, smoke=True)
+    from pdfast.config import DetectionConfig
+
+    # the settings the CLI runs with (verdict_n: the verdict's n_eval), so the held unit is the one it plans
+    settings = planner.Settings(n=4, verdict_n=DetectionConfig().n_eval, verdict_seed=0, asr_threshold=0.1, smoke=True)
     models = zoo.scan_zoo(root / "models")
     code = codeversion.code_version()["id"]
     units = planner.plan([m for m in models if m.name == "bd8"], ["elijah"], [10], set(), settings, cache_dir, code)
