@@ -78,8 +78,8 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
     ``cfg.objective`` over the first min(K, COARSE_STEPS) chain steps, ``cfg.epochs`` over all K,
     then, with ``cfg.refine_epochs``, a second run of Adam on the absolute objective (eq. 17) started from the
     pattern of the first result (``metrics.trigger_pattern``), with ``cfg.patch_starts`` (and no ``start``) the
-    searches from the patch grid (patch_searches), and with ``cfg.select="firing"`` the stage whose trigger fires most. Ctrl-C stops it
-    and keeps the trigger so far."""
+    searches from the patch grid (patch_searches), and with ``cfg.select="firing"`` the stage whose trigger fires
+    most. Ctrl-C stops it and keeps the trigger so far."""
     from .engine import make_engine
     from .metrics import trigger_pattern
 

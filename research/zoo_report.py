@@ -122,6 +122,7 @@ class Truths:
         scores."""
         from safetensors.torch import load_file
 
+        from families import fidelity
         from pdfast import metrics
 
         g = self.g.get(model)
@@ -129,9 +130,7 @@ class Truths:
             return None
         t = load_file(str(trigger_file))["trigger"].reshape(g.shape)      # the file also holds its pattern
         others = [metrics.pattern_cosine(o, g) for n, o in self.g.items() if n != model and o.shape == g.shape]
-        return {"pattern_cosine": metrics.pattern_cosine(t, g), "l2": metrics.l2_distance(t, g),
-                "chance_square_cosine": metrics.pattern_cosine(self.square[model], g),
-                "chance_other_truth_cosine": max(others) if others else None}
+        return {**fidelity(t, g, self.square[model]), "chance_other_truth_cosine": max(others) if others else None}
 
 
 def row(record: dict, zoo: dict, truths: Truths, out: Path) -> dict:
