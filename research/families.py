@@ -43,16 +43,15 @@ MODELS = {  # name: (folder, what it is)
                          "villandiffusion, solver sde, psi 0, trigger_only, flat-shift negatives 0.2, form base "
                          "(pdfast's)"),
     "clean-base": (V2 / "v2-c16-s0", "clean: the four's base"),
-    # the clean base judged as each family's suspect (the flag a user gives for a model without backdoor.json)
-    "clean-base-as-vd-ode": (V2 / "v2-c16-s0", "clean base, --attack-family villandiffusion:solver=ode"),
-    "clean-base-as-trojdiff": (V2 / "v2-c16-s0", "clean base, --attack-family trojdiff:gamma=0.6"),
-    "clean-base-as-vd-sde": (V2 / "v2-c16-s0", "clean base, --attack-family villandiffusion:solver=sde,psi=0"),
 }
-FAMILY_FLAG = {  # name -> the attack_family option given to detect (none: the model's own backdoor.json)
+# The clean base judged as each family's suspect: name -> the attack_family option given to detect (the flag a user
+# gives for a model without backdoor.json); models not here are judged by their own backdoor.json.
+FAMILY_FLAG = {
     "clean-base-as-vd-ode": "villandiffusion:solver=ode,psi=1,residual=trigger_only,ode_steps=50",
     "clean-base-as-trojdiff": "trojdiff:gamma=0.6,trigger_type=blend",
     "clean-base-as-vd-sde": "villandiffusion:solver=sde,psi=0,residual=trigger_only",
 }
+MODELS |= {name: (V2 / "v2-c16-s0", f"clean base, --attack-family {flag}") for name, flag in FAMILY_FLAG.items()}
 # The defaults the detect rows were measured with: part of the cache key, so that new defaults re-measure (files
 # without it are pdfast 0.3's, kept for the tables quoted from them).
 DEFAULTS = "pdfast0.4"
