@@ -46,30 +46,12 @@ def zero_mean(t: "torch.Tensor") -> "torch.Tensor":
 
 
 def search(model, engine, sampler, objective, start, seed: int) -> "torch.Tensor":
-    """EPOCHS Adam steps (lr 0.1) on the relative objective from zero_mean(start), one chain step drawn from the
-    first K per step, fresh antithetic noise; after every step clamped to [-1, 1] and projected to zero mean."""
-    import torch
+    """EPOCHS Adam steps (lr 0.1) of vd_search's search stage on the relative objective from zero_mean(start),
+    clamped to [-1, 1] and projected to zero mean after every step."""
+    from vd_search import search as descend
 
-    gen = torch.Generator().manual_seed(seed)
-    delta = zero_mean(start.reshape(1, *model.shape).clone()).requires_grad_(True)
-    opt = torch.optim.Adam([delta], lr=0.1)
-
-    def pair():
-        h = torch.randn((BATCH // 2, *model.shape), generator=gen)
-        return torch.cat([h, -h])
-
-    for _ in range(EPOCHS):
-        k = int(torch.randint(0, K, (), generator=gen))
-        noise = pair()
-        zs = [pair() if sampler.needs_noise(i) else None for i in range(k)]
-        _, grad = engine.loss_and_grad(delta.detach(), noise, zs, sampler, objective, [k])
-        opt.zero_grad(set_to_none=True)
-        delta.grad = grad.reshape(delta.shape)
-        opt.step()
-        with torch.no_grad():
-            delta.clamp_(-1, 1)
-            delta.copy_(zero_mean(delta))
-    return delta.detach().reshape(model.shape)
+    return descend(model, engine, sampler, objective, EPOCHS, seed, None, start=zero_mean(start), project=zero_mean,
+                   k=K, batch=BATCH)
 
 
 def study(path: Path, truth, target) -> list[dict]:

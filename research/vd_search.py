@@ -38,25 +38,27 @@ OUT = HERE / "results" / "vd-search"
 K, BATCH, SEEDS = 10, 40, (0, 1)
 
 
-def search(model, engine, sampler, objective, epochs: int, seed: int, rms: float | None) -> "torch.Tensor":
-    """Adam (lr 0.1) on delta from -U(0, 1), one chain step drawn from the first K per iteration, fresh antithetic
-    noise (pdfast's search stage, pdfast.inversion); delta kept in [-1, 1], and with ``rms`` rescaled to that RMS
-    after every step."""
+def search(model, engine, sampler, objective, epochs: int, seed: int, rms: float | None, start=None,
+           project=None, k: int = K, batch: int = BATCH) -> "torch.Tensor":
+    """Adam (lr 0.1) on delta from ``start`` (default -U(0, 1)), one chain step drawn from the first ``k`` per
+    iteration, fresh antithetic noise (pdfast's search stage, pdfast.inversion); delta kept in [-1, 1], with ``rms``
+    rescaled to that RMS and with ``project`` mapped through it after every step."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    delta = (-torch.rand((1, *model.shape), generator=gen)).requires_grad_(True)
+    delta = (-torch.rand((1, *model.shape), generator=gen)) if start is None else start.reshape(1, *model.shape)
+    delta = delta.clone().requires_grad_(True)
     opt = torch.optim.Adam([delta], lr=0.1)
 
     def pair():
-        h = torch.randn((BATCH // 2, *model.shape), generator=gen)
+        h = torch.randn((batch // 2, *model.shape), generator=gen)
         return torch.cat([h, -h])
 
     for _ in range(epochs):
-        k = int(torch.randint(0, K, (), generator=gen))
+        step = int(torch.randint(0, k, (), generator=gen))
         noise = pair()
-        zs = [pair() if sampler.needs_noise(i) else None for i in range(k)]
-        _, grad = engine.loss_and_grad(delta.detach(), noise, zs, sampler, objective, [k])
+        zs = [pair() if sampler.needs_noise(i) else None for i in range(step)]
+        _, grad = engine.loss_and_grad(delta.detach(), noise, zs, sampler, objective, [step])
         opt.zero_grad(set_to_none=True)
         delta.grad = grad.reshape(delta.shape)
         opt.step()
@@ -64,6 +66,8 @@ def search(model, engine, sampler, objective, epochs: int, seed: int, rms: float
             if rms is not None:
                 delta.mul_(rms / delta.pow(2).mean().sqrt().clamp_min(1e-8))
             delta.clamp_(-1, 1)
+            if project is not None:
+                delta.copy_(project(delta))
     return delta.detach().reshape(model.shape)
 
 
