@@ -1,0 +1,27 @@
+"""research/trojdiff_seeds.py: the CPU tag and the report from records (the inversion itself is pdfast.invert,
+tested in tests/)."""
+import json
+import re
+
+import trojdiff_seeds as ts
+
+
+def test_cpu_name_is_a_file_tag():
+    name = ts.cpu_name()
+    assert name and re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", name)
+
+
+def test_report_reads_every_record(tmp_path, monkeypatch):
+    out = tmp_path / "results" / "trojdiff-seeds"
+    out.mkdir(parents=True)
+    monkeypatch.setattr(ts, "OUT", out)
+    monkeypatch.setattr(ts, "HERE", tmp_path)
+    stage = {"pattern_cosine": 0.5, "l2": 6.0, "fires": 0.125}
+    for seed in (0, 1):
+        (out / f"amd-epyc-s{seed}.json").write_text(json.dumps({
+            "seed": seed, "cpu": "amd-epyc", "seconds": 400.0, "chosen": {"chosen": "search"},
+            "stages": {"warm": stage, "search": stage, "returned": {**stage, "pattern_cosine": 0.94}}}))
+    ts.report()
+    text = (tmp_path / "results" / "trojdiff-seeds.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| amd-epyc")]
+    assert len(rows) == 2 and "0.94 / 6.0 / 0.12" in rows[0] and "| search |" in rows[1]

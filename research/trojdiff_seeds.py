@@ -1,0 +1,149 @@
+"""Does the TrojDiff inversion find its trigger on every inversion seed and machine? (issue 20)
+
+`pdfast detect` with defaults called zoo v2's dev TrojDiff model backdoored on a 2-core Intel Xeon (seed 0: trigger
+pattern cosine 0.94 to the truth, 64/64 exact), and clean on a 2-core AMD EPYC with the same code, model and seed
+(research/results/families.md). The TrojDiff inversion is the pdfast preset's warm stage (300 Adam steps at t = T
+on one fixed noise batch, docs/method.md 5.7), then the search and the refinement, the one that fires more kept.
+This script asks where each seed's trigger ends: for each inversion seed, the trigger after the warm stage, after
+the search and the one returned, each with its pattern cosine and L2 to the true x_T shift and its firing
+(trigger_fires of pdfast.inversion.select_firing: 16 chains of the family's sampler against plain noise and the
+trigger's flat part; 1 = every sample on one image neither reaches).
+
+    OMP_NUM_THREADS=1 python research/trojdiff_seeds.py --seeds 0 1 2      # one record per seed and machine
+    python research/trojdiff_seeds.py --report-only                         # the table from the records
+
+Records: research/results/trojdiff-seeds/<cpu>-s<seed>.json; report: research/results/trojdiff-seeds.md. About 8 min
+per seed on one core.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from quality.base import git_info, log, write_json  # noqa: E402
+from quality.tables import md_table  # noqa: E402
+
+MODEL = HERE / "zoo" / "v2" / "models" / "v2-fam-td16-blend-stop18-hat"
+OUT = HERE / "results" / "trojdiff-seeds"
+WARM_END = 300  # iterations of the preset's warm stage (FAMILY_PRESETS["trojdiff"]["warm_epochs"])
+
+
+def cpu_name() -> str:
+    """The CPU's model name as a file-name tag (e.g. amd-epyc, intel-xeon-processor)."""
+    name = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1]
+                break
+    except OSError:
+        pass
+    name = re.sub(r"\(.*?\)|@.*|cpu", " ", name.lower())
+    return "-".join(re.findall(r"[a-z0-9]+", name)[:3]) or "cpu"
+
+
+def measure(seed: int) -> dict:
+    """One inversion with defaults; its stages' triggers scored against the truth and by firing."""
+    import torch
+
+    import pdfast
+    from pdfast import metrics
+    from pdfast.engine import make_engine
+    from pdfast.inversion import select_firing
+    from pdfast.loading import load_ground_truth, load_model
+
+    torch.set_num_threads(1)
+    model = load_model(MODEL).frozen()
+    truth = load_ground_truth(model)[0]
+    stages: dict = {}
+
+    def keep(it, loss, delta):
+        if it in (WARM_END - 1, WARM_END + 29):  # the last warm step, the last search step
+            stages["warm" if it == WARM_END - 1 else "search"] = delta.detach().clone().reshape(model.shape)
+
+    t0 = time.perf_counter()
+    res = pdfast.invert(model, seed=seed, evaluate=False, callback=keep)
+    seconds = round(time.perf_counter() - t0, 1)
+    stages["returned"] = res.trigger.reshape(model.shape)
+    _, sel = select_firing(model, res.config, make_engine("fast", model), dict(stages))
+    return {"seed": seed, "cpu": cpu_name(), "git": git_info(), "seconds": seconds, "torch": torch.__version__,
+            "chosen": res.inversion.selection, "stages": {
+                k: {"pattern_cosine": metrics.pattern_cosine(v, truth), "l2": metrics.l2_distance(v, truth),
+                    "fires": sel["fires"][k]} for k, v in stages.items()}}
+
+
+FAMILY_RECORDS = {  # research/families.py's cached TrojDiff rows, seed 0: file -> where it ran
+    "td16-blend-11fdd2ebcb36-n64-s0.json": "pdfast 0.3, 2026-12-06 (a 2-core Intel Xeon, per that day's benchmark files)",
+    "td16-blend-11fdd2ebcb36-n64-s0-pdfast0.4.json": "pdfast 0.4, 2026-12-07 (a 2-core AMD EPYC)"}
+
+
+def family_rows() -> list[list]:
+    """The returned trigger of each families.py record: pattern cosine and L2 to the truth, its exact ASR."""
+    import torch
+
+    from pdfast import metrics
+    from pdfast.loading import load_ground_truth, load_model
+
+    truth = load_ground_truth(load_model(MODEL))[0]
+    rows = []
+    for name, where in FAMILY_RECORDS.items():
+        path = HERE / "results" / "families" / name
+        if path.exists():
+            r = json.loads(path.read_text())
+            t = torch.tensor(r["puredif_trigger"]).reshape(truth.shape)
+            asr = r["asr"]["puredif"]["exact"]
+            rows.append([where, r["puredif"]["verdict"], f"{r['puredif']['value']:.3f}",
+                         f"{metrics.pattern_cosine(t, truth):.2f}", f"{metrics.l2_distance(t, truth):.1f}",
+                         f"{asr['k']}/{asr['n']}"])
+    return rows
+
+
+def report() -> None:
+    """research/results/trojdiff-seeds.md from every record, beside families.py's two seed-0 rows."""
+    rows = []
+    for f in sorted(OUT.glob("*.json")):
+        r = json.loads(f.read_text())
+        st = r["stages"]
+        rows.append([r["cpu"], r["seed"], r["chosen"]["chosen"],
+                     *[f"{st[k]['pattern_cosine']:.2f} / {st[k]['l2']:.1f} / {st[k]['fires']:.2f}"
+                       for k in ("warm", "search", "returned")], r["seconds"]])
+    (HERE / "results" / "trojdiff-seeds.md").write_text(
+        "# The TrojDiff inversion per seed and machine (issue 20)\n\n"
+        f"Written by `python research/trojdiff_seeds.py` on {MODEL.name}: `pdfast.invert` with defaults (the pdfast "
+        "preset's TrojDiff stages), one CPU thread (seconds with other jobs beside). Each cell: pattern cosine to the true x_T shift / L2 / firing "
+        "(16 chains of TrojDiff's sampler, as the selection draws them, against plain noise and the "
+        "trigger's flat part). The truth itself: cosine 1, firing 1 (64/64 exact, research/results/families.md).\n\n"
+        + md_table(rows, ["cpu", "seed", "kept", "after warm", "after search", "returned", "seconds"])
+        + "\n\n`pdfast detect` with defaults in research/families.py (seed 0, one thread; its cached rows), the same "
+        "code path for TrojDiff in both versions (pdfast 0.4 added no patches for TrojDiff):\n\n"
+        + md_table(family_rows(), ["run", "verdict", "trigger_miss", "pattern cosine", "L2", "exact ASR (64)"])
+        + "\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args(argv)
+    if not args.report_only:
+        for seed in args.seeds:
+            path = OUT / f"{cpu_name()}-s{seed}.json"
+            if path.exists():
+                continue
+            record = measure(seed)
+            log(f"seed {seed}: {record['stages']}")
+            write_json(path, record)
+    report()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
