@@ -12,15 +12,16 @@ def test_cpu_name_is_a_file_tag():
 
 
 def test_report_reads_every_record(tmp_path, monkeypatch):
-    out = tmp_path / "results" / "trojdiff-seeds"
-    out.mkdir(parents=True)
-    monkeypatch.setattr(ts, "OUT", out)
+    (tmp_path / "results").mkdir()
+    records = tmp_path / "results" / "trojdiff-seeds.json"
+    monkeypatch.setattr(ts, "RECORDS", records)
     monkeypatch.setattr(ts, "HERE", tmp_path)
+    monkeypatch.setattr(ts, "family_rows", lambda: [])
     stage = {"pattern_cosine": 0.5, "l2": 6.0, "fires": 0.125}
-    for seed in (0, 1):
-        (out / f"amd-epyc-s{seed}.json").write_text(json.dumps({
-            "seed": seed, "cpu": "amd-epyc", "seconds": 400.0, "chosen": {"chosen": "search"},
-            "stages": {"warm": stage, "search": stage, "returned": {**stage, "pattern_cosine": 0.94}}}))
+    records.write_text(json.dumps({f"amd-epyc-s{seed}": {
+        "seed": seed, "cpu": "amd-epyc", "seconds": 400.0, "chosen": {"chosen": "search"},
+        "stages": {"warm": stage, "search": stage, "returned": {**stage, "pattern_cosine": 0.94}}} for seed in (0, 1)}))
+    assert sorted(ts.read_records()) == ["amd-epyc-s0", "amd-epyc-s1"]
     ts.report()
     text = (tmp_path / "results" / "trojdiff-seeds.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| amd-epyc")]

@@ -12,8 +12,8 @@ trigger's flat part; 1 = every sample on one image neither reaches).
     OMP_NUM_THREADS=1 python research/trojdiff_seeds.py --seeds 0 1 2      # one record per seed and machine
     python research/trojdiff_seeds.py --report-only                         # the table from the records
 
-Records: research/results/trojdiff-seeds/<cpu>-s<seed>.json; report: research/results/trojdiff-seeds.md. About 8 min
-per seed on one core.
+Records: research/results/trojdiff-seeds.json (one per CPU and seed, kept: another machine cannot regenerate them);
+report: research/results/trojdiff-seeds.md. About 8 min per seed on one core.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from quality.base import git_info, log, write_json  # noqa: E402
 from quality.tables import md_table  # noqa: E402
 
 MODEL = HERE / "zoo" / "v2" / "models" / "v2-fam-td16-blend-stop18-hat"
-OUT = HERE / "results" / "trojdiff-seeds"
+RECORDS = HERE / "results" / "trojdiff-seeds.json"
 WARM_END = 300  # iterations of the preset's warm stage (FAMILY_PRESETS["trojdiff"]["warm_epochs"])
 
 
@@ -106,11 +106,15 @@ def family_rows() -> list[list]:
     return rows
 
 
+def read_records() -> dict:
+    """cpu-sSEED -> record, from RECORDS (empty when none)."""
+    return json.loads(RECORDS.read_text()) if RECORDS.exists() else {}
+
+
 def report() -> None:
     """research/results/trojdiff-seeds.md from every record, beside families.py's two seed-0 rows."""
     rows = []
-    for f in sorted(OUT.glob("*.json")):
-        r = json.loads(f.read_text())
+    for _, r in sorted(read_records().items()):
         st = r["stages"]
         rows.append([r["cpu"], r["seed"], r["chosen"]["chosen"],
                      *[f"{st[k]['pattern_cosine']:.2f} / {st[k]['l2']:.1f} / {st[k]['fires']:.2f}"
@@ -135,12 +139,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not args.report_only:
         for seed in args.seeds:
-            path = OUT / f"{cpu_name()}-s{seed}.json"
-            if path.exists():
+            key = f"{cpu_name()}-s{seed}"
+            if key in read_records():
                 continue
             record = measure(seed)
             log(f"seed {seed}: {record['stages']}")
-            write_json(path, record)
+            write_json(RECORDS, {**read_records(), key: record})  # re-read: runs of other seeds may run beside it
     report()
     return 0
 
