@@ -6,9 +6,16 @@ import re
 import trojdiff_seeds as ts
 
 
-def test_cpu_name_is_a_file_tag():
-    name = ts.cpu_name()
+def test_the_machine_tag_is_a_file_tag():
+    name = ts.device_slug("cpu")
     assert name and re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", name)
+
+
+def test_stage_ends_follow_the_resolved_config():
+    from pdfast.config import InversionConfig
+
+    cfg = InversionConfig(epochs=30, coarse_epochs=5).resolved("trojdiff")      # warm 300 from the TrojDiff preset
+    assert ts.stage_ends(cfg) == {299: "warm", 334: "search"}
 
 
 def test_report_reads_every_record(tmp_path, monkeypatch):

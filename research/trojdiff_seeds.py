@@ -19,35 +19,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import re
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent / "benchmarks"))  # common.device_slug: the machine's tag, as benchmarks name it
 
+from common import device_slug  # noqa: E402
 from quality.base import git_info, log, write_json  # noqa: E402
 from quality.tables import md_table  # noqa: E402
 
 MODEL = HERE / "zoo" / "v2" / "models" / "v2-fam-td16-blend-stop18-hat"
 RECORDS = HERE / "results" / "trojdiff-seeds.json"
-WARM_END = 300  # iterations of the preset's warm stage (FAMILY_PRESETS["trojdiff"]["warm_epochs"])
 
 
-def cpu_name() -> str:
-    """The CPU's model name as a file-name tag (e.g. amd-epyc, intel-xeon-processor)."""
-    name = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1]
-                break
-    except OSError:
-        pass
-    name = re.sub(r"\(.*?\)|@.*|cpu", " ", name.lower())
-    return "-".join(re.findall(r"[a-z0-9]+", name)[:3]) or "cpu"
+def stage_ends(cfg) -> dict[int, str]:
+    """The iteration (0-based, counted across stages as pdfast.inversion does) on which the warm stage and the search
+    stage of a resolved config end: iteration -> stage name."""
+    warm = cfg.warm_epochs
+    return {warm - 1: "warm", warm + cfg.coarse_epochs + cfg.epochs - 1: "search"}
 
 
 def measure(seed: int) -> dict:
@@ -56,32 +48,36 @@ def measure(seed: int) -> dict:
 
     import pdfast
     from pdfast import metrics
+    from pdfast.config import InversionConfig
     from pdfast.engine import make_engine
+    from pdfast.families import family_of
     from pdfast.inversion import select_firing
     from pdfast.loading import load_ground_truth, load_model
 
     torch.set_num_threads(1)
     model = load_model(MODEL).frozen()
     truth = load_ground_truth(model)[0]
+    ends = stage_ends(InversionConfig(seed=seed).resolved(family_of(model).name))  # what pdfast.invert resolves
     stages: dict = {}
 
     def keep(it, loss, delta):
-        if it in (WARM_END - 1, WARM_END + 29):  # the last warm step, the last search step
-            stages["warm" if it == WARM_END - 1 else "search"] = delta.detach().clone().reshape(model.shape)
+        if it in ends:
+            stages[ends[it]] = delta.detach().clone().reshape(model.shape)
 
     t0 = time.perf_counter()
     res = pdfast.invert(model, seed=seed, evaluate=False, callback=keep)
     seconds = round(time.perf_counter() - t0, 1)
     stages["returned"] = res.trigger.reshape(model.shape)
     _, sel = select_firing(model, res.config, make_engine("fast", model), dict(stages))
-    return {"seed": seed, "cpu": cpu_name(), "git": git_info(), "seconds": seconds, "torch": torch.__version__,
+    return {"seed": seed, "cpu": device_slug("cpu"), "git": git_info(), "seconds": seconds, "torch": torch.__version__,
             "chosen": res.inversion.selection, "stages": {
                 k: {"pattern_cosine": metrics.pattern_cosine(v, truth), "l2": metrics.l2_distance(v, truth),
                     "fires": sel["fires"][k]} for k, v in stages.items()}}
 
 
 FAMILY_RECORDS = {  # research/families.py's cached TrojDiff rows, seed 0: file -> where it ran
-    "td16-blend-11fdd2ebcb36-n64-s0.json": "pdfast 0.3, 2026-12-06 (a 2-core Intel Xeon, per that day's benchmark files)",
+    "td16-blend-11fdd2ebcb36-n64-s0.json":
+        "pdfast 0.3, 2026-12-06 (a 2-core Intel Xeon, per that day's benchmark files)",
     "td16-blend-11fdd2ebcb36-n64-s0-pdfast0.4.json": "pdfast 0.4, 2026-12-07 (a 2-core AMD EPYC)"}
 
 
@@ -122,9 +118,9 @@ def report() -> None:
     (HERE / "results" / "trojdiff-seeds.md").write_text(
         "# The TrojDiff inversion per seed and machine (issue 20)\n\n"
         f"Written by `python research/trojdiff_seeds.py` on {MODEL.name}: `pdfast.invert` with defaults (the pdfast "
-        "preset's TrojDiff stages), one CPU thread (seconds with other jobs beside). Each cell: pattern cosine to the true x_T shift / L2 / firing "
-        "(16 chains of TrojDiff's sampler, as the selection draws them, against plain noise and the "
-        "trigger's flat part). The truth itself: cosine 1, firing 1 (64/64 exact, research/results/families.md).\n\n"
+        "preset's TrojDiff stages), one CPU thread (seconds with other jobs beside). Each cell: pattern cosine to "
+        "the true x_T shift / L2 / firing (16 chains of TrojDiff's sampler, as the selection draws them, against "
+        "plain noise and the trigger's flat part). The truth itself: cosine 1, firing 1 (64/64 exact, research/results/families.md).\n\n"
         + md_table(rows, ["cpu", "seed", "kept", "after warm", "after search", "returned", "seconds"])
         + "\n\n`pdfast detect` with defaults in research/families.py (seed 0, one thread; its cached rows), the same "
         "code path for TrojDiff in both versions (pdfast 0.4 added no patches for TrojDiff):\n\n"
@@ -139,7 +135,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not args.report_only:
         for seed in args.seeds:
-            key = f"{cpu_name()}-s{seed}"
+            key = f"{device_slug('cpu')}-s{seed}"
             if key in read_records():
                 continue
             record = measure(seed)
