@@ -26,7 +26,7 @@ METHODS = ("puredif", "elijah")
 # printed, no refinement); "pdfast": pdfast's additions (docs/method.md section 5). Explicit options win.
 # "v0.1": pdfast 0.1's defaults, chosen on the demo model alone (kept to reproduce its results).
 _V01 = {"batch": 40, "epochs": 30, "norm": "l1", "noise": "antithetic", "objective": "relative",
-        "refine_epochs": 30, "refine_from": "pattern", "warm_epochs": 0, "lr_schedule": "constant",
+        "refine_epochs": 30, "refine_from": "pattern", "warm_epochs": 0, "polish_epochs": 0, "lr_schedule": "constant",
         "average": "none", "bounds": "none", "select": "last", "patch_starts": "none"}
 # "pdfast": chosen on zoo v2's dev models (docs/method.md 5.6, research/results/defaults-v2-dev.md): the relative
 # search with the L2 norm in the image box [-1, 1] (5.5), then 30 steps of eq. 17 from its pattern, and the stage
@@ -44,10 +44,10 @@ PRESETS = {"pdfast": {**_V01, "norm": "l2", "bounds": "image", "select": "firing
 # The patch grid (5.9) is a prior of BadDiffusion's trigger convention (a pattern on a -1 background); on the TrojDiff
 # dev model one of its triggers collapsed the chains onto a non-target image and won the firing selection over the
 # warm-started truth (docs/results.md), so TrojDiff models keep pdfast 0.3's inversion.
-FAMILY_PRESETS = {"trojdiff": {"warm_epochs": 300, "noise": "fixed", "patch_starts": "none"}}
+FAMILY_PRESETS = {"trojdiff": {"warm_epochs": 300, "polish_epochs": 300, "noise": "fixed", "patch_starts": "none"}}
 # Elijah as published (docs/method.md section 4); only the options a user gives change it.
 ELIJAH = {**_V01, "batch": 100, "epochs": 100, "noise": "fixed", "objective": "absolute", "refine_epochs": 0}
-NOISE_MODES = ("antithetic", "fresh", "fixed")
+NOISE_MODES = ("antithetic", "fresh", "fixed", "fixed-antithetic")
 OBJECTIVES = ("relative", "absolute")
 # What a flat-shift negative of `pdfast attack` is taught (pdfast.attack.AttackConfig, docs/method.md 2e); kept here,
 # beside the other option choices, so the CLI can list them without importing torch
@@ -174,7 +174,8 @@ class InversionConfig:
     norm: str | None = unset("Loss norm (default: l2; l1 in the paper and v0.1 presets and Elijah).",
                              choices=("l1", "l2"))
     noise: str | None = unset("antithetic: fresh pairs (eps, -eps) whose mean is exactly 0; fresh: a new batch each "
-                              "iteration; fixed: one batch drawn once (default: antithetic puredif, fixed elijah).",
+                              "iteration; fixed: one batch drawn once; fixed-antithetic: one batch of pairs drawn once (default: "
+                              "antithetic puredif, fixed elijah).",
                               choices=NOISE_MODES)
     init: str = field(default="uniform", metadata=opt("Trigger init: -U(0,1) (uniform) or zeros.",
                                                       choices=("uniform", "zeros")))
@@ -186,6 +187,9 @@ class InversionConfig:
                                     "removed) or the result itself.", choices=("pattern", "trigger"))
     warm_epochs: int | None = unset("Adam steps on the first chain step alone (t = T, a one-step warm start) before "
                                     "the K-step search.", kind=int)
+    polish_epochs: int | None = unset("Then Adam steps at t = T on one fixed batch of antithetic pairs, from the warm "
+                                      "stage's trigger; its trigger joins the --select firing candidates (pdfast's, "
+                                      "for TrojDiff, whose true trigger zeroes this objective).", kind=int)
     lr_schedule: str | None = unset("Learning rate over each stage: constant, or cosine (decays to 0 at the stage's "
                                     "end).", choices=("constant", "cosine"))
     average: str | None = unset("none: a stage returns its last iterate; tail: the mean of the iterates of its "
@@ -238,8 +242,10 @@ class InversionConfig:
         check_choices(self)
         if self.steps < 1:
             raise PdfastError(f"--steps {self.steps} must be at least 1")
-        if self.noise == "antithetic" and self.batch % 2:
-            raise PdfastError(f"--noise antithetic needs an even --batch (got {self.batch})")
+        if self.noise.endswith("antithetic") and self.batch % 2:
+            raise PdfastError(f"--noise {self.noise} needs an even --batch (got {self.batch})")
+        if self.polish_epochs and self.batch % 2:
+            raise PdfastError(f"--polish-epochs draws antithetic pairs: it needs an even --batch (got {self.batch})")
         if self.batch < 1 or self.epochs < 1:
             raise PdfastError("--batch and --epochs must be positive")
         if self.patch_starts == "grid" and self.select != "firing":
@@ -249,6 +255,8 @@ class InversionConfig:
             raise PdfastError(f"--coarse-epochs {self.coarse_epochs} must be 0 (no coarse stage) or more")
         if self.warm_epochs < 0:
             raise PdfastError(f"--warm-epochs {self.warm_epochs} must be 0 (no warm start) or more")
+        if self.polish_epochs < 0:
+            raise PdfastError(f"--polish-epochs {self.polish_epochs} must be 0 (no polish) or more")
         if self.refine_epochs < 0:
             raise PdfastError(f"--refine-epochs {self.refine_epochs} must be 0 (no refinement) or more")
         if not (self.lr > 0 and math.isfinite(self.lr)):

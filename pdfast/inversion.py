@@ -74,7 +74,9 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
                   callback: Callback | None = None, progress: bool = False,
                   start: torch.Tensor | None = None) -> Inversion:
     """The optimisation (model already frozen and on ``device``) on an engine made from ``cfg.engine``, from
-    ``start`` when given (a warm start) instead of ``cfg.init``: ``cfg.coarse_epochs`` Adam steps on
+    ``start`` when given (a warm start) instead of ``cfg.init``: ``cfg.warm_epochs`` Adam steps at t = T alone, then
+    ``cfg.polish_epochs`` more on a fixed batch of antithetic pairs (a candidate of the firing selection),
+    ``cfg.coarse_epochs`` Adam steps on
     ``cfg.objective`` over the first min(K, COARSE_STEPS) chain steps, ``cfg.epochs`` over all K,
     then, with ``cfg.refine_epochs``, a second run of Adam on the absolute objective (eq. 17) started from the
     pattern of the first result (``metrics.trigger_pattern``), with ``cfg.patch_starts`` (and no ``start``) the
@@ -99,6 +101,10 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
     try:
         if cfg.warm_epochs:
             delta = loop.run(delta, cfg.objective == "relative", cfg.warm_epochs, "warm", first_step_only=True)
+        if cfg.polish_epochs:
+            delta = loop.run(delta, cfg.objective == "relative", cfg.polish_epochs, "polish", first_step_only=True,
+                             noise="fixed-antithetic")
+        warmed = delta
         if cfg.coarse_epochs:
             delta = loop.run(delta, cfg.objective == "relative", cfg.coarse_epochs, "coarse",
                              steps=min(cfg.steps, COARSE_STEPS))
@@ -109,6 +115,8 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
             delta = candidates["refine"] = loop.run(start2, False, cfg.refine_epochs, "refine")
         if cfg.patch_starts == "grid" and start is None:  # a caller's warm start is refined, not searched around
             candidates.update(patch_searches(model, cfg, loop))
+        if cfg.polish_epochs:
+            candidates["polish"] = warmed
         if cfg.select == "firing" and len(candidates) > 1:
             delta, selection = select_firing(model, cfg, engine, candidates)
     except KeyboardInterrupt:
@@ -172,32 +180,35 @@ class _Descent:
         self.noise_scale = family.noise_scale()  # x_T = s eps + delta (TrojDiff: s = gamma)
         self.bound = family.trigger_bound()  # bounds="image": |delta| <= 1 (TrojDiff: 1 - gamma)
         self.lambdas, self.callback, self.progress = lambdas, callback, progress
-        self.fixed = torch.randn((cfg.batch, *model.shape), generator=gen).to(device) if cfg.noise == "fixed" else None
-        self.fixed_z = None
+        # a fixed mode's batch and its z's, per mode: cfg.noise's drawn first, a stage's other mode when it starts
+        self.fixed = {cfg.noise: [_draw(cfg.noise, cfg.batch, model.shape, gen, device), None]} \
+            if cfg.noise.startswith("fixed") else {}
         self.losses: list[float] = []
         self.drawn: list[int] = []
         self.stages: dict[str, int] = {}
         self.delta: torch.Tensor | None = None
 
-    def _batch(self, last: int):
-        """x_T's noise and z for steps 0..last-1: drawn fresh (or antithetic), or the fixed batch drawn once."""
-        cfg, shape = self.cfg, self.model.shape
-        if self.fixed is not None:
-            if self.fixed_z is None:
-                self.fixed_z = [torch.randn((cfg.batch, *shape), generator=self.gen).to(self.device)
-                                for _ in range(cfg.steps - 1)]
-            zs = self.fixed_z[:last]
+    def _batch(self, last: int, mode: str):
+        """x_T's noise and z for steps 0..last-1 under noise ``mode``: drawn fresh (or antithetic), or the fixed
+        batch drawn once."""
+        cfg, shape, draw = self.cfg, self.model.shape, lambda: _draw(mode, cfg.batch, shape, self.gen, self.device)
+        if mode.startswith("fixed"):
+            if mode not in self.fixed:
+                self.fixed[mode] = [draw(), None]
+            fixed = self.fixed[mode]
+            if fixed[1] is None:
+                fixed[1] = [draw() for _ in range(cfg.steps - 1)]
+            noise, zs = fixed[0], fixed[1][:last]
         else:
-            noise = _draw(cfg, shape, self.gen, self.device)
-            zs = [_draw(cfg, shape, self.gen, self.device) for _ in range(last)]
-        noise = self.fixed if self.fixed is not None else noise
+            noise = draw()
+            zs = [draw() for _ in range(last)]
         noise = noise if self.noise_scale == 1.0 else self.noise_scale * noise
         return noise, [z if self.sampler.needs_noise(i) else None for i, z in enumerate(zs)]
 
     def run(self, delta0: torch.Tensor, relative: bool, epochs: int, stage: str,
-            first_step_only: bool = False, steps: int | None = None) -> torch.Tensor:
+            first_step_only: bool = False, steps: int | None = None, noise: str | None = None) -> torch.Tensor:
         """One stage of ``epochs`` Adam steps from ``delta0``, its loss steps drawn from the first ``steps`` chain
-        steps (default K); returns its last iterate, or with ``average="tail"`` the mean of the iterates of its
+        steps (default K), its noise by mode ``noise`` (default cfg.noise); returns its last iterate, or with ``average="tail"`` the mean of the iterates of its
         second half (Polyak tail averaging)."""
         from tqdm.auto import tqdm
 
@@ -215,14 +226,14 @@ class _Descent:
         for i in bar:
             if cfg.lr_schedule == "cosine":
                 opt.param_groups[0]["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * i / epochs))
-            loss, drawn = self._step(delta, opt, objective, K, first_step_only)
+            loss, drawn = self._step(delta, opt, objective, K, first_step_only, noise or cfg.noise)
             bar.set_postfix(loss=f"{loss:.4f}", step=drawn)
             self.stages[stage] += 1
             if cfg.average == "tail" and i >= epochs // 2:
                 tail, n_tail = tail + delta.detach(), n_tail + 1
         return tail / n_tail if n_tail else delta.detach()
 
-    def _step(self, delta, opt, objective, K: int, first_step_only: bool) -> tuple[float, int]:
+    def _step(self, delta, opt, objective, K: int, first_step_only: bool, mode: str) -> tuple[float, int]:
         """One Adam step on the objective at the drawn chain step(s); records the loss and calls back."""
         cfg, it = self.cfg, len(self.losses)
         if first_step_only:
@@ -231,7 +242,7 @@ class _Descent:
             loss_steps = list(range(K))
         else:
             loss_steps = [int(torch.randint(0, K, (), generator=self.gen))]
-        noise, zs = self._batch(max(loss_steps))
+        noise, zs = self._batch(max(loss_steps), mode)
         loss, grad = self.engine.loss_and_grad(delta.detach(), noise, zs, self.sampler, objective, loss_steps)
         if not math.isfinite(loss) or not torch.isfinite(grad).all():
             raise PdfastError(f"the inversion diverged (loss {loss}) at iteration {it}; lower --lr or use --norm l1")
@@ -258,12 +269,13 @@ class _Descent:
                 "network_calls": calls, "ms_per_chain_step": round(1000 * secs / max(1, calls), 3)}
 
 
-def _draw(cfg: InversionConfig, shape, gen: torch.Generator, device) -> torch.Tensor:
-    """A fresh noise batch; antithetic: B/2 draws and their negatives, so the batch mean of the noise is exactly 0
-    and its 1/sqrt(B) floor leaves the loss (eps_theta responds to eps and -eps symmetrically to first order)."""
-    if cfg.noise != "antithetic":
-        return torch.randn((cfg.batch, *shape), generator=gen).to(device)
-    half = torch.randn((cfg.batch // 2, *shape), generator=gen)
+def _draw(mode: str, batch: int, shape, gen: torch.Generator, device) -> torch.Tensor:
+    """A noise batch under noise ``mode`` (fresh, or the one a fixed mode draws once); antithetic and
+    fixed-antithetic: B/2 draws and their negatives, so the batch mean of the noise is exactly 0 and its 1/sqrt(B)
+    floor leaves the loss (eps_theta responds to eps and -eps symmetrically to first order)."""
+    if not mode.endswith("antithetic"):
+        return torch.randn((batch, *shape), generator=gen).to(device)
+    half = torch.randn((batch // 2, *shape), generator=gen)
     return torch.cat([half, -half]).to(device)
 
 

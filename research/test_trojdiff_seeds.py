@@ -14,8 +14,11 @@ def test_the_machine_tag_is_a_file_tag():
 def test_stage_ends_follow_the_resolved_config():
     from pdfast.config import InversionConfig
 
-    cfg = InversionConfig(epochs=30, coarse_epochs=5).resolved("trojdiff")      # warm 300 from the TrojDiff preset
-    assert ts.stage_ends(cfg) == {299: "warm", 334: "search"}
+    cfg = InversionConfig(epochs=30, coarse_epochs=5).resolved("trojdiff")  # warm 300, polish 300: TrojDiff's preset
+    assert ts.stage_ends(cfg) == {299: "warm", 599: "polish", 634: "search"}
+    assert ts.stages_tag(cfg) == "warm300-polish300"
+    cfg = InversionConfig(epochs=30, coarse_epochs=5, polish_epochs=0).resolved("trojdiff")
+    assert ts.stage_ends(cfg) == {299: "warm", 334: "search"} and ts.stages_tag(cfg) == "warm300-polish0"
 
 
 def test_report_reads_every_record(tmp_path, monkeypatch):
@@ -33,3 +36,4 @@ def test_report_reads_every_record(tmp_path, monkeypatch):
     text = (tmp_path / "results" / "trojdiff-seeds.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| amd-epyc")]
     assert len(rows) == 2 and "0.94 / 6.0 / 0.12" in rows[0] and "| search |" in rows[1]
+    assert "| warm300-polish0 |" in rows[0] and "| - |" in rows[0]  # records from before the polish stage

@@ -36,10 +36,23 @@ RECORDS = HERE / "results" / "trojdiff-seeds.json"
 
 
 def stage_ends(cfg) -> dict[int, str]:
-    """The iteration (0-based, counted across stages as pdfast.inversion does) on which the warm stage and the search
-    stage of a resolved config end: iteration -> stage name."""
-    warm = cfg.warm_epochs
-    return {warm - 1: "warm", warm + cfg.coarse_epochs + cfg.epochs - 1: "search"}
+    """The iteration (0-based, counted across stages as pdfast.inversion does) on which the warm stage, the polish
+    (when there is one) and the search stage of a resolved config end: iteration -> stage name."""
+    warm, polish = cfg.warm_epochs, cfg.warm_epochs + cfg.polish_epochs
+    ends = {warm - 1: "warm", polish + cfg.coarse_epochs + cfg.epochs - 1: "search"}
+    return {**ends, polish - 1: "polish"} if cfg.polish_epochs else ends
+
+
+def stages_tag(cfg) -> str:
+    """The records' name for a config's t = T stages: warm300-polish300 (pdfast 0.5's TrojDiff preset), ..."""
+    return f"warm{cfg.warm_epochs}-polish{cfg.polish_epochs}"
+
+
+def resolved_config(seed: int):
+    """The inversion config `pdfast.invert` resolves for the model (TrojDiff: the pdfast preset's family additions)."""
+    from pdfast.config import InversionConfig
+
+    return InversionConfig(seed=seed).resolved("trojdiff")
 
 
 def measure(seed: int) -> dict:
@@ -48,7 +61,6 @@ def measure(seed: int) -> dict:
 
     import pdfast
     from pdfast import metrics
-    from pdfast.config import InversionConfig
     from pdfast.engine import make_engine
     from pdfast.families import family_of
     from pdfast.inversion import select_firing
@@ -57,7 +69,9 @@ def measure(seed: int) -> dict:
     torch.set_num_threads(1)
     model = load_model(MODEL).frozen()
     truth = load_ground_truth(model)[0]
-    ends = stage_ends(InversionConfig(seed=seed).resolved(family_of(model).name))  # what pdfast.invert resolves
+    assert family_of(model).name == "trojdiff", MODEL
+    cfg = resolved_config(seed)
+    ends = stage_ends(cfg)
     stages: dict = {}
 
     def keep(it, loss, delta):
@@ -69,7 +83,7 @@ def measure(seed: int) -> dict:
     seconds = round(time.perf_counter() - t0, 1)
     stages["returned"] = res.trigger.reshape(model.shape)
     _, sel = select_firing(model, res.config, make_engine("fast", model), dict(stages))
-    return {"seed": seed, "cpu": device_slug("cpu"), "git": git_info(), "seconds": seconds, "torch": torch.__version__,
+    return {"seed": seed, "cpu": device_slug("cpu"), "stages_tag": stages_tag(cfg), "git": git_info(), "seconds": seconds, "torch": torch.__version__,
             "chosen": res.inversion.selection, "stages": {
                 k: {"pattern_cosine": metrics.pattern_cosine(v, truth), "l2": metrics.l2_distance(v, truth),
                     "fires": sel["fires"][k]} for k, v in stages.items()}}
@@ -112,16 +126,17 @@ def report() -> None:
     rows = []
     for _, r in sorted(read_records().items()):
         st = r["stages"]
-        rows.append([r["cpu"], r["seed"], r["chosen"]["chosen"],
-                     *[f"{st[k]['pattern_cosine']:.2f} / {st[k]['l2']:.1f} / {st[k]['fires']:.2f}"
-                       for k in ("warm", "search", "returned")], r["seconds"]])
+        rows.append([r["cpu"], r.get("stages_tag", "warm300-polish0"), r["seed"], r["chosen"]["chosen"],
+                     *[f"{st[k]['pattern_cosine']:.2f} / {st[k]['l2']:.1f} / {st[k]['fires']:.2f}" if k in st else "-"
+                       for k in ("warm", "polish", "search", "returned")], r["seconds"]])
     (HERE / "results" / "trojdiff-seeds.md").write_text(
         "# The TrojDiff inversion per seed and machine (issue 20)\n\n"
         f"Written by `python research/trojdiff_seeds.py` on {MODEL.name}: `pdfast.invert` with defaults (the pdfast "
         "preset's TrojDiff stages), one CPU thread (seconds with other jobs beside). Each cell: pattern cosine to "
         "the true x_T shift / L2 / firing (16 chains of TrojDiff's sampler, as the selection draws them, against "
         "plain noise and the trigger's flat part). The truth itself: cosine 1, firing 1 (64/64 exact, research/results/families.md).\n\n"
-        + md_table(rows, ["cpu", "seed", "kept", "after warm", "after search", "returned", "seconds"])
+        + md_table(rows, ["cpu", "t = T stages", "seed", "kept", "after warm", "after polish", "after search",
+                          "returned", "seconds"])
         + "\n\n`pdfast detect` with defaults in research/families.py (seed 0, one thread; its cached rows), the same "
         "code path for TrojDiff in both versions (pdfast 0.4 added no patches for TrojDiff):\n\n"
         + md_table(family_rows(), ["run", "verdict", "trigger_miss", "pattern cosine", "L2", "exact ASR (64)"])
@@ -135,7 +150,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not args.report_only:
         for seed in args.seeds:
-            key = f"{device_slug('cpu')}-s{seed}"
+            key = f"{device_slug('cpu')}-{stages_tag(resolved_config(seed))}-s{seed}"
             if key in read_records():
                 continue
             record = measure(seed)

@@ -253,16 +253,18 @@ def test_engine_options_reach_the_surrogate_calibration_and_the_verdict(tiny_mod
 
 
 def test_the_pdfast_preset_adds_the_trojdiff_warm_start_for_trojdiff_models_only(tiny_model):
-    """FAMILY_PRESETS: a TrojDiff model gets 300 warm steps at t = T on one fixed noise batch (docs/method.md 5.7),
+    """FAMILY_PRESETS: a TrojDiff model gets 300 warm steps at t = T on one fixed noise batch, then 300 on a fixed
+    batch of antithetic pairs (docs/method.md 5.7),
     resolved once the model's family is known; other families and presets are unchanged; explicit options win."""
     from pdfast.config import InversionConfig
     from pdfast.model import DiffusionModel
 
     td = InversionConfig().resolved("trojdiff")
-    assert (td.warm_epochs, td.noise, td.patch_starts) == (300, "fixed", "none")
+    assert (td.warm_epochs, td.polish_epochs, td.noise, td.patch_starts) == (300, 300, "fixed", "none")
     assert InversionConfig().resolved("baddiffusion").patch_starts == "grid"
     bd = InversionConfig().resolved("baddiffusion")
-    assert (bd.warm_epochs, bd.noise) == (0, "antithetic") and InversionConfig().resolved().warm_epochs == 0
+    assert (bd.warm_epochs, bd.polish_epochs, bd.noise) == (0, 0, "antithetic")
+    assert InversionConfig().resolved().warm_epochs == 0
     assert InversionConfig.from_options(preset="v0.1").resolved("trojdiff").warm_epochs == 0
     assert InversionConfig.from_options(warm_epochs=2).resolved("trojdiff").warm_epochs == 2
     m = tiny_model
@@ -271,5 +273,6 @@ def test_the_pdfast_preset_adds_the_trojdiff_warm_start_for_trojdiff_models_only
     opts = dict(steps=1, epochs=1, refine_epochs=0, batch=4, scales="analytic", evaluate=False, patch_starts="none")
     res = pdfast.invert(trojan, **opts)
     assert (res.config.warm_epochs, res.config.noise, res.config.patch_starts) == (300, "fixed", "none")
-    assert res.inversion.timings["stages"] == {"warm": 300, "search": 1}
+    assert res.inversion.timings["stages"] == {"warm": 300, "polish": 300, "search": 1}
+    assert set(res.inversion.selection["fires"]) == {"search", "polish"}  # the polished trigger is a candidate
     assert pdfast.invert(m, **opts).inversion.timings["stages"] == {"search": 1}

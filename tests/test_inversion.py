@@ -272,18 +272,34 @@ def test_antithetic_noise_cancels_the_noise_floor():
 
     cfg = InversionConfig(noise="antithetic", batch=6).resolved()
     gen = torch.Generator().manual_seed(0)
-    x = _draw(cfg, (3, 4, 4), gen, "cpu")
+    x = _draw(cfg.noise, cfg.batch, (3, 4, 4), gen, "cpu")
     assert x.shape == (6, 3, 4, 4) and torch.equal(x[:3], -x[3:])
     a, lam = 0.3, 0.5
     m = linear_model(a)
     table = ScaleTable(torch.full((1,), lam), "test", SCHED.timesteps(1), torch.full((1,), lam))
-    for noise, exact in (("antithetic", True), ("fresh", False)):
+    for noise, exact in (("antithetic", True), ("fresh", False), ("fixed-antithetic", True), ("fixed", False)):
         cfg = InversionConfig(preset="v0.1", steps=1, scales="analytic", epochs=1, batch=8, noise=noise, seed=3,
                               objective="absolute").resolved()
         res = run_inversion(m, cfg, table)
         d0 = -torch.rand((1, 3, 4, 4), generator=torch.Generator().manual_seed(3))
         want = float(((a - lam) * d0).abs().mean())
         assert (abs(res.losses[0] - want) < 1e-6) == exact
+
+
+def test_a_stage_of_its_own_noise_mode_draws_its_fixed_batch_once():
+    """The polish stage's fixed-antithetic batch is drawn when it first runs and kept; it is pairs (eps, -eps); the
+    run's own fixed batch (cfg.noise) is the one drawn first, as before there were stage modes."""
+    from pdfast.inversion import _Descent, _draw
+
+    m = linear_model(0.3)
+    cfg = InversionConfig(preset="v0.1", steps=2, scales="analytic", epochs=1, batch=6, noise="fixed").resolved()
+    loop = _Descent(m, cfg, None, torch.Generator().manual_seed(5), "cpu", [0.5, 0.5], None, False)
+    first = _draw("fixed", 6, m.shape, torch.Generator().manual_seed(5), "cpu")
+    torch.testing.assert_close(loop._batch(1, "fixed")[0], first, rtol=0, atol=0)
+    pairs, zs = loop._batch(1, "fixed-antithetic")
+    again, zs2 = loop._batch(1, "fixed-antithetic")
+    assert torch.equal(pairs, again) and torch.equal(zs[0], zs2[0]) and torch.equal(pairs[:3], -pairs[3:])
+    assert not torch.equal(pairs, first)
 
 
 def test_relative_objective_value_and_gradient():
@@ -321,8 +337,9 @@ def test_warm_start_and_new_bad_inputs(tiny_model):
     torch.testing.assert_close(seen[0].reshape(start.shape), start, atol=1e-5, rtol=0)
     with pytest.raises(PdfastError, match="start trigger has shape"):
         invert(tiny_model, steps=1, scales="analytic", epochs=1, batch=2, evaluate=False, start=torch.zeros(3, 5, 5))
-    with pytest.raises(PdfastError, match="even --batch"):
-        InversionConfig(noise="antithetic", batch=5).resolved()
+    for noise in ("antithetic", "fixed-antithetic"):
+        with pytest.raises(PdfastError, match=f"--noise {noise} needs an even --batch"):
+            InversionConfig(noise=noise, batch=5).resolved()
     with pytest.raises(PdfastError, match="unknown objective"):
         InversionConfig(objective="magic").resolved()
     with pytest.raises(PdfastError, match="refine-epochs"):
