@@ -117,6 +117,20 @@ def fidelity(trigger, truth, region_square) -> dict:
             "chance_square_cosine": metrics.pattern_cosine(region_square, truth)}
 
 
+def defaults_tag(family: str) -> str:
+    """DEFAULTS, with the polish stage named where the family's resolved defaults run one (it came after pdfast 0.4,
+    for TrojDiff alone: the other families' records stay those defaults')."""
+    from pdfast.config import InversionConfig
+
+    polish = InversionConfig().resolved(family).polish_epochs
+    return f"{DEFAULTS}-polish{polish}" if polish else DEFAULTS
+
+
+def cache_file(name: str, model, fam, n: int, seed: int) -> Path:
+    """The record of one model (its content hash), sample count, seed and the defaults its family resolves to."""
+    return CACHE / f"{name}-{model.content_hash()[:12]}-n{n}-s{seed}-{defaults_tag(fam.name)}.json"
+
+
 def measure_model(name: str, n: int, seed: int) -> dict:
     """Everything above for one model (cached by content hash)."""
     import torch
@@ -126,13 +140,13 @@ def measure_model(name: str, n: int, seed: int) -> dict:
 
     folder, what = MODELS[name]
     model = load_model(folder)
-    cache = CACHE / f"{name}-{model.content_hash()[:12]}-n{n}-s{seed}-{DEFAULTS}.json"
+    fam = family_of(model, FAMILY_FLAG.get(name))
+    cache = cache_file(name, model, fam, n, seed)
     if cache.is_file():
         return json.loads(cache.read_text())
-    fam = family_of(model, FAMILY_FLAG.get(name))
     g, y = load_ground_truth(model)
     rec: dict = {"name": name, "folder": str(folder.relative_to(HERE.parent)), "what": what,
-                 "family": fam.describe(), "defaults": DEFAULTS,
+                 "family": fam.describe(), "defaults": defaults_tag(fam.name),
                  "parameters": sum(p.numel() for p in model.net.parameters())}
     for method in ("puredif", "elijah"):
         log(f"[families] {name}: pdfast.detect ({method})")
@@ -225,10 +239,13 @@ def main(argv=None) -> int:
     recs = []
     for name in names:
         if args.report_only:
-            # the name, then a 12-hex content hash: "vd16-sde-psi0-*" would also match vd16-sde-psi0-fn's files
-            hits = sorted(CACHE.glob(f"{name}-{'[0-9a-f]' * 12}-n{args.n}-s{args.seed}-{DEFAULTS}.json"))
-            if hits:
-                recs.append(json.loads(hits[-1].read_text()))
+            from pdfast.families import family_of
+            from pdfast.loading import load_model
+
+            model = load_model(MODELS[name][0])
+            hit = cache_file(name, model, family_of(model, FAMILY_FLAG.get(name)), args.n, args.seed)
+            if hit.is_file():
+                recs.append(json.loads(hit.read_text()))
             continue
         recs.append(measure_model(name, args.n, args.seed))
     recs = [add_fidelity(r) for r in recs]
