@@ -81,6 +81,9 @@ def test_runs_the_cli_and_resumes(micro_zoo, tmp_path, monkeypatch):
     assert bd["exact_hits"] is not None
     assert bd["fidelity"]["l2"] == pytest.approx(metrics.l2_distance(trigger.reshape(g.shape), g))
     assert report["rows"][1]["exact_hits"] is None and report["rows"][1]["fidelity"] is None
+    records = json.loads((tmp_path / "zoo-report-t.records.json").read_text())    # one file, triggers inside
+    assert sorted(records) == ["bd8/elijah-s0", "bd8/puredif-K2-s0", "c8/elijah-s0", "c8/puredif-K2-s0"]
+    assert records["bd8/puredif-K2-s0"]["trigger"] == trigger.flatten().tolist()
     assert "| bd8 | backdoored | puredif-K2-s0 |" in (tmp_path / "zoo-report-t.md").read_text()
     assert zr.main(argv) == 0 and len(calls) == 6             # read back, not re-run
     assert zr.main(argv[:-4] + ["--name", "u", "--out", str(tmp_path), "--report-only"]) == 0 and len(calls) == 6

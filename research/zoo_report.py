@@ -24,9 +24,10 @@ for sample (paired). Reported:
     OMP_NUM_THREADS=1 python research/zoo_report.py --models M1 M2 --ks 10 --seeds 0 --name heldout-dev
     python research/zoo_report.py --split test --k1000 M1 M2 --report-only        # tables from the records only
 
-Resumable: each run's record is written when it finishes and read back after; --report-only runs nothing. Writes
-research/results/zoo-report-<name>/<model>/<run>.json (with the trigger) and research/results/zoo-report-<name>.md
-(and .json). <name> is the split unless --name is given.
+Resumable: each run's record (its trigger inside) is added to research/results/zoo-report-<name>.records.json when
+it finishes and read back after; --report-only runs nothing. Writes research/results/zoo-report-<name>.md (and .json);
+pdfast's own outputs of each run (samples, report.json, trigger files) stay in zoo-report-<name>/<model>/<run>/, not
+kept in git. <name> is the split unless --name is given.
 """
 from __future__ import annotations
 
@@ -81,12 +82,38 @@ def plan_runs(models: list[Path], ks: list[int], seeds: list[int], k1000: set[st
     return [r for r in first + rest if r[1] in methods]
 
 
+def records_file(out: Path) -> Path:
+    """Every run's record of one report, its trigger inside, in one file beside the report: zoo-report-<name>/ ->
+    zoo-report-<name>.records.json (the run folders under zoo-report-<name>/ are pdfast's outputs, not kept)."""
+    return out.parent / f"{out.name}.records.json"
+
+
+def read_records(out: Path) -> dict:
+    """'<model>/<run>' -> record, from records_file (empty when none)."""
+    f = records_file(out)
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def save_record(out: Path, key: str, record: dict) -> None:
+    """Add one record under a lock, re-reading the file first: two halves of a split may run side by side."""
+    import fcntl
+
+    f = records_file(out)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    with open(f.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        write_json(f, {**read_records(out), key: record})
+
+
 def measure(model: Path, method: str, k: int | None, seed: int, out: Path) -> dict:
-    """detect (and, when the model has a target, evaluate) one run; its record, written last (resumable)."""
+    """detect (and, when the model has a target, evaluate) one run; its record with its trigger, saved last
+    (resumable)."""
+    from safetensors.torch import load_file
+
     name = run_name(method, k, seed)
-    record_path = out / model.name / f"{name}.json"
-    if record_path.exists():
-        return json.loads(record_path.read_text())
+    done = read_records(out).get(f"{model.name}/{name}")
+    if done is not None:
+        return done
     run_dir = out / model.name / name
     detect = [pdfast_exe(), "detect", "--model", str(model), "--out", str(run_dir), "--json", "--no-progress",
               "--seed", str(seed)] + (["--steps", str(k)] if k else ["--method", method])
@@ -98,7 +125,8 @@ def measure(model: Path, method: str, k: int | None, seed: int, out: Path) -> di
                     "-n", str(N_SAMPLES), "--seed", str(EVAL_SEED), "--no-clean", "--json"]
         record["evaluate"], record["seconds"]["evaluate"] = run_json(evaluate)
         record["commands"]["evaluate"] = " ".join(evaluate[1:])
-    write_json(record_path, record)
+    record["trigger"] = load_file(str(run_dir / "trigger.safetensors"))["trigger"].flatten().tolist()
+    save_record(out, f"{model.name}/{name}", record)
     return record
 
 
@@ -116,11 +144,11 @@ class Truths:
                 self.g[m.name] = load_ground_truth(model)[0]
                 self.square[m.name] = region_square(model)
 
-    def fidelity(self, model: str, trigger_file: Path) -> dict | None:
-        """Pattern cosine and L2 of a trigger to the model's truth, beside the square's cosine and the highest
-        cosine of another backdoor's truth (same shape) to it: what a trigger that knows nothing of this model
-        scores."""
-        from safetensors.torch import load_file
+    def fidelity(self, model: str, trigger: list[float]) -> dict | None:
+        """Pattern cosine and L2 of a trigger (flattened) to the model's truth, beside the square's cosine and the
+        highest cosine of another backdoor's truth (same shape) to it: what a trigger that knows nothing of this
+        model scores."""
+        import torch
 
         from families import fidelity
         from pdfast import metrics
@@ -128,12 +156,12 @@ class Truths:
         g = self.g.get(model)
         if g is None:
             return None
-        t = load_file(str(trigger_file))["trigger"].reshape(g.shape)      # the file also holds its pattern
+        t = torch.tensor(trigger, dtype=torch.float32).reshape(g.shape)
         others = [metrics.pattern_cosine(o, g) for n, o in self.g.items() if n != model and o.shape == g.shape]
         return {**fidelity(t, g, self.square[model]), "chance_other_truth_cosine": max(others) if others else None}
 
 
-def row(record: dict, zoo: dict, truths: Truths, out: Path) -> dict:
+def row(record: dict, zoo: dict, truths: Truths) -> dict:
     """One run as a row: the verdict, its statistic and the no-trigger one, firing beside the trivial starts,
     fidelity beside chance."""
     m = record["detect"]["metrics"]
@@ -150,7 +178,7 @@ def row(record: dict, zoo: dict, truths: Truths, out: Path) -> dict:
             "truth_hits": round(gt["asr"] * N_SAMPLES) if gt.get("asr") is not None else None,
             "plain_asr": gt.get("clean_asr"), "flat_asr": gt.get("flat_asr"),
             "frame_asr": (gt.get("frame_asr") or {}).get("-0.5"),
-            "fidelity": truths.fidelity(record["model"], out / record["model"] / run / "trigger.safetensors"),
+            "fidelity": truths.fidelity(record["model"], record["trigger"]),
             "seconds": record["seconds"], "inversion_seconds": record["detect"].get("timings", {}).get("total_seconds")}
 
 
@@ -301,10 +329,9 @@ def main(argv=None) -> int:
     rows = []
     for model, method, k, seed in plan_runs(args.model_paths, args.k_list, args.seed_list, set(args.k1000),
                                              args.method_list):
-        record_file = out / model.name / f"{run_name(method, k, seed)}.json"
-        if args.report_only and not record_file.exists():
+        if args.report_only and f"{model.name}/{run_name(method, k, seed)}" not in read_records(out):
             continue
-        rows.append(row(measure(model, method, k, seed, out), zoo[model.name], truths, out))
+        rows.append(row(measure(model, method, k, seed, out), zoo[model.name], truths))
         print(f"[zoo-report] {model.name} {rows[-1]['run']}: {rows[-1]['verdict']} (trigger_miss "
               f"{f4(rows[-1]['trigger_miss'])}, exact hits {rows[-1]['exact_hits']})", flush=True)
     det, pairs = detection(rows), paired(rows, args.k_list[0])
@@ -319,7 +346,7 @@ def main(argv=None) -> int:
     threshold = f4(rows[0]["threshold"]) if rows else "-"
     out.with_suffix(".md").write_text(
         f"# Zoo v2 report: {args.name}\n\nWritten by `{command}` (research/zoo_report.py; records and triggers in "
-        f"research/results/zoo-report-{args.name}/). pdfast detect with the shipped defaults and threshold "
+        f"research/results/zoo-report-{args.name}.records.json). pdfast detect with the shipped defaults and threshold "
         f"({threshold}); exact ASR over {N_SAMPLES} samples of the family's full sampler (seed {EVAL_SEED}, the zoo "
         "gate's noises), MSE < 0.02 in [0, 1], the papers' 0.1 beside it; truth, plain noise, g's flat part and the "
         "-0.5 frame from the gate on the same noises; pattern cosine to the true x_T shift beside a flat bright "
