@@ -40,10 +40,12 @@ PRESETS = {"pdfast": {**_V01, "norm": "l2", "bounds": "image", "select": "firing
 # Per-family additions to the "pdfast" preset (docs/method.md 5.7), for options the user leaves unset. TrojDiff: its
 # network answers the true mu at t = T with a mean output of 0 and other shifts with 0.3-0.5 of them, but from the
 # uniform start the sampled K-step search stalls on a plateau; 300 Adam steps on t = T alone over one fixed noise
-# batch (a deterministic objective) reach the truth first (zoo v2 dev, research/results/family-response.md).
+# batch (a deterministic objective) come near the truth (zoo v2 dev, research/results/family-response.md), and 300
+# more on one fixed batch of antithetic pairs, where the true mu zeroes the objective, reach it (polish_epochs; on
+# another CPU the warm stage alone ended at pattern cosine 0.83 and did not fire, research/results/trojdiff-warm.md).
 # The patch grid (5.9) is a prior of BadDiffusion's trigger convention (a pattern on a -1 background); on the TrojDiff
 # dev model one of its triggers collapsed the chains onto a non-target image and won the firing selection over the
-# warm-started truth (docs/results.md), so TrojDiff models keep pdfast 0.3's inversion.
+# warm-started truth (docs/results.md), so TrojDiff models keep pdfast 0.3's inversion, with the polish after it.
 FAMILY_PRESETS = {"trojdiff": {"warm_epochs": 300, "polish_epochs": 300, "noise": "fixed", "patch_starts": "none"}}
 # Elijah as published (docs/method.md section 4); only the options a user gives change it.
 ELIJAH = {**_V01, "batch": 100, "epochs": 100, "noise": "fixed", "objective": "absolute", "refine_epochs": 0}
@@ -156,7 +158,8 @@ class InversionConfig:
     preset: str = field(default="pdfast", metadata=opt(
         "PureDiffusion settings: pdfast (antithetic noise, relative objective, L2 norm, trigger kept in [-1, 1], a "
         "refinement from its pattern, the stage that fires more kept; for TrojDiff models first 300 steps at t = T "
-        "on one fixed noise batch; chosen on zoo v2's dev models), paper (fresh "
+        "on one fixed noise batch, then 300 on a fixed batch of antithetic pairs; chosen on zoo v2's dev models), "
+        "paper (fresh "
         "noise, eq. 17 as printed, L1) or v0.1 (pdfast 0.1: L1, refinement from the pattern, unbounded); explicit "
         "options override it.", choices=tuple(PRESETS)))
     steps: int = field(default=10, metadata=opt("K: denoising steps the trigger is learned over.", short="-K"))
