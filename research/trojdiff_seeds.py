@@ -92,7 +92,8 @@ def measure(seed: int) -> dict:
 FAMILY_RECORDS = {  # research/families.py's cached TrojDiff rows, seed 0: file -> where it ran
     "td16-blend-11fdd2ebcb36-n64-s0.json":
         "pdfast 0.3, 2026-12-06 (a 2-core Intel Xeon, per that day's benchmark files)",
-    "td16-blend-11fdd2ebcb36-n64-s0-pdfast0.4.json": "pdfast 0.4, 2026-12-07 (a 2-core AMD EPYC)"}
+    "td16-blend-11fdd2ebcb36-n64-s0-pdfast0.4.json": "pdfast 0.4, 2026-12-07 (a 2-core AMD EPYC)",
+    "td16-blend-11fdd2ebcb36-n64-s0-pdfast0.4-polish300.json": "pdfast 0.5 (the polish stage), 2026-12-07 (a 2-core AMD EPYC)"}
 
 
 def family_rows() -> list[list]:
@@ -132,13 +133,16 @@ def report() -> None:
     (HERE / "results" / "trojdiff-seeds.md").write_text(
         "# The TrojDiff inversion per seed and machine (issue 20)\n\n"
         f"Written by `python research/trojdiff_seeds.py` on {MODEL.name}: `pdfast.invert` with defaults (the pdfast "
-        "preset's TrojDiff stages), one CPU thread (seconds with other jobs beside). Each cell: pattern cosine to "
-        "the true x_T shift / L2 / firing (16 chains of TrojDiff's sampler, as the selection draws them, against "
-        "plain noise and the trigger's flat part). The truth itself: cosine 1, firing 1 (64/64 exact, research/results/families.md).\n\n"
+        "preset's TrojDiff stages at the time: warm300-polish0 is pdfast 0.4's, 300 Adam steps at t = T on one fixed "
+        "batch; warm300-polish300 is pdfast 0.5's, 300 more on one fixed batch of antithetic pairs), one CPU thread "
+        "(seconds with other jobs beside). Each cell: pattern cosine to the true x_T shift / L2 / firing (16 chains "
+        "of TrojDiff's sampler, as the selection draws them, against plain noise and the trigger's flat part; 1 = "
+        "every sample on one image neither reaches). The truth fires 0.94 on seed 0's 16 noises "
+        "(research/results/trojdiff-warm.md; 64/64 exact over 64 samples, research/results/families.md).\n\n"
         + md_table(rows, ["cpu", "t = T stages", "seed", "kept", "after warm", "after polish", "after search",
                           "returned", "seconds"])
         + "\n\n`pdfast detect` with defaults in research/families.py (seed 0, one thread; its cached rows), the same "
-        "code path for TrojDiff in both versions (pdfast 0.4 added no patches for TrojDiff):\n\n"
+        "code path for TrojDiff in pdfast 0.3 and 0.4 (0.4 added no patches for TrojDiff), the polish stage in 0.5:\n\n"
         + md_table(family_rows(), ["run", "verdict", "trigger_miss", "pattern cosine", "L2", "exact ASR (64)"])
         + "\n")
 
