@@ -159,9 +159,8 @@ class InversionConfig:
         "PureDiffusion settings: pdfast (antithetic noise, relative objective, L2 norm, trigger kept in [-1, 1], a "
         "refinement from its pattern, the stage that fires more kept; for TrojDiff models first 300 steps at t = T "
         "on one fixed noise batch, then 300 on a fixed batch of antithetic pairs; chosen on zoo v2's dev models), "
-        "paper (fresh "
-        "noise, eq. 17 as printed, L1) or v0.1 (pdfast 0.1: L1, refinement from the pattern, unbounded); explicit "
-        "options override it.", choices=tuple(PRESETS)))
+        "paper (fresh noise, eq. 17 as printed, L1) or v0.1 (pdfast 0.1: L1, refinement from the pattern, "
+        "unbounded); explicit options override it.", choices=tuple(PRESETS)))
     steps: int = field(default=10, metadata=opt("K: denoising steps the trigger is learned over.", short="-K"))
     scales: str = field(default="surrogate", metadata=opt(
         "lambda_t source: surrogate (calibrated on a surrogate-backdoored copy), analytic, or a JSON table file."))
@@ -177,8 +176,8 @@ class InversionConfig:
     norm: str | None = unset("Loss norm (default: l2; l1 in the paper and v0.1 presets and Elijah).",
                              choices=("l1", "l2"))
     noise: str | None = unset("antithetic: fresh pairs (eps, -eps) whose mean is exactly 0; fresh: a new batch each "
-                              "iteration; fixed: one batch drawn once; fixed-antithetic: one batch of pairs drawn once (default: "
-                              "antithetic puredif, fixed elijah).",
+                              "iteration; fixed: one batch drawn once; fixed-antithetic: one batch of pairs drawn "
+                              "once (default: antithetic puredif, fixed elijah).",
                               choices=NOISE_MODES)
     init: str = field(default="uniform", metadata=opt("Trigger init: -U(0,1) (uniform) or zeros.",
                                                       choices=("uniform", "zeros")))

@@ -208,8 +208,8 @@ class _Descent:
     def run(self, delta0: torch.Tensor, relative: bool, epochs: int, stage: str,
             first_step_only: bool = False, steps: int | None = None, noise: str | None = None) -> torch.Tensor:
         """One stage of ``epochs`` Adam steps from ``delta0``, its loss steps drawn from the first ``steps`` chain
-        steps (default K), its noise by mode ``noise`` (default cfg.noise); returns its last iterate, or with ``average="tail"`` the mean of the iterates of its
-        second half (Polyak tail averaging)."""
+        steps (default K), its noise by mode ``noise`` (default cfg.noise); returns its last iterate, or with
+        ``average="tail"`` the mean of the iterates of its second half (Polyak tail averaging)."""
         from tqdm.auto import tqdm
 
         from .objectives import ShiftObjective

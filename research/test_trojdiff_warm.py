@@ -23,6 +23,7 @@ def test_report_lists_every_record(tmp_path, monkeypatch):
            "seconds": 80.0}
     records.write_text(json.dumps({f"cpu-x-{v}-s0": {**rec, "variant": v} for v in ("constant", "then-antithetic")}))
     tw.report()
-    rows = [ln for ln in (tmp_path / "results" / "trojdiff-warm.md").read_text().splitlines() if ln.startswith("| cpu-x")]
+    text = (tmp_path / "results" / "trojdiff-warm.md").read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| cpu-x")]
     assert rows == ["| cpu-x | constant | 0 | 0.831 | 5.07 | -0.12 | 0.94 | 80.0 |",
                     "| cpu-x | then-antithetic | 0 | 0.831 | 5.07 | -0.12 | 0.94 | 80.0 |"]

@@ -83,7 +83,8 @@ def measure(seed: int) -> dict:
     seconds = round(time.perf_counter() - t0, 1)
     stages["returned"] = res.trigger.reshape(model.shape)
     _, sel = select_firing(model, res.config, make_engine("fast", model), dict(stages))
-    return {"seed": seed, "cpu": device_slug("cpu"), "stages_tag": stages_tag(cfg), "git": git_info(), "seconds": seconds, "torch": torch.__version__,
+    return {"seed": seed, "cpu": device_slug("cpu"), "stages_tag": stages_tag(cfg), "git": git_info(),
+            "seconds": seconds, "torch": torch.__version__,
             "chosen": res.inversion.selection, "stages": {
                 k: {"pattern_cosine": metrics.pattern_cosine(v, truth), "l2": metrics.l2_distance(v, truth),
                     "fires": sel["fires"][k]} for k, v in stages.items()}}
@@ -93,7 +94,8 @@ FAMILY_RECORDS = {  # research/families.py's cached TrojDiff rows, seed 0: file 
     "td16-blend-11fdd2ebcb36-n64-s0.json":
         "pdfast 0.3, 2026-12-06 (a 2-core Intel Xeon, per that day's benchmark files)",
     "td16-blend-11fdd2ebcb36-n64-s0-pdfast0.4.json": "pdfast 0.4, 2026-12-07 (a 2-core AMD EPYC)",
-    "td16-blend-11fdd2ebcb36-n64-s0-pdfast0.4-polish300.json": "pdfast 0.5 (the polish stage), 2026-12-07 (a 2-core AMD EPYC)"}
+    "td16-blend-11fdd2ebcb36-n64-s0-pdfast0.4-polish300.json":
+        "pdfast 0.5 (the polish stage), 2026-12-07 (a 2-core AMD EPYC)"}
 
 
 def family_rows() -> list[list]:

@@ -4,9 +4,10 @@ research/trojdiff_seeds.py found that on a 2-core AMD EPYC the pdfast preset's T
 at t = T, lr 0.1 constant, one fixed noise batch) ends at pattern cosine 0.82-0.84 to the true x_T shift on seeds
 0-2, and that no stage's trigger fires. With a constant lr of 0.1, Adam's steps stay near 0.1 per pixel to the end,
 so the last iterate may circle the minimum instead of settling in it. This script runs the warm stage alone
-(`pdfast.invert` with no refinement, the trigger taken at the warm stage's last step) on zoo v2's dev TrojDiff model under variants of the learning-rate
-rule, and scores each result by pattern cosine and L2 to the truth and by firing (pdfast.inversion.select_firing's
-16 chains of TrojDiff's sampler; 1 = every sample on one image neither plain noise nor the flat part reaches).
+(`pdfast.invert` with no refinement, the trigger taken at the warm stage's last step) on zoo v2's dev TrojDiff
+model under variants of the learning-rate rule and the noise batch, and scores each result by pattern cosine and
+L2 to the truth and by firing (pdfast.inversion.select_firing's 16 chains of TrojDiff's sampler; 1 = every sample
+on one image neither plain noise nor the flat part reaches).
 
     OMP_NUM_THREADS=1 python research/trojdiff_warm.py --seeds 0             # records per CPU, variant and seed
     python research/trojdiff_warm.py --report-only                           # the table from the records
