@@ -16,3 +16,10 @@ def test_threshold_from_dev_only_then_applied_to_test():
     assert r["test"]["tpr"]["k"] == 0 and r["test"]["tnr"]["k"] == 0  # 0.3 above 0.2, 0.15 below: both wrong
     assert r["test"]["auc"] == 0.0
     assert verdict_v2.evaluate(rows, "pattern_effect", 32) == {}  # no dev model of that size
+
+
+def test_splits_keep_the_recipes_test_family_models_out_of_dev():
+    split = verdict_v2.splits()
+    assert split["v2-fam-vd16-ode-house-hat"] == "test"  # a family model in zoo v2's recipe: its split wins
+    assert split["v2-fam-td16-blend-heart-cat"] == "test"
+    assert split["v2-fam-vd16-ode-stop18-cat"] == "dev"  # issue 20's first family models: outside it, dev
