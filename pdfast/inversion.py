@@ -145,27 +145,42 @@ def patch_searches(model: DiffusionModel, cfg: InversionConfig, loop: "_Descent"
 
 
 SELECT_N, SELECT_STEPS = 16, 100
+TIE_N = 64  # chains that re-score a tie at the top: the verdict's sample count
 COARSE_STEPS = 10  # the coarse stage's chain: the K = 10 the defaults were chosen at
 
 
 def select_firing(model: DiffusionModel, cfg: InversionConfig, engine, candidates: dict) -> tuple[torch.Tensor, dict]:
     """The candidate trigger that fires most (docs/method.md 5.6): SELECT_N chains of the model family's sampler,
     respaced to SELECT_STEPS, from the same noises (seed cfg.seed + 1) for every candidate, for no shift and for each
-    candidate's flat part; score metrics.firing's trigger_fires; a tie keeps the first candidate. Returns (trigger,
-    {"chosen": name, "fires": {name: score}})."""
+    candidate's flat part; score metrics.firing's trigger_fires. Candidates tied at a top score above 0 are scored
+    again on TIE_N fresh chains (seed cfg.seed + 2), the higher kept; a tie that remains, or at 0, keeps the first.
+    Returns (trigger, {"chosen": name, "fires": {name: score}, ..., "tie": {"n", "fires"} when re-scored})."""
+    names = list(candidates)
+    fires = _fires(model, cfg, engine, candidates, names, SELECT_N, cfg.seed + 1)
+    top = max(fires.values())
+    tied = [k for k in names if fires[k] >= top - 1e-9]
+    out = {"fires": fires, "n": SELECT_N, "eval_steps": SELECT_STEPS}
+    if len(tied) > 1 and top > 0:  # 1/SELECT_N apart is within a 16-chain score's noise: ask more chains
+        again = _fires(model, cfg, engine, candidates, tied, TIE_N, cfg.seed + 2)
+        out["tie"] = {"n": TIE_N, "fires": again}
+        chosen = max(tied, key=again.__getitem__)  # max keeps the first of equals
+    else:
+        chosen = tied[0]
+    return candidates[chosen], {"chosen": chosen, **out}
+
+
+def _fires(model: DiffusionModel, cfg: InversionConfig, engine, candidates: dict, names: list[str], n: int,
+           seed: int) -> dict[str, float]:
+    """metrics.firing's trigger_fires of each named candidate on n chains of the family's sampler from one noise set."""
     from .families import family_of
     from .metrics import firing, flat_part
 
     sampler = family_of(model, cfg.attack_family).sampler(model.schedule, cfg.clip_for(model.schedule.clip_sample),
                                                           respace=SELECT_STEPS)
-    names = list(candidates)
     trig = [candidates[k].reshape(model.shape).to(model.device) for k in names]
-    imgs = engine.sample_together(SELECT_N, [*trig, None, *[flat_part(t) for t in trig]], seed=cfg.seed + 1,
-                                  sampler=sampler)
-    n = len(names)
-    fires = {k: firing(imgs[i], imgs[n], imgs[n + 1 + i])["trigger_fires"] for i, k in enumerate(names)}
-    chosen = max(names, key=fires.__getitem__)  # max keeps the first of equals: a tie keeps the first candidate
-    return candidates[chosen], {"chosen": chosen, "fires": fires, "n": SELECT_N, "eval_steps": SELECT_STEPS}
+    imgs = engine.sample_together(n, [*trig, None, *[flat_part(t) for t in trig]], seed=seed, sampler=sampler)
+    m = len(names)
+    return {k: firing(imgs[i], imgs[m], imgs[m + 1 + i])["trigger_fires"] for i, k in enumerate(names)}
 
 
 class _Descent:

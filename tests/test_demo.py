@@ -221,4 +221,35 @@ def test_select_firing_keeps_the_candidate_that_fires(demo):
     assert sel["chosen"] == "refine" and torch.equal(trig, g), sel
     assert sel["fires"]["refine"] >= 0.75 and sel["fires"]["search"] == 0.0, sel
     _, tie = select_firing(demo, cfg, engine, {"a": zero, "b": zero.clone()})
-    assert tie["chosen"] == "a" and tie["fires"] == {"a": 0.0, "b": 0.0}, tie
+    assert tie["chosen"] == "a" and tie["fires"] == {"a": 0.0, "b": 0.0} and "tie" not in tie, tie
+
+
+def test_select_firing_scores_a_tie_again_on_more_chains(demo, monkeypatch):
+    """Candidates tied at a top score above 0 are re-scored on TIE_N fresh chains (seed + 2) and the higher kept:
+    the true trigger beside a copy of itself ties on both counts (the first kept); with scores stubbed, the re-score
+    decides, and a candidate below the top is not re-scored."""
+    import torch
+
+    from pdfast import inversion
+    from pdfast.config import InversionConfig
+    from pdfast.engine import make_engine
+    from pdfast.loading import load_ground_truth
+
+    monkeypatch.setattr(inversion, "TIE_N", 24)  # the CPU test's budget; the rule is the same at 64
+    g, _ = load_ground_truth(demo)
+    cfg = InversionConfig().resolved()
+    engine = make_engine("fast", demo)
+    _, sel = inversion.select_firing(demo, cfg, engine, {"a": g, "b": g.clone(), "z": torch.zeros_like(g)})
+    assert sel["chosen"] == "a" and sel["tie"]["n"] == 24, sel
+    assert sel["tie"]["fires"]["a"] == sel["tie"]["fires"]["b"] > 0 and "z" not in sel["tie"]["fires"], sel
+    calls = []
+
+    def scores(m, c, e, cands, names, n, seed):
+        calls.append((names, n, seed))
+        first = {"a": 0.5, "b": 0.5, "z": 0.25}
+        return {k: (first[k] if n == inversion.SELECT_N else {"a": 0.25, "b": 0.75}[k]) for k in names}
+
+    monkeypatch.setattr(inversion, "_fires", scores)
+    trig, sel = inversion.select_firing(demo, cfg, engine, {"a": g, "b": -g, "z": g})
+    assert sel["chosen"] == "b" and torch.equal(trig, -g) and sel["tie"]["fires"] == {"a": 0.25, "b": 0.75}, sel
+    assert calls == [(["a", "b", "z"], 16, cfg.seed + 1), (["a", "b"], 24, cfg.seed + 2)], calls
