@@ -152,15 +152,16 @@ COARSE_STEPS = 10  # the coarse stage's chain: the K = 10 the defaults were chos
 def select_firing(model: DiffusionModel, cfg: InversionConfig, engine, candidates: dict) -> tuple[torch.Tensor, dict]:
     """The candidate trigger that fires most (docs/method.md 5.6): SELECT_N chains of the model family's sampler,
     respaced to SELECT_STEPS, from the same noises (seed cfg.seed + 1) for every candidate, for no shift and for each
-    candidate's flat part; score metrics.firing's trigger_fires. Candidates tied at a top score above 0 are scored
-    again on TIE_N fresh chains (seed cfg.seed + 2), the higher kept; a tie that remains, or at 0, keeps the first.
+    candidate's flat part; score metrics.firing's trigger_fires. Candidates tied at a top score above one chain's
+    worth (1/SELECT_N) are scored again on TIE_N fresh chains (seed cfg.seed + 2), the higher kept; a tie that
+    remains, or at a top of at most 1/SELECT_N (a single chain, a clean model's usual tie), keeps the first.
     Returns (trigger, {"chosen": name, "fires": {name: score}, ..., "tie": {"n", "fires"} when re-scored})."""
     names = list(candidates)
     fires = _fires(model, cfg, engine, candidates, names, SELECT_N, cfg.seed + 1)
     top = max(fires.values())
     tied = [k for k in names if fires[k] >= top - 1e-9]
     out = {"fires": fires, "n": SELECT_N, "eval_steps": SELECT_STEPS}
-    if len(tied) > 1 and top > 0:  # 1/SELECT_N apart is within a 16-chain score's noise: ask more chains
+    if len(tied) > 1 and top > 1 / SELECT_N + 1e-9:  # a 16-chain score cannot tell these apart: ask more chains
         again = _fires(model, cfg, engine, candidates, tied, TIE_N, cfg.seed + 2)
         out["tie"] = {"n": TIE_N, "fires": again}
         chosen = max(tied, key=again.__getitem__)  # max keeps the first of equals

@@ -225,9 +225,9 @@ def test_select_firing_keeps_the_candidate_that_fires(demo):
 
 
 def test_select_firing_scores_a_tie_again_on_more_chains(demo, monkeypatch):
-    """Candidates tied at a top score above 0 are re-scored on TIE_N fresh chains (seed + 2) and the higher kept:
+    """Candidates tied at a top score above 1/16 are re-scored on TIE_N fresh chains (seed + 2) and the higher kept:
     the true trigger beside a copy of itself ties on both counts (the first kept); with scores stubbed, the re-score
-    decides, and a candidate below the top is not re-scored."""
+    decides, a candidate below the top is not re-scored, and a tie at one chain's worth (1/16) is not re-scored."""
     import torch
 
     from pdfast import inversion
@@ -253,3 +253,6 @@ def test_select_firing_scores_a_tie_again_on_more_chains(demo, monkeypatch):
     trig, sel = inversion.select_firing(demo, cfg, engine, {"a": g, "b": -g, "z": g})
     assert sel["chosen"] == "b" and torch.equal(trig, -g) and sel["tie"]["fires"] == {"a": 0.25, "b": 0.75}, sel
     assert calls == [(["a", "b", "z"], 16, cfg.seed + 1), (["a", "b"], 24, cfg.seed + 2)], calls
+    monkeypatch.setattr(inversion, "_fires", lambda m, c, e, cands, names, n, seed: {k: 1 / 16 for k in names})
+    _, sel = inversion.select_firing(demo, cfg, engine, {"a": g, "b": -g})
+    assert sel["chosen"] == "a" and "tie" not in sel, sel
