@@ -51,14 +51,14 @@ def objective_values(model, cfg, engine, lambdas, cands: dict, seed: int) -> dic
     """Each candidate's relative and absolute objective over all K steps on one fixed antithetic batch."""
     import torch
     from pdfast.families import family_of
-    from pdfast.inversion import _draw
     from pdfast.objectives import ShiftObjective
 
     sampler = family_of(model, cfg.attack_family).inversion_sampler(
         model.schedule, cfg.clip_for(model.schedule.clip_sample), cfg.steps)
     gen = torch.Generator().manual_seed(10_000 + seed)
-    noise = _draw("fixed-antithetic", OBJ_BATCH, model.shape, gen, model.device)
-    zs = [_draw("fixed", OBJ_BATCH, model.shape, gen, model.device) for _ in range(cfg.steps - 1)]
+    half = torch.randn((OBJ_BATCH // 2, *model.shape), generator=gen)
+    noise = torch.cat([half, -half]).to(model.device)  # antithetic pairs, as the inversion's noise modes draw them
+    zs = [torch.randn((OBJ_BATCH, *model.shape), generator=gen).to(model.device) for _ in range(cfg.steps - 1)]
     zs = [z if sampler.needs_noise(i) else None for i, z in enumerate(zs)]
     out = {}
     for name, t in cands.items():
