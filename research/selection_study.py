@@ -36,13 +36,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from defaults_v2 import dev_models  # noqa: E402
+from defaults_v2 import EVAL_STEPS, EXACT, N, dev_models, draw  # noqa: E402
 from quality.base import git_info, log, write_json  # noqa: E402
 from quality.tables import f4, md_table  # noqa: E402
 
 RECORDS = HERE / "results" / "selection-study.json"
 REPORT = HERE / "results" / "selection-study.md"
-K, N, EVAL_STEPS, EXACT, OBJ_BATCH = 10, 64, 100, 0.02, 40
+K, OBJ_BATCH = 10, 40  # N, EVAL_STEPS, EXACT: defaults_v2's, whose draw() makes the images
 NEAR = 1 / 16  # one chain of the selection's 16
 RULES = ("first", "objective", "first+elijah")
 
@@ -74,7 +74,6 @@ def study(name: str, model, seed: int) -> dict:
     import pdfast
     import torch
     from pdfast import inversion, metrics
-    from pdfast.engine import make_engine
     from pdfast.families import family_of
     from pdfast.loading import load_ground_truth
 
@@ -110,12 +109,10 @@ def study(name: str, model, seed: int) -> dict:
            "exact": {}, "asr01": {}, "cosine": {}}
     if g is None:
         return rec
-    top = max(v for k, v in fires.items())
+    top = max(fires.values())
     judged = [k for k, v in fires.items() if v >= top - NEAR - 1e-9 or k in ("search", "elijah")]
-    sampler = family_of(model).sampler(model.schedule, model.schedule.clip_sample, respace=EVAL_STEPS)
     t0 = time.perf_counter()
-    imgs = make_engine("fast", model).sample_together(N, [cands[k] for k in judged] + [g, None], seed=0,
-                                                      sampler=sampler)
+    imgs = draw(model, [cands[k] for k in judged] + [g, None])
     rec["seconds"]["asr"] = round(time.perf_counter() - t0, 1)
     for k, im in zip(judged + ["truth", "plain"], imgs):
         rec["exact"][k] = round(metrics.asr(im, y, EXACT) * N)
