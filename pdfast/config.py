@@ -27,7 +27,7 @@ METHODS = ("puredif", "elijah")
 # "v0.1": pdfast 0.1's defaults, chosen on the demo model alone (kept to reproduce its results).
 _V01 = {"batch": 40, "epochs": 30, "norm": "l1", "noise": "antithetic", "objective": "relative",
         "refine_epochs": 30, "refine_from": "pattern", "warm_epochs": 0, "polish_epochs": 0, "lr_schedule": "constant",
-        "average": "none", "bounds": "none", "select": "last", "patch_starts": "none"}
+        "average": "none", "bounds": "none", "select": "last", "patch_starts": "none", "pair_epochs": 0}
 # "pdfast": chosen on zoo v2's dev models (docs/method.md 5.6, research/results/defaults-v2-dev.md): the relative
 # search with the L2 norm in the image box [-1, 1] (5.5), then 30 steps of eq. 17 from its pattern, and the stage
 # whose trigger fires more is returned (select="firing").
@@ -46,7 +46,11 @@ PRESETS = {"pdfast": {**_V01, "norm": "l2", "bounds": "image", "select": "firing
 # The patch grid (5.9) is a prior of BadDiffusion's trigger convention (a pattern on a -1 background); on the TrojDiff
 # dev model one of its triggers collapsed the chains onto a non-target image and won the firing selection over the
 # warm-started truth (docs/results.md), so TrojDiff models keep pdfast 0.3's inversion, with the polish after it.
-FAMILY_PRESETS = {"trojdiff": {"warm_epochs": 300, "polish_epochs": 300, "noise": "fixed", "patch_starts": "none"}}
+# VillanDiffusion for ODE samplers (trigger-only residual): its network answers every shift alike over the first half of the DDIM chain, so
+# no chain objective tried singles its trigger out (5.7); the poisoned-pair search (pdfast.pair, 5.11) from the patch
+# grid finds it on the dev model, and its triggers join the firing selection.
+FAMILY_PRESETS = {"trojdiff": {"warm_epochs": 300, "polish_epochs": 300, "noise": "fixed", "patch_starts": "none"},
+                  "villandiffusion-ode": {"pair_epochs": 300}}
 # Elijah as published (docs/method.md section 4); only the options a user gives change it.
 ELIJAH = {**_V01, "batch": 100, "epochs": 100, "noise": "fixed", "objective": "absolute", "refine_epochs": 0}
 NOISE_MODES = ("antithetic", "fresh", "fixed", "fixed-antithetic")
@@ -192,6 +196,10 @@ class InversionConfig:
     polish_epochs: int | None = unset("Then Adam steps at t = T on one fixed batch of antithetic pairs, from the warm "
                                       "stage's trigger; its trigger joins the --select firing candidates (pdfast's, "
                                       "for TrojDiff, whose true trigger zeroes this objective).", kind=int)
+    pair_epochs: int | None = unset(
+        "Adam steps of the poisoned-pair search (trigger and target together, docs/method.md 5.11) from each start of "
+        "the patch grid; its triggers join the --select firing candidates (default: 300 for VillanDiffusion-ODE "
+        "models in the pdfast preset, else 0).", kind=int)
     lr_schedule: str | None = unset("Learning rate over each stage: constant, or cosine (decays to 0 at the stage's "
                                     "end).", choices=("constant", "cosine"))
     average: str | None = unset("none: a stage returns its last iterate; tail: the mean of the iterates of its "
@@ -259,6 +267,11 @@ class InversionConfig:
             raise PdfastError(f"--warm-epochs {self.warm_epochs} must be 0 (no warm start) or more")
         if self.polish_epochs < 0:
             raise PdfastError(f"--polish-epochs {self.polish_epochs} must be 0 (no polish) or more")
+        if self.pair_epochs < 0:
+            raise PdfastError(f"--pair-epochs {self.pair_epochs} must be 0 (no pair search) or more")
+        if self.pair_epochs and self.select != "firing":
+            raise PdfastError("--pair-epochs needs --select firing (the pair search's triggers are chosen by "
+                              "firing); add --select firing or use --pair-epochs 0")
         if self.refine_epochs < 0:
             raise PdfastError(f"--refine-epochs {self.refine_epochs} must be 0 (no refinement) or more")
         if not (self.lr > 0 and math.isfinite(self.lr)):

@@ -69,6 +69,12 @@ class AttackFamily:
         d = {k: v for k, v in d.items() if k != "name" and v != default[k]}
         return self.name + (":" + ",".join(f"{k}={v}" for k, v in d.items()) if d else "")
 
+    def preset_key(self) -> str:
+        """The key of the family's additions to the pdfast preset (config.FAMILY_PRESETS): the name, or for a
+        trigger-only VillanDiffusion backdoor trained for ODE samplers "villandiffusion-ode" (the pair search's)."""
+        ode = self.solver == "ode" and self.residual == "trigger_only"
+        return self.name + ("-ode" if ode else "")
+
     # ------------------------------------------------------------ sampling semantics
     def shift(self, trigger_image: torch.Tensor) -> torch.Tensor:
         """What the attack adds to x_T's mean: g itself, or TrojDiff's mu = (1 - gamma) g (0 off the patch)."""

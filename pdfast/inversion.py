@@ -80,7 +80,8 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
     ``cfg.objective`` over the first min(K, COARSE_STEPS) chain steps, ``cfg.epochs`` over all K,
     then, with ``cfg.refine_epochs``, a second run of Adam on the absolute objective (eq. 17) started from the
     pattern of the first result (``metrics.trigger_pattern``), with ``cfg.patch_starts`` (and no ``start``) the
-    searches from the patch grid (patch_searches), and with ``cfg.select="firing"`` the stage whose trigger fires
+    searches from the patch grid (patch_searches), with ``cfg.pair_epochs`` (and no ``start``) the poisoned-pair
+    searches from the same grid (pair_searches), and with ``cfg.select="firing"`` the stage whose trigger fires
     most. Ctrl-C stops it and keeps the trigger so far."""
     from .engine import make_engine
     from .metrics import trigger_pattern
@@ -115,10 +116,13 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
             delta = candidates["refine"] = loop.run(start2, False, cfg.refine_epochs, "refine")
         if cfg.patch_starts == "grid" and start is None:  # a caller's warm start is refined, not searched around
             candidates.update(patch_searches(model, cfg, loop))
+        pair_losses = pair_searches(model, cfg, loop, candidates) if cfg.pair_epochs and start is None else None
         if cfg.polish_epochs:
             candidates["polish"] = warmed
         if cfg.select == "firing" and len(candidates) > 1:
             delta, selection = select_firing(model, cfg, engine, candidates)
+            if pair_losses:
+                selection["pair_residual"] = pair_losses
     except KeyboardInterrupt:
         interrupted = True
         delta = loop.delta if loop.delta is not None else delta
@@ -142,6 +146,26 @@ def patch_searches(model: DiffusionModel, cfg: InversionConfig, loop: "_Descent"
     return {f"patch-{name}": loop.run(family.shift(img).reshape(1, *model.shape), cfg.objective == "relative",
                                       cfg.epochs, f"patch-{name}", steps=min(cfg.steps, COARSE_STEPS))
             for name, img in patch_starts(c, size).items()}
+
+
+def pair_searches(model: DiffusionModel, cfg: InversionConfig, loop: "_Descent", candidates: dict) -> dict:
+    """pdfast's poisoned-pair search (pdfast.pair, docs/method.md 5.11), ``cfg.pair_epochs`` Adam steps from each
+    start of the patch grid; adds "pair-<position>" -> its trigger to ``candidates`` and returns each one's final
+    residual R(g, y)."""
+    from .families import family_of
+    from .pair import PAIR_TIMES, pair_search
+    from .patterns import patch_starts
+
+    family = family_of(model, cfg.attack_family)
+    c, size = model.shape[0], model.shape[-1]
+    residuals = {}
+    for name, img in patch_starts(c, size).items():
+        key = f"pair-{name}"
+        candidates[key], _, residuals[key] = pair_search(model, family, family.shift(img), cfg.pair_epochs, loop.gen,
+                                                         loop.device)
+        loop.stages[key] = cfg.pair_epochs
+        loop.extra_calls += cfg.pair_epochs * PAIR_TIMES
+    return {k: round(v, 6) for k, v in residuals.items()}
 
 
 SELECT_N, SELECT_STEPS = 16, 100
@@ -202,6 +226,7 @@ class _Descent:
         self.losses: list[float] = []
         self.drawn: list[int] = []
         self.stages: dict[str, int] = {}
+        self.extra_calls = 0  # network calls outside the chain objective (the pair search's, one per t)
         self.delta: torch.Tensor | None = None
 
     def _batch(self, last: int, mode: str):
@@ -280,7 +305,7 @@ class _Descent:
         return delta.clamp(-self.bound, self.bound) if self.cfg.bounds == "image" else delta
 
     def timings(self, secs: float) -> dict:
-        calls = int(sum(d + 1 for d in self.drawn))
+        calls = int(sum(d + 1 for d in self.drawn)) + self.extra_calls
         return {"inversion_seconds": round(secs, 3), "iterations": len(self.losses), "stages": self.stages,
                 "network_calls": calls, "ms_per_chain_step": round(1000 * secs / max(1, calls), 3)}
 

@@ -1,0 +1,77 @@
+"""pdfast's poisoned-pair search (docs/method.md 5.11; pdfast's, in no paper): the trigger g and target y that the
+suspect network answers the way a backdoor of its family was trained to.
+
+A VillanDiffusion backdoor with the trigger-only residual (r = g; BadDiffusion's r = g form is its psi = 1, sde case)
+is trained on closed-form pairs (section 2b): the input x_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps + rho_hat_t g and
+the regression target eps + c_t g. The search minimises, by Adam on g and y together (both kept in [-1, 1]),
+
+  R(g, y) = mean_t  mean_b || eps_theta(x_t(y, eps_b, g), t) - eps_b - c_t g ||^2 / mean || c_t g ||^2
+
+with t drawn from [PAIR_T_LO T, PAIR_T_HI T) and fresh noise each step. Each sample's own eps is known, so R needs no
+batch mean; no chain is walked, so no backward pass runs through more than one network call. Mid-chain t is where
+the backdoor's answer is its own: near t = T any model answers a shift delta with about delta (x_T is nearly eps +
+delta), and near t = 0 the trigger's weight rho_hat_t vanishes.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import PdfastError
+from .model import DiffusionModel
+
+PAIR_T_LO, PAIR_T_HI = 0.12, 0.6  # the search's t range, as fractions of the schedule's T
+PAIR_BATCH, PAIR_TIMES = 16, 2    # noises and timesteps per Adam step
+PAIR_LR = 0.05
+
+
+def pair_coefficients(family, schedule) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rho_hat_t, c_t) of ``family``'s poisoned pair, float32 per t; a PdfastError for a family without a closed
+    form that needs only g and y (TrojDiff; the pasted residual, whose r holds the clean training image)."""
+    from .schedule import villan_coefficients
+
+    if family.name == "trojdiff" or family.residual != "trigger_only":
+        raise PdfastError(f"--pair-epochs needs a trigger-only VillanDiffusion or BadDiffusion family (got "
+                          f"{family.describe()}); use --pair-epochs 0, or --attack-family with residual=trigger_only")
+    psi = family.psi if family.name == "villandiffusion" else 1.0
+    rho_hat, c = villan_coefficients(schedule, psi, family.solver)
+    return rho_hat.to(torch.float32), c.to(torch.float32)
+
+
+def pair_residual(model: DiffusionModel, g: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, ts: list[int],
+                  rho_hat: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """R(g, y) over the timesteps ``ts`` and the noise batch ``eps`` (B, C, H, W): the mean over t of
+    mean || eps_theta(sqrt(abar_t) y + sqrt(1 - abar_t) eps + rho_hat_t g, t) - eps - c_t g ||^2 / mean (c_t g)^2."""
+    ab = model.schedule.abar.to(torch.float32)
+    terms = []
+    for t in ts:
+        x = ab[t].sqrt() * y + (1 - ab[t]).sqrt() * eps + rho_hat[t] * g
+        shift = c[t] * g
+        r = model.eps(x, t) - eps - shift
+        terms.append(r.pow(2).mean() / shift.pow(2).mean().clamp_min(1e-8))
+    return torch.stack(terms).mean()
+
+
+def pair_search(model: DiffusionModel, family, start: torch.Tensor, epochs: int, gen: torch.Generator,
+                device) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``epochs`` Adam steps on R(g, y) from g = ``start`` and y = 0 (a grey frame); returns (g, y, R at the
+    last step). The network must be frozen (pdfast.inversion.prepared)."""
+    rho_hat, c = pair_coefficients(family, model.schedule)
+    T = model.schedule.T
+    lo, hi = max(1, int(PAIR_T_LO * T)), max(2, int(PAIR_T_HI * T))
+    g = start.detach().to(device, torch.float32).reshape(1, *model.shape).clamp(-1, 1).requires_grad_(True)
+    y = torch.zeros_like(g, requires_grad=True)
+    opt = torch.optim.Adam([g, y], lr=PAIR_LR)
+    loss = torch.tensor(float("nan"))
+    for _ in range(epochs):
+        ts = torch.randint(lo, hi, (PAIR_TIMES,), generator=gen).tolist()
+        eps = torch.randn((PAIR_BATCH, *model.shape), generator=gen).to(device)
+        loss = pair_residual(model, g, y, eps, ts, rho_hat, c)
+        if not torch.isfinite(loss):
+            raise PdfastError(f"the pair search diverged (loss {float(loss.detach())}); use --pair-epochs 0")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            g.clamp_(-1, 1)
+            y.clamp_(-1, 1)
+    return g.detach(), y.detach(), float(loss.detach())
