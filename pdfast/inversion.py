@@ -114,15 +114,12 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
         if cfg.refine_epochs:
             start2 = trigger_pattern(delta).reshape(shape) if cfg.refine_from == "pattern" else delta
             delta = candidates["refine"] = loop.run(start2, False, cfg.refine_epochs, "refine")
-        if cfg.patch_starts == "grid" and start is None:  # a caller's warm start is refined, not searched around
-            candidates.update(patch_searches(model, cfg, loop))
-        pair_losses = pair_searches(model, cfg, loop, candidates) if cfg.pair_epochs and start is None else None
+        pair_losses = _global_searches(model, cfg, loop, candidates) if start is None else None
         if cfg.polish_epochs:
             candidates["polish"] = warmed
         if cfg.select == "firing" and len(candidates) > 1:
             delta, selection = select_firing(model, cfg, engine, candidates)
-            if pair_losses:
-                selection["pair_residual"] = pair_losses
+            selection.update({"pair_residual": pair_losses} if pair_losses else {})
     except KeyboardInterrupt:
         interrupted = True
         delta = loop.delta if loop.delta is not None else delta
@@ -148,12 +145,21 @@ def patch_searches(model: DiffusionModel, cfg: InversionConfig, loop: "_Descent"
             for name, img in patch_starts(c, size).items()}
 
 
+def _global_searches(model: DiffusionModel, cfg: InversionConfig, loop: "_Descent", candidates: dict) -> dict | None:
+    """The patch grid's searches (``cfg.patch_starts``) and the pair searches (``cfg.pair_epochs``), added to
+    ``candidates``; returns the pair searches' residuals (None without them). Not run from a caller's warm start,
+    which is refined, not searched around."""
+    if cfg.patch_starts == "grid":
+        candidates.update(patch_searches(model, cfg, loop))
+    return pair_searches(model, cfg, loop, candidates) if cfg.pair_epochs else None
+
+
 def pair_searches(model: DiffusionModel, cfg: InversionConfig, loop: "_Descent", candidates: dict) -> dict:
     """pdfast's poisoned-pair search (pdfast.pair, docs/method.md 5.11), ``cfg.pair_epochs`` Adam steps from each
     start of the patch grid; adds "pair-<position>" -> its trigger to ``candidates`` and returns each one's final
     residual R(g, y)."""
     from .families import family_of
-    from .pair import PAIR_TIMES, pair_search
+    from .pair import pair_search
     from .patterns import patch_starts
 
     family = family_of(model, cfg.attack_family)
@@ -164,7 +170,7 @@ def pair_searches(model: DiffusionModel, cfg: InversionConfig, loop: "_Descent",
         candidates[key], _, residuals[key] = pair_search(model, family, family.shift(img), cfg.pair_epochs, loop.gen,
                                                          loop.device)
         loop.stages[key] = cfg.pair_epochs
-        loop.extra_calls += cfg.pair_epochs * PAIR_TIMES
+        loop.extra_calls += cfg.pair_epochs
     return {k: round(v, 6) for k, v in residuals.items()}
 
 
@@ -226,7 +232,7 @@ class _Descent:
         self.losses: list[float] = []
         self.drawn: list[int] = []
         self.stages: dict[str, int] = {}
-        self.extra_calls = 0  # network calls outside the chain objective (the pair search's, one per t)
+        self.extra_calls = 0  # network calls outside the chain objective (the pair search's, one per step)
         self.delta: torch.Tensor | None = None
 
     def _batch(self, last: int, mode: str):

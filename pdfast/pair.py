@@ -7,7 +7,7 @@ the regression target eps + c_t g. The search minimises, by Adam on g and y toge
 
   R(g, y) = mean_t  mean_b || eps_theta(x_t(y, eps_b, g), t) - eps_b - c_t g ||^2 / mean || c_t g ||^2
 
-with t drawn from [PAIR_T_LO T, PAIR_T_HI T) and fresh noise each step. Each sample's own eps is known, so R needs no
+with t drawn from [PAIR_T_LO T, PAIR_T_HI T) for each sample and fresh noise each step. Each sample's own eps is known, so R needs no
 batch mean; no chain is walked, so no backward pass runs through more than one network call. Mid-chain t is where
 the backdoor's answer is its own: near t = T any model answers a shift delta with about delta (x_T is nearly eps +
 delta), and near t = 0 the trigger's weight rho_hat_t vanishes.
@@ -20,7 +20,7 @@ from .errors import PdfastError
 from .model import DiffusionModel
 
 PAIR_T_LO, PAIR_T_HI = 0.12, 0.6  # the search's t range, as fractions of the schedule's T
-PAIR_BATCH, PAIR_TIMES = 16, 2    # noises and timesteps per Adam step
+PAIR_BATCH = 32                   # noises per Adam step, each at its own timestep
 PAIR_LR = 0.05
 
 
@@ -37,18 +37,17 @@ def pair_coefficients(family, schedule) -> tuple[torch.Tensor, torch.Tensor]:
     return rho_hat.to(torch.float32), c.to(torch.float32)
 
 
-def pair_residual(model: DiffusionModel, g: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, ts: list[int],
+def pair_residual(model: DiffusionModel, g: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, t: torch.Tensor,
                   rho_hat: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """R(g, y) over the timesteps ``ts`` and the noise batch ``eps`` (B, C, H, W): the mean over t of
-    mean || eps_theta(sqrt(abar_t) y + sqrt(1 - abar_t) eps + rho_hat_t g, t) - eps - c_t g ||^2 / mean (c_t g)^2."""
-    ab = model.schedule.abar.to(torch.float32)
-    terms = []
-    for t in ts:
-        x = ab[t].sqrt() * y + (1 - ab[t]).sqrt() * eps + rho_hat[t] * g
-        shift = c[t] * g
-        r = model.eps(x, t) - eps - shift
-        terms.append(r.pow(2).mean() / shift.pow(2).mean().clamp_min(1e-8))
-    return torch.stack(terms).mean()
+    """R(g, y) on the noise batch ``eps`` (B, C, H, W), sample b at timestep t[b], in one network call:
+    mean_b || eps_theta(sqrt(abar_t) y + sqrt(1 - abar_t) eps_b + rho_hat_t g, t) - eps_b - c_t g ||^2 over
+    mean_b || c_t g ||^2."""
+    ab = model.schedule.abar.to(torch.float32)[t].view(-1, 1, 1, 1).to(eps.device)
+    rho, coef = (v[t].view(-1, 1, 1, 1).to(eps.device) for v in (rho_hat, c))
+    x = ab.sqrt() * y + (1 - ab).sqrt() * eps + rho * g
+    shift = coef * g
+    r = model.eps(x, t.to(eps.device)) - eps - shift
+    return r.pow(2).mean() / shift.pow(2).mean().clamp_min(1e-8)
 
 
 def pair_search(model: DiffusionModel, family, start: torch.Tensor, epochs: int, gen: torch.Generator,
@@ -63,9 +62,9 @@ def pair_search(model: DiffusionModel, family, start: torch.Tensor, epochs: int,
     opt = torch.optim.Adam([g, y], lr=PAIR_LR)
     loss = torch.tensor(float("nan"))
     for _ in range(epochs):
-        ts = torch.randint(lo, hi, (PAIR_TIMES,), generator=gen).tolist()
+        t = torch.randint(lo, hi, (PAIR_BATCH,), generator=gen)
         eps = torch.randn((PAIR_BATCH, *model.shape), generator=gen).to(device)
-        loss = pair_residual(model, g, y, eps, ts, rho_hat, c)
+        loss = pair_residual(model, g, y, eps, t, rho_hat, c)
         if not torch.isfinite(loss):
             raise PdfastError(f"the pair search diverged (loss {float(loss.detach())}); use --pair-epochs 0")
         opt.zero_grad(set_to_none=True)
