@@ -105,9 +105,9 @@ def save_record(out: Path, key: str, record: dict) -> None:
         write_json(f, {**read_records(out), key: record})
 
 
-def measure(model: Path, method: str, k: int | None, seed: int, out: Path) -> dict:
-    """detect (and, when the model has a target, evaluate) one run; its record with its trigger, saved last
-    (resumable)."""
+def measure(model: Path, method: str, k: int | None, seed: int, out: Path, family: str | None = None) -> dict:
+    """detect (and, when the model has a target, evaluate) one run, with ``--attack-family family`` when given (a
+    clean model judged as a suspect of that family); its record with its trigger, saved last (resumable)."""
     from safetensors.torch import load_file
 
     name = run_name(method, k, seed)
@@ -117,6 +117,7 @@ def measure(model: Path, method: str, k: int | None, seed: int, out: Path) -> di
     run_dir = out / model.name / name
     detect = [pdfast_exe(), "detect", "--model", str(model), "--out", str(run_dir), "--json", "--no-progress",
               "--seed", str(seed)] + (["--steps", str(k)] if k else ["--method", method])
+    detect += ["--attack-family", family] if family else []
     report, detect_s = run_json(detect)
     record = {"model": model.name, "method": method, "k": k, "seed": seed, "commands": {"detect": " ".join(detect[1:])},
               "seconds": {"detect": detect_s}, "detect": report}
@@ -301,6 +302,8 @@ def parse(argv) -> argparse.Namespace:
     ap.add_argument("--name", help="the report's name (default: the split)")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder of the report and its records")
     ap.add_argument("--report-only", action="store_true", help="write the report from the records, run nothing")
+    ap.add_argument("--attack-family", help="pdfast detect's --attack-family for every model (e.g. clean models "
+                    "judged as suspects of villandiffusion:solver=ode,residual=trigger_only); default: each model's own")
     args = ap.parse_args(argv)
     if bool(args.split) == bool(args.models):
         ap.error("give --split or --models (one of them)")
@@ -331,7 +334,7 @@ def main(argv=None) -> int:
                                              args.method_list):
         if args.report_only and f"{model.name}/{run_name(method, k, seed)}" not in read_records(out):
             continue
-        rows.append(row(measure(model, method, k, seed, out), zoo[model.name], truths))
+        rows.append(row(measure(model, method, k, seed, out, args.attack_family), zoo[model.name], truths))
         print(f"[zoo-report] {model.name} {rows[-1]['run']}: {rows[-1]['verdict']} (trigger_miss "
               f"{f4(rows[-1]['trigger_miss'])}, exact hits {rows[-1]['exact_hits']})", flush=True)
     det, pairs = detection(rows), paired(rows, args.k_list[0])
