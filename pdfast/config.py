@@ -162,7 +162,8 @@ class InversionConfig:
     preset: str = field(default="pdfast", metadata=opt(
         "PureDiffusion settings: pdfast (antithetic noise, relative objective, L2 norm, trigger kept in [-1, 1], a "
         "refinement from its pattern, the stage that fires more kept; for TrojDiff models first 300 steps at t = T "
-        "on one fixed noise batch, then 300 on a fixed batch of antithetic pairs; chosen on zoo v2's dev models), "
+        "on one fixed noise batch, then 300 on a fixed batch of antithetic pairs; for trigger-only "
+        "VillanDiffusion-ODE models the poisoned-pair search; chosen on zoo v2's dev models), "
         "paper (fresh noise, eq. 17 as printed, L1) or v0.1 (pdfast 0.1: L1, refinement from the pattern, "
         "unbounded); explicit options override it.", choices=tuple(PRESETS)))
     steps: int = field(default=10, metadata=opt("K: denoising steps the trigger is learned over.", short="-K"))
