@@ -87,6 +87,30 @@ def test_runs_the_cli_and_resumes(micro_zoo, tmp_path, monkeypatch):
     assert "| bd8 | backdoored | puredif-K2-s0 |" in (tmp_path / "zoo-report-t.md").read_text()
     assert zr.main(argv) == 0 and len(calls) == 6             # read back, not re-run
     assert zr.main(argv[:-4] + ["--name", "u", "--out", str(tmp_path), "--report-only"]) == 0 and len(calls) == 6
+    look = {"bd8/puredif-K2-s0": {**records["bd8/puredif-K2-s0"], "seed": 0, "note": "a second look"}}
+    (tmp_path / "zoo-report-v.records.json").write_text(json.dumps(look))
+    assert zr.main(argv[:-4] + ["--name", "w", "--out", str(tmp_path), "--merge", "t", "v", "--report-only"]) == 0
+    merged = json.loads((tmp_path / "zoo-report-w.records.json").read_text())
+    assert sorted(merged) == sorted(records) and merged["bd8/puredif-K2-s0"]["note"] == "a second look"
+    assert len(calls) == 6
+    with pytest.raises(SystemExit, match="--merge nothing"):
+        zr.main(argv[:-4] + ["--name", "x", "--out", str(tmp_path), "--merge", "nothing", "--report-only"])
+
+
+def test_attack_family_reaches_detect(micro_zoo, tmp_path, monkeypatch):
+    """--attack-family is passed to every pdfast detect of the report (a clean model judged as its suspect)."""
+    seen = []
+
+    def fake(argv):
+        seen.append(argv)
+        raise RuntimeError("stop after the first command")
+
+    monkeypatch.setattr(zr, "run_json", fake)
+    fam = "villandiffusion:solver=ode,residual=trigger_only"
+    with pytest.raises(RuntimeError, match="stop after"):
+        zr.main(["--models", str(micro_zoo / "models" / "c8"), "--ks", "2", "--seeds", "0", "--name", "f",
+                 "--out", str(tmp_path), "--attack-family", fam])
+    assert seen[0][1] == "detect" and seen[0][-2:] == ["--attack-family", fam], seen
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -23,6 +23,8 @@ for sample (paired). Reported:
     OMP_NUM_THREADS=1 python research/zoo_report.py --split test                  # K = 10, 50; seeds 0, 1
     OMP_NUM_THREADS=1 python research/zoo_report.py --models M1 M2 --ks 10 --seeds 0 --name heldout-dev
     python research/zoo_report.py --split test --k1000 M1 M2 --report-only        # tables from the records only
+    python research/zoo_report.py --split test --ks 10 --seeds 0 --name N --merge test LOOK --report-only
+                                                             # a split's records with later runs (LOOK's) over them
 
 Resumable: each run's record (its trigger inside) is added to research/results/zoo-report-<name>.records.json when
 it finishes and read back after; --report-only runs nothing. Writes research/results/zoo-report-<name>.md (and .json);
@@ -92,6 +94,19 @@ def read_records(out: Path) -> dict:
     """'<model>/<run>' -> record, from records_file (empty when none)."""
     f = records_file(out)
     return json.loads(f.read_text()) if f.exists() else {}
+
+
+def merge_records(out: Path, names: list[str]) -> None:
+    """Overlay the records of the reports ``names`` (zoo-report-<name>.records.json beside ``out``), later ones
+    winning for the same model and run, onto this report's records: one report that reads several runs together
+    (e.g. a split's run with later second looks at some of its models)."""
+    merged = read_records(out)
+    for name in names:
+        f = records_file(out.parent / f"zoo-report-{name}")
+        if not f.exists():
+            raise SystemExit(f"error: --merge {name}: no {f}; give the name of a report that has records")
+        merged.update(json.loads(f.read_text()))
+    write_json(records_file(out), merged)
 
 
 def save_record(out: Path, key: str, record: dict) -> None:
@@ -302,6 +317,8 @@ def parse(argv) -> argparse.Namespace:
     ap.add_argument("--name", help="the report's name (default: the split)")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder of the report and its records")
     ap.add_argument("--report-only", action="store_true", help="write the report from the records, run nothing")
+    ap.add_argument("--merge", nargs="+", default=[], metavar="NAME",
+                    help="first overlay the records of these reports (later ones win for the same model and run)")
     ap.add_argument("--attack-family", help="pdfast detect's --attack-family for every model (e.g. clean models "
                     "judged as suspects of villandiffusion:solver=ode,residual=trigger_only); default: each model's own")
     args = ap.parse_args(argv)
@@ -327,6 +344,8 @@ def parse(argv) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse(argv)
     out = Path(args.out) / f"zoo-report-{args.name}"
+    if args.merge:
+        merge_records(out, args.merge)
     zoo = {m.name: json.loads((m / "zoo.json").read_text()) for m in args.model_paths}
     truths = Truths(args.model_paths)
     rows = []
