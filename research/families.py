@@ -117,18 +117,20 @@ def fidelity(trigger, truth, region_square) -> dict:
             "chance_square_cosine": metrics.pattern_cosine(region_square, truth)}
 
 
-def defaults_tag(family: str) -> str:
-    """DEFAULTS, with the polish stage named where the family's resolved defaults run one (it came after pdfast 0.4,
-    for TrojDiff alone: the other families' records stay those defaults')."""
+def defaults_tag(family_key: str) -> str:
+    """DEFAULTS, with the stages that came after pdfast 0.4 named where the family's resolved defaults run them (the
+    polish for TrojDiff, the pair search for trigger-only VillanDiffusion-ODE: the other families' records stay those
+    defaults'); ``family_key``: AttackFamily.preset_key()."""
     from pdfast.config import InversionConfig
 
-    polish = InversionConfig().resolved(family).polish_epochs
-    return f"{DEFAULTS}-polish{polish}" if polish else DEFAULTS
+    cfg = InversionConfig().resolved(family_key)
+    return DEFAULTS + (f"-polish{cfg.polish_epochs}" if cfg.polish_epochs else "") + (
+        f"-pair{cfg.pair_epochs}" if cfg.pair_epochs else "")
 
 
 def cache_file(name: str, model, fam, n: int, seed: int) -> Path:
     """The record of one model (its content hash), sample count, seed and the defaults its family resolves to."""
-    return CACHE / f"{name}-{model.content_hash()[:12]}-n{n}-s{seed}-{defaults_tag(fam.name)}.json"
+    return CACHE / f"{name}-{model.content_hash()[:12]}-n{n}-s{seed}-{defaults_tag(fam.preset_key())}.json"
 
 
 def measure_model(name: str, n: int, seed: int) -> dict:
@@ -146,7 +148,7 @@ def measure_model(name: str, n: int, seed: int) -> dict:
         return json.loads(cache.read_text())
     g, y = load_ground_truth(model)
     rec: dict = {"name": name, "folder": str(folder.relative_to(HERE.parent)), "what": what,
-                 "family": fam.describe(), "defaults": defaults_tag(fam.name),
+                 "family": fam.describe(), "defaults": defaults_tag(fam.preset_key()),
                  "parameters": sum(p.numel() for p in model.net.parameters())}
     for method in ("puredif", "elijah"):
         log(f"[families] {name}: pdfast.detect ({method})")
