@@ -114,12 +114,12 @@ def run_inversion(model: DiffusionModel, cfg: InversionConfig, table: ScaleTable
         if cfg.refine_epochs:
             start2 = trigger_pattern(delta).reshape(shape) if cfg.refine_from == "pattern" else delta
             delta = candidates["refine"] = loop.run(start2, False, cfg.refine_epochs, "refine")
-        pair_losses = _global_searches(model, cfg, loop, candidates) if start is None else None
+        pair = _global_searches(model, cfg, loop, candidates) if start is None else None
         if cfg.polish_epochs:
             candidates["polish"] = warmed
         if cfg.select == "firing" and len(candidates) > 1:
             delta, selection = select_firing(model, cfg, engine, candidates)
-            selection.update({"pair_residual": pair_losses} if pair_losses else {})
+            selection.update(pair or {})
     except KeyboardInterrupt:
         interrupted = True
         delta = loop.delta if loop.delta is not None else delta
@@ -147,7 +147,7 @@ def patch_searches(model: DiffusionModel, cfg: InversionConfig, loop: "_Descent"
 
 def _global_searches(model: DiffusionModel, cfg: InversionConfig, loop: "_Descent", candidates: dict) -> dict | None:
     """The patch grid's searches (``cfg.patch_starts``) and the pair searches (``cfg.pair_epochs``), added to
-    ``candidates``; returns the pair searches' residuals (None without them). Not run from a caller's warm start,
+    ``candidates``; returns the pair searches' scores and gate (None without them). Not run from a caller's warm start,
     which is refined, not searched around."""
     if cfg.patch_starts == "grid":
         candidates.update(patch_searches(model, cfg, loop))
@@ -156,22 +156,24 @@ def _global_searches(model: DiffusionModel, cfg: InversionConfig, loop: "_Descen
 
 def pair_searches(model: DiffusionModel, cfg: InversionConfig, loop: "_Descent", candidates: dict) -> dict:
     """pdfast's poisoned-pair search (pdfast.pair, docs/method.md 5.11), ``cfg.pair_epochs`` Adam steps from each
-    start of the patch grid; adds "pair-<position>" -> its trigger to ``candidates`` and returns each one's final
-    residual R(g, y)."""
+    start of the patch grid; adds "pair-<position>" -> its trigger to ``candidates`` when its pair_score is below
+    PAIR_R_MAX (the network answers it as a backdoor answers its own pair); returns every one's score, and the gate."""
     from .families import family_of
-    from .pair import pair_search
+    from .pair import PAIR_R_MAX, pair_score, pair_search
     from .patterns import patch_starts
 
     family = family_of(model, cfg.attack_family)
     c, size = model.shape[0], model.shape[-1]
-    residuals = {}
+    scores = {}
     for name, img in patch_starts(c, size).items():
         key = f"pair-{name}"
-        candidates[key], _, residuals[key] = pair_search(model, family, family.shift(img), cfg.pair_epochs, loop.gen,
-                                                         loop.device)
+        g, y, _ = pair_search(model, family, family.shift(img), cfg.pair_epochs, loop.gen, loop.device)
+        scores[key] = round(pair_score(model, family, g, y), 6)
+        if scores[key] < PAIR_R_MAX:
+            candidates[key] = g
         loop.stages[key] = cfg.pair_epochs
-        loop.extra_calls += cfg.pair_epochs
-    return {k: round(v, 6) for k, v in residuals.items()}
+        loop.extra_calls += cfg.pair_epochs + 1
+    return {"pair_residual": scores, "pair_gate": PAIR_R_MAX}
 
 
 SELECT_N, SELECT_STEPS = 16, 100

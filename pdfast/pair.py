@@ -22,6 +22,12 @@ from .model import DiffusionModel
 PAIR_T_LO, PAIR_T_HI = 0.12, 0.6  # the search's t range, as fractions of the schedule's T
 PAIR_BATCH = 32                   # noises per Adam step, each at its own timestep
 PAIR_LR = 0.05
+# A pair search's trigger joins the firing selection only when its pair_score is below PAIR_R_MAX: on a clean model
+# fine-tuned on two photographs the search steers the deterministic ODE chain onto one of them from a trigger the
+# network does not answer as a backdoor (R 0.04-0.06). The geometric mean of the dev backdoor's 0.0040 and its clean
+# base's lowest 0.0594 (research/results/pair-probe.md, docs/method.md 5.11).
+PAIR_R_MAX = 0.0154
+PAIR_EVAL_N, PAIR_EVAL_SEED = 64, 0
 
 
 def pair_coefficients(family, schedule) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +54,19 @@ def pair_residual(model: DiffusionModel, g: torch.Tensor, y: torch.Tensor, eps: 
     shift = coef * g
     r = model.eps(x, t.to(eps.device)) - eps - shift
     return r.pow(2).mean() / shift.pow(2).mean().clamp_min(1e-8)
+
+
+def pair_score(model: DiffusionModel, family, g: torch.Tensor, y: torch.Tensor) -> float:
+    """R(g, y) on one fixed batch: PAIR_EVAL_N noises (seed PAIR_EVAL_SEED), sample b at the b-th of PAIR_EVAL_N
+    evenly spaced t in the search's range; the same number for every candidate and every run."""
+    T = model.schedule.T
+    t = torch.linspace(PAIR_T_LO * T, PAIR_T_HI * T - 1, PAIR_EVAL_N).round().long()
+    eps = torch.randn((PAIR_EVAL_N, *model.shape), generator=torch.Generator().manual_seed(PAIR_EVAL_SEED))
+    rho_hat, c = pair_coefficients(family, model.schedule)
+    dev = model.device
+    with torch.no_grad():
+        return float(pair_residual(model, g.reshape(1, *model.shape).to(dev), y.reshape(1, *model.shape).to(dev),
+                                   eps.to(dev), t, rho_hat, c))
 
 
 def pair_search(model: DiffusionModel, family, start: torch.Tensor, epochs: int, gen: torch.Generator,

@@ -28,29 +28,13 @@ from quality.tables import md_table  # noqa: E402
 
 OTHER_TRIGGERS = ("HEART", "BOX_14", "STOP_SIGN_14")
 OTHER_TARGETS = ("HAT", "CORNER")
-N_FIXED = 64
-
-
-def fixed_batch(model):
-    """The fixed evaluation batch: 64 noises (seed 0), each at one of 64 evenly spaced t in the search's range."""
-    import torch
-
-    from pdfast.pair import PAIR_T_HI, PAIR_T_LO
-
-    T = model.schedule.T
-    t = torch.linspace(PAIR_T_LO * T, PAIR_T_HI * T - 1, N_FIXED).round().long()
-    return torch.randn((N_FIXED, *model.shape), generator=torch.Generator().manual_seed(0)), t
 
 
 def residual(model, family, g, y) -> float:
-    import torch
+    """R on pdfast.pair's fixed batch (pair_score: 64 noises, seed 0, evenly spaced t in the search's range)."""
+    from pdfast.pair import pair_score
 
-    from pdfast.pair import pair_coefficients, pair_residual
-
-    eps, t = fixed_batch(model)
-    rho_hat, c = pair_coefficients(family, model.schedule)
-    with torch.no_grad():
-        return float(pair_residual(model, g.reshape(1, *model.shape), y.reshape(1, *model.shape), eps, t, rho_hat, c))
+    return pair_score(model, family, g, y)
 
 
 def candidates(model, family, g, y) -> dict:

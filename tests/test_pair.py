@@ -94,16 +94,29 @@ def test_presets_and_option_checks():
         InversionConfig(pair_epochs=5, select="last", patch_starts="none").resolved()
 
 
-def test_inversion_adds_the_pair_candidates(tiny_model):
-    """pdfast.invert with --pair-epochs: five pair-<position> candidates join the firing selection, with their
-    residuals and their network calls recorded."""
+@pytest.mark.parametrize("gate", [float("inf"), 0.0])
+def test_inversion_adds_the_pair_candidates_below_the_gate(tiny_model, monkeypatch, gate):
+    """pdfast.invert with --pair-epochs: every pair-<position> search is scored on the fixed batch, and only those
+    below PAIR_R_MAX join the firing selection; their network calls are recorded."""
     import pdfast
+    from pdfast import pair
 
+    monkeypatch.setattr(pair, "PAIR_R_MAX", gate)
     fam = "villandiffusion:solver=ode,residual=trigger_only"
     res = pdfast.invert(tiny_model, steps=2, epochs=2, refine_epochs=1, batch=4, patch_starts="none",
                         pair_epochs=2, attack_family=fam, evaluate=False, surrogate_steps=2, surrogate_n_images=8,
                         surrogate_pool_steps=2, surrogate_calib_batch=4)
     sel = res.inversion.selection
-    assert sorted(sel["pair_residual"]) == [f"pair-{p}" for p in ("bl", "br", "c", "tl", "tr")], sel
-    assert set(sel["fires"]) == {"search", "refine", *sel["pair_residual"]}, sel
+    names = [f"pair-{p}" for p in ("tl", "tr", "bl", "br", "c")]
+    assert list(sel["pair_residual"]) == names and sel["pair_gate"] == gate, sel
+    assert set(sel["fires"]) == {"search", "refine", *(names if gate > 0 else [])}, sel
     assert res.inversion.timings["stages"]["pair-br"] == 2
+
+
+def test_pair_score_is_fixed_and_zero_at_a_learned_pair(tiny_model):
+    from pdfast.pair import pair_score
+
+    g, y = _truth()
+    model = _learned(tiny_model.schedule, ODE, g, y)
+    assert pair_score(model, ODE, g, y) < 1e-8
+    assert pair_score(model, ODE, g, -y) == pair_score(model, ODE, g, -y) > 0.01
