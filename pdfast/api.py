@@ -156,7 +156,8 @@ def invert(model_or_path=None, *, config: InversionConfig | None = None, device=
     det = detection_config(det_opts)
     model, restore = prepared(model_or_path, device)
     try:
-        cfg = given.resolved(family_of(model, given.attack_family).preset_key())  # the preset's additions for the family
+        # the preset's additions for the family
+        cfg = given.resolved(family_of(model, given.attack_family).preset_key())
         t0 = time.perf_counter()
         inv = invert_trigger(model, cfg, device=device, callback=callback, progress=progress, start=start)
         res = InversionResult(trigger=inv.trigger, config=cfg, model_hash=inv.model_hash,

@@ -46,9 +46,9 @@ PRESETS = {"pdfast": {**_V01, "norm": "l2", "bounds": "image", "select": "firing
 # The patch grid (5.9) is a prior of BadDiffusion's trigger convention (a pattern on a -1 background); on the TrojDiff
 # dev model one of its triggers collapsed the chains onto a non-target image and won the firing selection over the
 # warm-started truth (docs/results.md), so TrojDiff models keep pdfast 0.3's inversion, with the polish after it.
-# VillanDiffusion for ODE samplers (trigger-only residual): its network answers every shift alike over the first half of the DDIM chain, so
-# no chain objective tried singles its trigger out (5.7); the poisoned-pair search (pdfast.pair, 5.11) from the patch
-# grid finds it on the dev model, and its triggers join the firing selection.
+# VillanDiffusion for ODE samplers (trigger-only residual): its network answers every shift alike over the first
+# half of the DDIM chain, so no chain objective tried singles its trigger out (5.7); the poisoned-pair search
+# (pdfast.pair, 5.11) from the patch grid finds it on the dev model, and its triggers join the firing selection.
 FAMILY_PRESETS = {"trojdiff": {"warm_epochs": 300, "polish_epochs": 300, "noise": "fixed", "patch_starts": "none"},
                   "villandiffusion-ode": {"pair_epochs": 300}}
 # Elijah as published (docs/method.md section 4); only the options a user gives change it.

@@ -5,12 +5,13 @@ A VillanDiffusion backdoor with the trigger-only residual (r = g; BadDiffusion's
 is trained on closed-form pairs (section 2b): the input x_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps + rho_hat_t g and
 the regression target eps + c_t g. The search minimises, by Adam on g and y together (both kept in [-1, 1]),
 
-  R(g, y) = mean_t  mean_b || eps_theta(x_t(y, eps_b, g), t) - eps_b - c_t g ||^2 / mean || c_t g ||^2
+  R(g, y) = mean_b || eps_theta(x_t_b(y, eps_b, g), t_b) - eps_b - c_t_b g ||^2 / mean_b || c_t_b g ||^2
 
-with t drawn from [PAIR_T_LO T, PAIR_T_HI T) for each sample and fresh noise each step. Each sample's own eps is known, so R needs no
-batch mean; no chain is walked, so no backward pass runs through more than one network call. Mid-chain t is where
-the backdoor's answer is its own: near t = T any model answers a shift delta with about delta (x_T is nearly eps +
-delta), and near t = 0 the trigger's weight rho_hat_t vanishes.
+with t_b drawn from [PAIR_T_LO T, PAIR_T_HI T) for each sample and fresh noise each step. Each sample's own eps is
+known, so R needs no batch mean; no chain is walked, so no backward pass runs through more than one network call.
+Mid-chain t is where the backdoor's answer is its own: near t = T any model answers a shift delta with about delta
+(x_T is nearly eps + delta), and near t = 0 the trigger's weight rho_hat_t vanishes. Its triggers join the firing
+selection only below PAIR_R_MAX on a fixed batch (pair_score).
 """
 from __future__ import annotations
 

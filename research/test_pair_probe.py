@@ -14,8 +14,8 @@ def _folders(tmp_path, tiny_model, family):
 
     clean = tiny_model(20)
     clean.save(tmp_path / "c8")
-    save_backdoored(clean.copy(), tmp_path / "bd8", {"attack": family["name"], "trigger": "BOX_14", "target": "HAT",
-                                                     "family": family}, draw_trigger("BOX_14", 8), draw_target("HAT", 8))
+    info = {"attack": family["name"], "trigger": "BOX_14", "target": "HAT", "family": family}
+    save_backdoored(clean.copy(), tmp_path / "bd8", info, draw_trigger("BOX_14", 8), draw_target("HAT", 8))
     return str(tmp_path / "bd8"), str(tmp_path / "c8")
 
 

@@ -320,7 +320,8 @@ def parse(argv) -> argparse.Namespace:
     ap.add_argument("--merge", nargs="+", default=[], metavar="NAME",
                     help="first overlay the records of these reports (later ones win for the same model and run)")
     ap.add_argument("--attack-family", help="pdfast detect's --attack-family for every model (e.g. clean models "
-                    "judged as suspects of villandiffusion:solver=ode,residual=trigger_only); default: each model's own")
+                    "judged as suspects of villandiffusion:solver=ode,residual=trigger_only); default: each "
+                    "model's own")
     args = ap.parse_args(argv)
     if bool(args.split) == bool(args.models):
         ap.error("give --split or --models (one of them)")
