@@ -38,7 +38,8 @@ def pair_coefficients(family, schedule) -> tuple[torch.Tensor, torch.Tensor]:
 
     if family.name == "trojdiff" or family.residual != "trigger_only":
         raise PdfastError(f"--pair-epochs needs a trigger-only VillanDiffusion or BadDiffusion family (got "
-                          f"{family.describe()}); use --pair-epochs 0, or --attack-family with residual=trigger_only")
+                          f"{family.describe()}, residual {family.residual}); use --pair-epochs 0, or "
+                          "--attack-family with residual=trigger_only")
     psi = family.psi if family.name == "villandiffusion" else 1.0
     rho_hat, c = villan_coefficients(schedule, psi, family.solver)
     return rho_hat.to(torch.float32), c.to(torch.float32)

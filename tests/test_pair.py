@@ -79,6 +79,20 @@ def test_families_without_a_closed_pair_are_refused(tiny_model, spec):
         pair_coefficients(parse_family(spec), tiny_model.schedule)
 
 
+def test_a_family_without_a_pair_is_refused_before_any_work(tiny_model, monkeypatch):
+    """--pair-epochs on a pasted-residual model fails in pdfast.invert before the inversion starts."""
+    import pdfast
+    from pdfast import inversion
+
+    def no_work(*a, **k):
+        raise AssertionError("the inversion ran")
+
+    monkeypatch.setattr(inversion, "run_inversion", no_work)
+    monkeypatch.setattr(inversion, "scale_table", no_work)
+    with pytest.raises(PdfastError, match="residual pasted"):
+        pdfast.invert(tiny_model, pair_epochs=5, evaluate=False)
+
+
 def test_presets_and_option_checks():
     from pdfast.config import InversionConfig
 
