@@ -156,13 +156,7 @@ def invert(model_or_path=None, *, config: InversionConfig | None = None, device=
     det = detection_config(det_opts)
     model, restore = prepared(model_or_path, device)
     try:
-        # the preset's additions for the family
-        family = family_of(model, given.attack_family)
-        cfg = given.resolved(family.preset_key())
-        if cfg.pair_epochs:  # a family without a closed pair is refused before any work, not after the search
-            from .pair import pair_coefficients
-
-            pair_coefficients(family, model.schedule)
+        cfg = given.resolved(family_of(model, given.attack_family).preset_key())  # the family's preset additions
         t0 = time.perf_counter()
         inv = invert_trigger(model, cfg, device=device, callback=callback, progress=progress, start=start)
         res = InversionResult(trigger=inv.trigger, config=cfg, model_hash=inv.model_hash,

@@ -363,6 +363,11 @@ def invert_trigger(model: DiffusionModel, cfg: InversionConfig, *, device=None, 
         raise PdfastError(f"--steps {cfg.steps} is larger than the model's schedule (T = {model.schedule.T})")
     if start is not None and start.numel() != math.prod(model.shape):
         raise PdfastError(f"the start trigger has shape {tuple(start.shape)}; this model needs {tuple(model.shape)}")
+    if cfg.pair_epochs:  # a family without a closed pair is refused before any work, not after the search
+        from .families import family_of
+        from .pair import pair_coefficients
+
+        pair_coefficients(family_of(model, cfg.attack_family), model.schedule)
     t0 = time.perf_counter()
     table = scale_table(model, cfg, device, progress)
     t_scales = time.perf_counter() - t0

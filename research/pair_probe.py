@@ -30,13 +30,6 @@ OTHER_TRIGGERS = ("HEART", "BOX_14", "STOP_SIGN_14")
 OTHER_TARGETS = ("HAT", "CORNER")
 
 
-def residual(model, family, g, y) -> float:
-    """R on pdfast.pair's fixed batch (pair_score: 64 noises, seed 0, evenly spaced t in the search's range)."""
-    from pdfast.pair import pair_score
-
-    return pair_score(model, family, g, y)
-
-
 def candidates(model, family, g, y) -> dict:
     """name -> (trigger, target) scored in part 1."""
     from pdfast import metrics
@@ -63,12 +56,12 @@ def search_row(model, family, start, g, y, epochs: int, fire: bool) -> dict:
 
     from pdfast import metrics
     from pdfast.evaluation import evaluate_trigger
-    from pdfast.pair import pair_search
+    from pdfast.pair import pair_score, pair_search
 
     t0 = time.time()
     g2, y2, _ = pair_search(model, family, family.shift(start), epochs, torch.Generator().manual_seed(0), "cpu")
     g2, y2 = g2.reshape(model.shape), y2.reshape(model.shape)
-    row = {"R": residual(model, family, g2, y2), "cos": metrics.pattern_cosine(g2, g),
+    row = {"R": pair_score(model, family, g2, y2), "cos": metrics.pattern_cosine(g2, g),
            "l2": metrics.l2_distance(g2, g), "target_mse": float(((y2 - y) / 2).pow(2).mean()),
            "seconds": round(time.time() - t0)}
     if fire:
@@ -80,11 +73,12 @@ def search_row(model, family, start, g, y, epochs: int, fire: bool) -> dict:
 def run(backdoor: str, clean: str, epochs: int) -> dict:
     from pdfast.families import family_of
     from pdfast.loading import load_ground_truth, load_model
+    from pdfast.pair import pair_score
 
     bd, cl = load_model(backdoor).frozen(), load_model(clean).frozen()
     family = family_of(bd)
     g, y = (v.reshape(bd.shape) for v in load_ground_truth(bd))
-    fixed = {name: {"backdoor": residual(bd, family, a, b), "clean": residual(cl, family, a, b)}
+    fixed = {name: {"backdoor": pair_score(bd, family, a, b), "clean": pair_score(cl, family, a, b)}
              for name, (a, b) in candidates(bd, family, g, y).items()}
     searches = {}
     for name, s in starts(bd).items():
